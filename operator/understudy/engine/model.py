@@ -1,0 +1,148 @@
+"""The engine's vocabulary: frozen dataclasses built once per spec change.
+
+pydantic stays at the edge (understudy.api); the engine only ever sees these plain, hashable values,
+so `decide` is cheap to call thousands of times per cycle and trivially deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Mapping
+
+PRIMARY = "primary"
+"""The primary tier's name: fallbacks may not use it."""
+
+
+class Mode(str, Enum):
+    ENFORCE = "Enforce"
+    OBSERVE = "Observe"
+
+
+class MissingData(str, Enum):
+    HOLD = "Hold"
+    FALLBACK = "Fallback"
+
+
+class CreepAction(str, Enum):
+    ROLLBACK_PRIMARY = "RollbackPrimary"
+    FREEZE = "Freeze"
+    ALERT = "Alert"
+
+
+class SignalKind(str, Enum):
+    LATENCY = "latency"
+    ERROR_RATIO = "errorRatio"
+    READY_REPLICAS = "readyReplicas"
+    QUERY = "query"
+
+
+class Comparison(str, Enum):
+    ABOVE = "above"
+    BELOW = "below"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One explicit limit, evaluated separately on every tier it applies to.
+
+    `threshold` is in the signal's own unit: milliseconds for latency, a 0..1 ratio for error ratio and
+    ready replicas, the query's unit for custom PromQL.
+    """
+
+    name: str
+    kind: SignalKind
+    comparison: Comparison
+    threshold: float
+    quantile: float | None = None
+    promql: str | None = None
+    min_requests: int = 0
+    applies_to: frozenset[str] = frozenset()
+    """Tier names this trigger is evaluated on; empty means every tier."""
+
+    def applies(self, tier: str) -> bool:
+        return not self.applies_to or tier in self.applies_to
+
+    def breached_by(self, value: float) -> bool:
+        return value > self.threshold if self.comparison is Comparison.ABOVE else value < self.threshold
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    deployment: str
+    service: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A FallbackPolicy's spec as the engine needs it. Durations are seconds."""
+
+    tiers: tuple[Tier, ...]
+    """Primary first, then the fallbacks in order of preference."""
+    triggers: tuple[Trigger, ...]
+    mode: Mode = Mode.ENFORCE
+    trip_after: int = 2
+    recover_after: int = 6
+    restore_steps: tuple[int, ...] = (10, 50, 100)
+    min_dwell: float = 30.0
+    on_missing_data: MissingData = MissingData.HOLD
+    when_all_breached: str | None = None
+    """The tier that serves when every tier breaches; None means the last fallback."""
+    creep_max_ratio: float = 0.10
+    creep_window: float = 86400.0
+    creep_action: CreepAction = CreepAction.ALERT
+    pinned_tier: str | None = None
+    paused: bool = False
+
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tiers)
+
+
+class ReadingStatus(str, Enum):
+    OK = "OK"
+    MISSING = "Missing"
+    """Prometheus was unreachable, or the series was empty: never read as zero."""
+    INSUFFICIENT = "Insufficient"
+    """Fewer requests in the window than the trigger's minimum: neither trips nor recovers."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    status: ReadingStatus
+    value: float | None = None
+
+    @staticmethod
+    def ok(value: float) -> Reading:
+        return Reading(ReadingStatus.OK, value)
+
+
+MISSING = Reading(ReadingStatus.MISSING)
+INSUFFICIENT = Reading(ReadingStatus.INSUFFICIENT)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """What the shell observed for one evaluation.
+
+    readings[tier][trigger] is the trigger's reading on that tier; an absent entry counts as missing.
+    capacity[tier] is False when the tier's ready replicas cannot carry the load it would receive;
+    an absent entry means it can.
+    """
+
+    readings: Mapping[str, Mapping[str, Reading]]
+    capacity: Mapping[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One line of the audit trail; `reason` is a stable CamelCase word (see README)."""
+
+    reason: str
+    message: str
+    tier: str | None = None
+    trigger: str | None = None
+    observed: float | None = None
+    threshold: float | None = None
+    from_tier: str | None = None
+    to_tier: str | None = None
