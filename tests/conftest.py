@@ -1,0 +1,5 @@
+"""Test-suite wide pytest plugins (fixtures for the real processes the tests run)."""
+
+pytest_plugins = [
+    "e2e.harness.prometheus_plugin",
+]
