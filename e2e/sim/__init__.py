@@ -1,0 +1,5 @@
+"""Simulated model tiers and traffic for end-to-end tests and benchmarks.
+
+``model_server`` serves real scikit-learn models and reports Istio-shaped metrics;
+``traffic`` sends requests in the proportions a routing object in the API server asks for.
+"""
