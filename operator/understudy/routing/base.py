@@ -1,0 +1,159 @@
+"""The one small interface every routing backend implements, and what the backends share.
+
+Backends are synchronous on purpose: the operator calls them from a worker thread, and the tests call
+them directly against a real API server. Every write is a JSON patch that carries the resourceVersion
+the backend read, so the API server turns a concurrent change (a person's edit, a second leader) into a
+409 instead of a lost update; the backend then re-reads and re-plans, a bounded number of times.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+from kubernetes.client.exceptions import ApiException
+
+from understudy.engine.model import Tier
+
+Weights = tuple[tuple[str, int], ...]
+"""(tier name, percent) for every tier of the policy, in tier order; the percents sum to 100."""
+
+JsonPatch = list[dict[str, Any]]
+
+MAX_ATTEMPTS = 5
+"""Read-modify-write attempts before giving up with reason Conflict."""
+
+
+class RoutingTargetError(Exception):
+    """A problem with the routing object that a person must see and fix; `reason` is stable CamelCase.
+
+    Reasons: TargetNotFound, TargetUnsupported, RouteNotFound, DestinationMissing, DestinationAmbiguous,
+    DestinationUnknown, SelectorUnknown, SelectorUnmatched, Forbidden, Invalid, Conflict.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class RoutingBackend(Protocol):
+    def read(self, namespace: str) -> Weights:
+        """The weights the routing object carries now, per tier name."""
+        ...
+
+    def apply(self, namespace: str, weights: Weights) -> bool:
+        """Write `weights`; True when something changed, False (and no write at all) when already so."""
+        ...
+
+
+@dataclass(frozen=True)
+class IstioTarget:
+    """An http route of an Istio VirtualService; `route` None means the VirtualService's only http route."""
+
+    virtual_service: str
+    route: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceTarget:
+    """A core Service whose selector is switched between the tiers' pods."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class GatewayAPITarget:
+    """One rule of a Gateway API HTTPRoute."""
+
+    http_route: str
+    rule: int = 0
+
+
+RoutingTarget = IstioTarget | ServiceTarget | GatewayAPITarget
+
+
+def check_weights(weights: Weights, tiers: Sequence[Tier]) -> dict[str, int]:
+    """Refuse weights that do not name every tier exactly once or do not sum to 100: a caller's bug."""
+    names = [name for name, _ in weights]
+    expected = [t.name for t in tiers]
+    if sorted(names) != sorted(expected):
+        raise ValueError(f"weights name tiers {names}, the policy has {expected}")
+    if any(not isinstance(w, int) or w < 0 or w > 100 for _, w in weights):
+        raise ValueError(f"weights must be integers in 0..100: {weights}")
+    if sum(w for _, w in weights) != 100:
+        raise ValueError(f"weights must sum to 100: {weights}")
+    return dict(weights)
+
+
+def percentages(tiers: Sequence[Tier], raw: dict[str, int]) -> Weights:
+    """Relative weights as percents summing to 100 (largest remainder), in tier order.
+
+    Istio and Gateway API weights are relative, so a person's 1/1 reads as 50/50. All zero (no traffic
+    is routed at all) reads as all zero: that is the truth, not a rounding problem.
+    """
+    total = sum(raw.get(t.name, 0) for t in tiers)
+    if total == 0:
+        return tuple((t.name, 0) for t in tiers)
+    exact = [(t.name, raw.get(t.name, 0) * 100 / total) for t in tiers]
+    floors = {name: int(value) for name, value in exact}
+    short = 100 - sum(floors.values())
+    by_remainder = sorted(exact, key=lambda nv: nv[1] - int(nv[1]), reverse=True)
+    for name, _ in by_remainder[:short]:
+        floors[name] += 1
+    return tuple((t.name, floors[t.name]) for t in tiers)
+
+
+def load(response: Any) -> dict[str, Any]:
+    """The raw JSON of a `_preload_content=False` response: no typed-model round trip loses fields."""
+    return json.loads(response.data)
+
+
+def translate(error: ApiException, kind: str, name: str, namespace: str) -> Exception:
+    """The API error a person can act on, as a RoutingTargetError; anything else unchanged."""
+    where = f"{kind} {namespace}/{name}"
+    if error.status == 404:
+        return RoutingTargetError("TargetNotFound", f"{where} does not exist")
+    if error.status == 403:
+        return RoutingTargetError("Forbidden", f"the operator may not access {where}: {error.reason}")
+    if error.status == 422:
+        return RoutingTargetError("Invalid", f"the API server rejected the change to {where}: {error.body}")
+    return error
+
+
+def read_modify_write(
+    kind: str,
+    name: str,
+    namespace: str,
+    fetch: Callable[[], dict[str, Any]],
+    plan: Callable[[dict[str, Any]], JsonPatch],
+    patch: Callable[[JsonPatch], object],
+) -> bool:
+    """Fetch, plan a JSON patch, and write it conditionally on the fetched resourceVersion.
+
+    An empty plan means the object is already right: nothing is written. A 409 means someone changed
+    the object in between: fetch and plan again, at most MAX_ATTEMPTS times.
+    """
+    for _ in range(MAX_ATTEMPTS):
+        try:
+            obj = fetch()
+        except ApiException as e:
+            raise translate(e, kind, name, namespace) from e
+        ops = plan(obj)
+        if not ops:
+            return False
+        guard = {"op": "replace", "path": "/metadata/resourceVersion", "value": obj["metadata"]["resourceVersion"]}
+        try:
+            patch([*ops, guard])
+            return True
+        except ApiException as e:
+            if e.status != 409:
+                raise translate(e, kind, name, namespace) from e
+    raise RoutingTargetError(
+        "Conflict", f"{kind} {namespace}/{name} kept changing: gave up after {MAX_ATTEMPTS} conditional writes"
+    )
+
+
+def pointer(*parts: str | int) -> str:
+    """A JSON pointer (RFC 6901) from path segments."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
