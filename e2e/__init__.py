@@ -1,0 +1,1 @@
+"""End-to-end tooling: the loopback control plane, demo and benchmarks."""
