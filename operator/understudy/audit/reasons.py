@@ -1,0 +1,100 @@
+"""The audit vocabulary: every reason the engine or the shell may report, and how it is published.
+
+Kept free of Kubernetes imports so the status builder and the metrics stay cheap to import and test.
+The README documents this table; a reason's type and action never change once released, because
+alerting rules and `kubectl events --types=Warning` filters are written against them.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Final, NamedTuple
+
+from understudy.engine.model import AuditRecord
+
+log = logging.getLogger(__name__)
+
+NORMAL: Final = "Normal"
+WARNING: Final = "Warning"
+
+
+class EventKind(NamedTuple):
+    """How one reason is published: the Event's `type` and its `action` verb."""
+
+    type: str
+    action: str
+
+
+REASONS: Final[dict[str, EventKind]] = {
+    # Traffic moves away from a tier: degradations.
+    "FallbackActivated": EventKind(WARNING, "Route"),
+    "AllTiersBreached": EventKind(WARNING, "Route"),
+    "CapacityInsufficient": EventKind(WARNING, "Route"),
+    "RoutingFailed": EventKind(WARNING, "Route"),
+    "RoutingConflict": EventKind(WARNING, "Route"),
+    # Traffic returns to a better tier.
+    "RestoreStep": EventKind(NORMAL, "Restore"),
+    "Restored": EventKind(NORMAL, "Restore"),
+    "RestoreAborted": EventKind(WARNING, "Restore"),
+    # What the operator can see.
+    "TriggerBreached": EventKind(WARNING, "Observe"),
+    "MetricsMissing": EventKind(WARNING, "Observe"),
+    "MetricsRestored": EventKind(NORMAL, "Observe"),
+    "ObserveOnly": EventKind(NORMAL, "Observe"),
+    "InvalidPolicy": EventKind(WARNING, "Validate"),
+    # Fallback-rate creep and what it leads to.
+    "CreepBudgetExceeded": EventKind(WARNING, "Observe"),
+    "CreepBudgetRecovered": EventKind(NORMAL, "Observe"),
+    "Frozen": EventKind(WARNING, "Freeze"),
+    "Unfrozen": EventKind(NORMAL, "Freeze"),
+    "RollbackStarted": EventKind(WARNING, "Rollback"),
+    "RolledBack": EventKind(NORMAL, "Rollback"),
+    "RollbackFailed": EventKind(WARNING, "Rollback"),
+    "RollbackSkipped": EventKind(WARNING, "Rollback"),
+    # Fallback capacity.
+    "ScaledUp": EventKind(NORMAL, "Scale"),
+    "ScaleUpFailed": EventKind(WARNING, "Scale"),
+    # Operator overrides.
+    "Pinned": EventKind(NORMAL, "Pin"),
+    "Unpinned": EventKind(NORMAL, "Pin"),
+    "Paused": EventKind(NORMAL, "Pause"),
+    "Resumed": EventKind(NORMAL, "Pause"),
+}
+"""Every reason -> (type, action). Warning marks a degradation or a failure to act."""
+
+UNKNOWN_REASON: Final = EventKind(NORMAL, "Observe")
+"""Published for a reason missing from REASONS: visible, never dropped, and logged so the table is fixed."""
+
+TRANSITION_REASONS: Final[frozenset[str]] = frozenset({
+    "FallbackActivated", "AllTiersBreached", "RestoreStep", "Restored", "RestoreAborted",
+    "Pinned", "Unpinned", "Frozen", "Unfrozen", "RollbackStarted", "RolledBack", "RollbackFailed",
+})
+"""Reasons that belong in status.history and the transitions counter: changes of who serves traffic,
+overrides, and rollbacks. Observations (MetricsMissing, TriggerBreached...) only go to Events."""
+
+
+def event_kind(reason: str) -> EventKind:
+    """The (type, action) a reason is published with; unknown reasons are logged, not rejected."""
+    kind = REASONS.get(reason)
+    if kind is None:
+        log.warning("audit reason %r is not in the reason table; publishing it as %s/%s",
+                    reason, UNKNOWN_REASON.type, UNKNOWN_REASON.action)
+        return UNKNOWN_REASON
+    return kind
+
+
+def is_transition(record: AuditRecord) -> bool:
+    """A record that changes who serves traffic, by reason or because it names a move between tiers."""
+    moved = record.from_tier is not None and record.to_tier is not None and record.from_tier != record.to_tier
+    return record.reason in TRANSITION_REASONS or moved
+
+
+def format_value(value: float | None) -> str | None:
+    """A signal value as a short decimal string (status and notes carry no floats): 250, 0.05, 312.4."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        return str(value)
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}"

@@ -1,0 +1,58 @@
+"""Operator metrics: per-policy series follow the policy's tiers and disappear with the policy."""
+from __future__ import annotations
+
+import urllib.request
+
+from understudy.audit.metrics import OperatorMetrics
+from understudy.engine.model import AuditRecord
+
+TIERS = ("primary", "distilled", "popular-items")
+TRIP = AuditRecord("FallbackActivated", "x", from_tier="primary", to_tier="distilled")
+MISSING = AuditRecord("MetricsMissing", "no data", tier="primary")
+
+
+def tier_value(m: OperatorMetrics, tier: str, policy: str = "rec") -> float | None:
+    return m.registry.get_sample_value("understudy_active_tier",
+                                       {"namespace": "ml", "policy": policy, "tier": tier})
+
+
+def test_active_tier_is_one_hot_and_transitions_are_counted() -> None:
+    m = OperatorMetrics()
+    m.observe_policy("ml", "rec", TIERS, "distilled", 0.25, (TRIP, MISSING))
+    assert [tier_value(m, t) for t in TIERS] == [0, 1, 0]
+    assert m.registry.get_sample_value("understudy_fallback_ratio", {"namespace": "ml", "policy": "rec"}) == 0.25
+    assert m.registry.get_sample_value(
+        "understudy_transitions_total", {"namespace": "ml", "policy": "rec", "reason": "FallbackActivated"}) == 1
+    assert m.registry.get_sample_value(
+        "understudy_transitions_total", {"namespace": "ml", "policy": "rec", "reason": "MetricsMissing"}) is None
+
+
+def test_dropped_tier_and_deleted_policy_lose_their_series() -> None:
+    m = OperatorMetrics()
+    m.observe_policy("ml", "rec", TIERS, "primary", 0.0, (TRIP,))
+    m.observe_policy("ml", "other", ("primary",), "primary", 0.0)
+    m.observe_policy("ml", "rec", TIERS[:2], "primary", 0.0)
+    assert tier_value(m, "popular-items") is None
+    m.forget_policy("ml", "rec")
+    exposition = [s for metric in m.registry.collect() for s in metric.samples if s.labels.get("policy") == "rec"]
+    assert exposition == []
+    assert tier_value(m, "primary", policy="other") == 1
+
+
+def test_serve_exposes_the_private_registry() -> None:
+    m = OperatorMetrics()
+    m.api_write("VirtualService")
+    m.prometheus_queries.inc()
+    with m.cycle_duration.time():
+        pass
+    server, thread = m.serve(0, "127.0.0.1")
+    try:
+        port = server.server_address[1]
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert 'understudy_api_writes_total{kind="VirtualService"} 1.0' in body
+    assert "understudy_prometheus_queries_total 1.0" in body
+    assert "understudy_evaluation_cycle_duration_seconds_count 1.0" in body
+    assert "python_gc" not in body
