@@ -1,0 +1,1 @@
+"""Prometheus signals: PromQL batched across every due policy (`promql`, pure) and the reader that sends it."""

@@ -1,0 +1,347 @@
+"""Batched PromQL for every due policy, and the mapping of query results back to engine readings.
+
+Pure: no I/O, no clock. The built-in signals (request count, error ratio, latency quantile) are read with
+ONE query per (signal, window, metric names, quantile), grouped `by (namespace, workload)` the way
+prometheus-adapter serves many objects from one query, so the number of queries per cycle does not grow
+with the number of policies. Custom `query` triggers are the one exception: their PromQL is written per tier
+(`$deployment`, `$namespace`, `$service`), so identical rendered queries are deduplicated but their count can
+grow with the number of policies.
+
+Each batched query is restricted to the namespaces and workloads of the due policies with `=~` matchers:
+Prometheus then selects only those series through its index instead of evaluating (for the latency
+histogram, very high-cardinality) series of the whole mesh, and answers are as small as the batch. When a
+batch is so large that the matchers would make the query longer than `max_matcher_chars` (URL length limits
+of proxies in front of Prometheus), that query is sent unrestricted; results are always matched back by
+exact (namespace, workload), so the extra series are harmless.
+
+Missing data is never read as zero: an absent series, NaN, or a failed query is MISSING. Fewer requests in
+the window than the trigger's minimum is INSUFFICIENT, and so is a running workload that has no request
+series yet (see `_unseen_but_running`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import Enum
+from string import Template
+from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
+
+from understudy.engine.model import (
+    INSUFFICIENT,
+    MISSING,
+    Policy,
+    Reading,
+    Samples,
+    SignalKind,
+    Tier,
+    Trigger,
+)
+
+DEFAULT_MAX_MATCHER_CHARS = 4096
+
+QueryResult = Sequence[Mapping[str, Any]] | Sequence[Any] | None
+"""A query's `data.result` as Prometheus returns it (a vector, or a scalar's `[time, "value"]`), or None
+when the query failed (unreachable, timeout, HTTP or PromQL error)."""
+
+ReadyReplicas = Mapping[tuple[str, str], tuple[int, int]]
+"""(namespace, deployment) -> (ready replicas, desired replicas), read by the operator from Deployments."""
+
+
+@dataclass(frozen=True)
+class MetricNames:
+    """Where the built-in signals live; the defaults are Istio's standard metrics."""
+
+    requests_metric: str = "istio_requests_total"
+    duration_metric: str = "istio_request_duration_milliseconds"
+    workload_label: str = "destination_workload"
+    namespace_label: str = "destination_workload_namespace"
+    response_code_label: str = "response_code"
+    min_requests: int = 20
+    """Requests in the window below which latency and error triggers read INSUFFICIENT, unless the trigger
+    sets its own `min_requests`."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One due policy: what to read for it and where."""
+
+    key: Hashable
+    namespace: str
+    policy: Policy
+    metrics: MetricNames = MetricNames()
+    window: float = 60.0
+    """The rate() window of the built-in signals, in seconds."""
+    prometheus_url: str | None = None
+    """A per-policy Prometheus; None means the reader's default."""
+
+
+class _Shape(str, Enum):
+    REQUESTS = "requests"
+    ERROR_RATIO = "errorRatio"
+    LATENCY = "latency"
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Everything that makes a batched query different except the workloads it is restricted to."""
+
+    shape: _Shape
+    metrics: MetricNames
+    window: str
+    quantile: float | None = None
+
+
+@dataclass(frozen=True)
+class _SeriesBinding:
+    """A built-in signal: one series of a batched query, gated by the request count."""
+
+    query: str
+    labels: tuple[str, str]
+    """The (namespace, workload) label names the query groups by."""
+    series: tuple[str, str]
+    count_query: str | None
+    min_requests: int
+
+
+@dataclass(frozen=True)
+class _CustomBinding:
+    query: str
+
+
+@dataclass(frozen=True)
+class _ReadyBinding:
+    namespace: str
+    deployment: str
+
+
+_Binding = _SeriesBinding | _CustomBinding | _ReadyBinding | None
+"""None marks a trigger that cannot be read (e.g. a latency trigger without a quantile): always MISSING."""
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """The queries to send for one batch and, per target, tier and trigger, where its reading comes from."""
+
+    queries: tuple[str, ...]
+    bindings: Mapping[Hashable, Mapping[str, Mapping[str, _Binding]]]
+
+
+def promql_duration(seconds: float) -> str:
+    """A PromQL duration literal; whole seconds stay readable, anything finer goes to milliseconds."""
+    ms = round(seconds * 1000)
+    if ms <= 0:
+        raise ValueError(f"window must be positive, got {seconds!r}")
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def render_custom(promql: str, namespace: str, tier: Tier) -> str:
+    """Fill a custom trigger's placeholders for one tier; unknown `$words` are left as written."""
+    return Template(promql).safe_substitute(
+        deployment=tier.deployment, namespace=namespace, service=tier.service
+    )
+
+
+_RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+
+def _regex_literal(value: str) -> str:
+    """Escape a value for an RE2 alternation inside a double-quoted PromQL string."""
+    escaped = "".join("\\" + c if c in _RE2_SPECIAL else c for c in value)
+    return escaped.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _matchers(metrics: MetricNames, series: Iterable[tuple[str, str]], limit: int) -> str:
+    namespaces = sorted({ns for ns, _ in series})
+    workloads = sorted({wl for _, wl in series})
+    text = (
+        f'{metrics.namespace_label}=~"{"|".join(map(_regex_literal, namespaces))}", '
+        f'{metrics.workload_label}=~"{"|".join(map(_regex_literal, workloads))}"'
+    )
+    return text if len(text) <= limit else ""
+
+
+def _selector(metric: str, *matchers: str) -> str:
+    present = [m for m in matchers if m]
+    return f"{metric}{{{', '.join(present)}}}" if present else metric
+
+
+def _render(group: _Group, matchers: str) -> str:
+    m = group.metrics
+    by = f"{m.namespace_label}, {m.workload_label}"
+    w = group.window
+    if group.shape is _Shape.REQUESTS:
+        return f"sum by ({by}) (increase({_selector(m.requests_metric, matchers)}[{w}]))"
+    if group.shape is _Shape.ERROR_RATIO:
+        # A workload with no 5xx yet has no 5xx series at all; `or 0 * total` gives it a true zero, but
+        # only where the total exists, so a workload without traffic data still reads as absent.
+        errors = _selector(m.requests_metric, matchers, f'{m.response_code_label}=~"5.."')
+        total = f"sum by ({by}) (rate({_selector(m.requests_metric, matchers)}[{w}]))"
+        return f"(sum by ({by}) (rate({errors}[{w}])) or 0 * {total}) / {total}"
+    bucket = _selector(f"{m.duration_metric}_bucket", matchers)
+    return f"histogram_quantile({group.quantile!r}, sum by (le, {by}) (rate({bucket}[{w}])))"
+
+
+def _applicable(targets: Iterable[Target]) -> Iterator[tuple[Target, Tier, Trigger]]:
+    for target in targets:
+        for tier in target.policy.tiers:
+            for trigger in target.policy.triggers:
+                if trigger.applies(tier.name):
+                    yield target, tier, trigger
+
+
+def _builtin(target: Target, trigger: Trigger) -> tuple[_Group, _Group | None, int] | None:
+    """The batched query a built-in trigger reads, its request-count gate and the gate's minimum."""
+    if trigger.kind not in (SignalKind.LATENCY, SignalKind.ERROR_RATIO):
+        return None
+    if trigger.kind is SignalKind.LATENCY and trigger.quantile is None:
+        return None
+    metrics = replace(target.metrics, min_requests=0)
+    window = promql_duration(target.window)
+    if trigger.kind is SignalKind.LATENCY:
+        group = _Group(_Shape.LATENCY, metrics, window, trigger.quantile)
+    else:
+        group = _Group(_Shape.ERROR_RATIO, metrics, window)
+    gate = trigger.min_requests or target.metrics.min_requests
+    return group, (_Group(_Shape.REQUESTS, metrics, window) if gate > 0 else None), gate
+
+
+def plan_queries(
+    targets: Iterable[Target], max_matcher_chars: int = DEFAULT_MAX_MATCHER_CHARS
+) -> QueryPlan:
+    """Group every trigger of every target into the fewest queries; see the module docstring."""
+    targets = list(targets)
+    members: dict[_Group, set[tuple[str, str]]] = {}
+    for target, tier, trigger in _applicable(targets):
+        builtin = _builtin(target, trigger)
+        if builtin is not None:
+            for group in builtin[:2]:
+                if group is not None:
+                    members.setdefault(group, set()).add((target.namespace, tier.deployment))
+    rendered = {g: _render(g, _matchers(g.metrics, s, max_matcher_chars)) for g, s in members.items()}
+
+    queries = set(rendered.values())
+    bindings: dict[Hashable, dict[str, dict[str, _Binding]]] = {
+        t.key: {tier.name: {} for tier in t.policy.tiers} for t in targets
+    }
+    for target, tier, trigger in _applicable(targets):
+        builtin = _builtin(target, trigger)
+        binding: _Binding = None
+        if builtin is not None:
+            group, count, gate = builtin
+            binding = _SeriesBinding(
+                query=rendered[group],
+                labels=(target.metrics.namespace_label, target.metrics.workload_label),
+                series=(target.namespace, tier.deployment),
+                count_query=rendered[count] if count else None,
+                min_requests=gate,
+            )
+        elif trigger.kind is SignalKind.READY_REPLICAS:
+            binding = _ReadyBinding(target.namespace, tier.deployment)
+        elif trigger.kind is SignalKind.QUERY and trigger.promql:
+            binding = _CustomBinding(render_custom(trigger.promql, target.namespace, tier))
+            queries.add(binding.query)
+        bindings[target.key][tier.name][trigger.name] = binding
+    return QueryPlan(queries=tuple(sorted(queries)), bindings=bindings)
+
+
+def _number(raw: Any) -> float | None:
+    """A sample value as Prometheus sends it (a string, maybe "NaN"); NaN and garbage read as None."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _by_series(result: QueryResult, labels: tuple[str, str]) -> dict[tuple[str, str], float | None]:
+    indexed: dict[tuple[str, str], float | None] = {}
+    for item in result or ():
+        if not isinstance(item, Mapping):
+            continue
+        metric = item.get("metric", {})
+        value = item.get("value") or (None, None)
+        indexed[(metric.get(labels[0], ""), metric.get(labels[1], ""))] = _number(value[1])
+    return indexed
+
+
+def _single(result: QueryResult) -> Reading:
+    """A custom query must yield exactly one value; none or several (ambiguous) read as MISSING."""
+    if result is None:
+        return MISSING
+    if len(result) == 2 and not isinstance(result[0], Mapping):  # a scalar: [time, "value"]
+        value = _number(result[1])
+    elif len(result) == 1 and isinstance(result[0], Mapping):
+        value = _number((result[0].get("value") or (None, None))[1])
+    else:
+        return MISSING
+    return MISSING if value is None else Reading.ok(value)
+
+
+def _ready(binding: _ReadyBinding, ready: ReadyReplicas) -> Reading:
+    counts = ready.get((binding.namespace, binding.deployment))
+    if counts is None or counts[1] <= 0:
+        return MISSING
+    return Reading.ok(counts[0] / counts[1])
+
+
+def _unseen_but_running(count_result: QueryResult, series: tuple[str, str], ready: ReadyReplicas) -> bool:
+    """Whether a workload without request series has simply served nothing yet.
+
+    Istio creates request series on a workload's first request, so a fallback that never took traffic, or
+    a primary whose pods were just replaced (a rollback) and get no traffic, has none. When its Deployment
+    has ready pods and Prometheus does hold request series for other workloads of the batch, that reads
+    INSUFFICIENT (so the engine can probe it). An answer without any series at all looks like wrong metric
+    names or a broken scrape, and stays MISSING, as does a workload with no ready pods.
+    """
+    counts = ready.get(series)
+    return bool(count_result) and counts is not None and counts[0] > 0
+
+
+def map_results(
+    plan: QueryPlan, results: Mapping[str, QueryResult], ready: ReadyReplicas
+) -> dict[Hashable, Samples]:
+    """Turn raw query results into `Samples.readings[tier][trigger]` for every planned target.
+
+    A query absent from `results`, or mapped to None, failed: every reading it served is MISSING.
+    `ready` should hold every tier's Deployment, not only those with readyReplicas triggers: it also tells
+    a running workload that has served no requests yet (INSUFFICIENT) from one that is unknown (MISSING).
+    """
+    indexes: dict[tuple[str, tuple[str, str]], dict[tuple[str, str], float | None]] = {}
+
+    def lookup(query: str, labels: tuple[str, str], series: tuple[str, str]) -> float | None:
+        if (query, labels) not in indexes:
+            indexes[(query, labels)] = _by_series(results.get(query), labels)
+        return indexes[(query, labels)].get(series)
+
+    def series_reading(b: _SeriesBinding) -> Reading:
+        if results.get(b.query) is None:
+            return MISSING
+        if b.count_query is not None:
+            if results.get(b.count_query) is None:
+                return MISSING
+            count = lookup(b.count_query, b.labels, b.series)
+            if count is None:
+                return INSUFFICIENT if _unseen_but_running(results[b.count_query], b.series, ready) else MISSING
+            if count < b.min_requests:
+                return INSUFFICIENT
+        value = lookup(b.query, b.labels, b.series)
+        return MISSING if value is None else Reading.ok(value)
+
+    def reading(binding: _Binding) -> Reading:
+        if isinstance(binding, _SeriesBinding):
+            return series_reading(binding)
+        if isinstance(binding, _CustomBinding):
+            return _single(results.get(binding.query))
+        if isinstance(binding, _ReadyBinding):
+            return _ready(binding, ready)
+        return MISSING
+
+    return {
+        key: Samples(
+            readings={
+                tier: {trigger: reading(b) for trigger, b in triggers.items()}
+                for tier, triggers in tiers.items()
+            }
+        )
+        for key, tiers in plan.bindings.items()
+    }

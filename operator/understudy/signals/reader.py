@@ -1,0 +1,150 @@
+"""The I/O shell around `promql`: sends one cycle's batched queries and maps the answers to Samples.
+
+prometheus-api-client is synchronous and has no timeout of its own, so every query carries three bounds:
+the HTTP client timeout (connect and each read), Prometheus's own `timeout` parameter (the server stops
+evaluating), and a deadline on the whole batch (a server trickling bytes cannot hold a cycle). Retries are
+off: a failed query is MISSING for this cycle and the next cycle asks again. `read` blocks; the operator
+calls it from a worker thread, never from the event loop.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Hashable, Iterable, Mapping
+
+from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
+
+from understudy.engine.model import Samples
+from understudy.signals.promql import (
+    DEFAULT_MAX_MATCHER_CHARS,
+    QueryResult,
+    ReadyReplicas,
+    Target,
+    map_results,
+    plan_queries,
+)
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReaderStats:
+    """Counters since the reader was made, for the operator's own metrics and the benchmarks."""
+
+    cycles: int = 0
+    queries_sent: int = 0
+    query_errors: int = 0
+    last_cycle_queries: int = 0
+    last_cycle_errors: int = 0
+    last_cycle_seconds: float = 0.0
+
+
+class SignalReader:
+    """Reads the signals of many policies per cycle with a constant number of queries per Prometheus."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 2.0,
+        max_workers: int = 4,
+        max_matcher_chars: int = DEFAULT_MAX_MATCHER_CHARS,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.max_matcher_chars = max_matcher_chars
+        self.max_workers = max_workers
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="understudy-promql")
+        self._local = threading.local()
+        self._clients: list[PrometheusConnect] = []
+        self._lock = threading.Lock()
+        self._stats = ReaderStats()
+
+    @property
+    def stats(self) -> ReaderStats:
+        return self._stats
+
+    def _client(self, url: str) -> PrometheusConnect:
+        """One client per worker thread and URL: requests sessions are not documented as thread-safe."""
+        clients: dict[str, PrometheusConnect] = getattr(self._local, "clients", None) or {}
+        self._local.clients = clients
+        if url not in clients:
+            clients[url] = PrometheusConnect(url=url, retry=Retry(total=0), timeout=self.timeout)
+            with self._lock:
+                self._clients.append(clients[url])
+        return clients[url]
+
+    def _query(self, url: str, promql: str, at: float | None) -> QueryResult:
+        params = {"timeout": f"{self.timeout:g}s"}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        try:
+            return self._client(url).custom_query(promql, params=params, timeout=self.timeout)
+        except Exception as exc:  # unreachable, timeout, HTTP or PromQL error: all read as MISSING
+            _LOG.warning("Prometheus query failed at %s: %s", url, exc)
+            return None
+
+    def read(
+        self, targets: Iterable[Target], ready: ReadyReplicas, at: float | None = None
+    ) -> dict[Hashable, Samples]:
+        """Readings of every target; never raises for Prometheus trouble, which reads as MISSING.
+
+        `at` evaluates every query at one instant (Unix seconds), e.g. for a backtest; None means now.
+        """
+        started = time.monotonic()
+        by_url: dict[str, list[Target]] = {}
+        for target in targets:
+            by_url.setdefault((target.prometheus_url or self.url).rstrip("/"), []).append(target)
+
+        plans = {url: plan_queries(batch, self.max_matcher_chars) for url, batch in by_url.items()}
+        futures: dict[tuple[str, str], Future[QueryResult]] = {
+            (url, q): self._pool.submit(self._query, url, q, at)
+            for url, plan in plans.items()
+            for q in plan.queries
+        }
+        # Each query has its own client timeout; this deadline bounds the batch should one trickle.
+        waves = math.ceil(len(futures) / self.max_workers)
+        wait(futures.values(), timeout=self.timeout * (waves + 1))
+        results: dict[str, dict[str, QueryResult]] = {url: {} for url in plans}
+        errors = 0
+        for (url, q), future in futures.items():
+            result = future.result() if future.done() else None
+            if not future.done():
+                future.cancel()
+            errors += result is None
+            results[url][q] = result
+
+        samples: dict[Hashable, Samples] = {}
+        for url, plan in plans.items():
+            samples.update(map_results(plan, results[url], ready))
+        with self._lock:
+            previous = self._stats
+            self._stats = ReaderStats(
+                cycles=previous.cycles + 1,
+                queries_sent=previous.queries_sent + len(futures),
+                query_errors=previous.query_errors + errors,
+                last_cycle_queries=len(futures),
+                last_cycle_errors=errors,
+                last_cycle_seconds=time.monotonic() - started,
+            )
+        return samples
+
+    def close(self) -> None:
+        """Stop the worker threads and close every HTTP session."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()
+
+    def __enter__(self) -> SignalReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
