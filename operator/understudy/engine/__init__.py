@@ -1,0 +1,49 @@
+"""The pure decision engine: `decide(policy, samples, state, now) -> Decision`, and its vocabulary."""
+from understudy.engine.decide import CREEP_BUCKETS, Decision, decide
+from understudy.engine.model import (
+    INSUFFICIENT,
+    MISSING,
+    PRIMARY,
+    AuditRecord,
+    Comparison,
+    CreepAction,
+    MissingData,
+    Mode,
+    Policy,
+    Reading,
+    ReadingStatus,
+    Samples,
+    SignalKind,
+    Tier,
+    Trigger,
+)
+from understudy.engine.reasons import AUDIT_REASONS
+from understudy.engine.state import CreepBucket, State, TierState, initial_state, state_from_status, state_to_status
+
+__all__ = [
+    "AUDIT_REASONS",
+    "CREEP_BUCKETS",
+    "INSUFFICIENT",
+    "MISSING",
+    "PRIMARY",
+    "AuditRecord",
+    "Comparison",
+    "CreepAction",
+    "CreepBucket",
+    "Decision",
+    "MissingData",
+    "Mode",
+    "Policy",
+    "Reading",
+    "ReadingStatus",
+    "Samples",
+    "SignalKind",
+    "State",
+    "Tier",
+    "TierState",
+    "Trigger",
+    "decide",
+    "initial_state",
+    "state_from_status",
+    "state_to_status",
+]

@@ -88,6 +88,9 @@ class Policy:
     on_missing_data: MissingData = MissingData.HOLD
     when_all_breached: str | None = None
     """The tier that serves when every tier breaches; None means the last fallback."""
+    interval: float = 5.0
+    """evaluation.interval: the engine credits at most twice this much time to one evaluation in the creep
+    accounting, so a gap (operator down, leader change) is not counted as time spent off the primary."""
     creep_max_ratio: float = 0.10
     creep_window: float = 86400.0
     creep_action: CreepAction = CreepAction.ALERT
@@ -126,6 +129,8 @@ class Samples:
     """What the shell observed for one evaluation.
 
     readings[tier][trigger] is the trigger's reading on that tier; an absent entry counts as missing.
+    A tier that served no requests in the window should report INSUFFICIENT, not MISSING: that is what
+    lets a tripped tier with no traffic recover and be probed by the first restore step.
     capacity[tier] is False when the tier's ready replicas cannot carry the load it would receive;
     an absent entry means it can.
     """

@@ -1,0 +1,53 @@
+"""Stable audit reasons: Event reasons, status history entries and the README all use these words.
+
+They are part of the public interface (people alert on them), so never rename one; add new ones instead.
+Each marks the start or end of an episode, never one evaluation of an unchanged situation.
+"""
+from __future__ import annotations
+
+TIER_TRIPPED = "TierTripped"
+"""A tier breached a trigger for tripAfter consecutive evaluations (or once while on restore probation)."""
+TIER_RECOVERED = "TierRecovered"
+"""A tripped tier was clear for recoverAfter consecutive evaluations."""
+FALLBACK_ACTIVATED = "FallbackActivated"
+"""Traffic moved to a worse tier of the chain."""
+RESTORE_STEP = "RestoreStep"
+"""Part of the traffic went back to a better tier (one of restoreSteps)."""
+RESTORED = "Restored"
+"""All traffic is on the better tier again."""
+RESTORE_ABORTED = "RestoreAborted"
+"""The better tier failed during a restore; its share went back to the tier that was serving."""
+ALL_TIERS_BREACHED = "AllTiersBreached"
+"""No tier is fit to serve; the whenAllBreached tier serves anyway."""
+CAPACITY_INSUFFICIENT = "CapacityInsufficient"
+"""A tier that would have received traffic cannot carry it and was skipped."""
+METRICS_MISSING = "MetricsMissing"
+"""A signal of a tier that receives traffic has no data."""
+METRICS_RESTORED = "MetricsRestored"
+"""Every signal of the tiers that receive traffic has data again."""
+PINNED = "Pinned"
+UNPINNED = "Unpinned"
+PAUSED = "Paused"
+RESUMED = "Resumed"
+CREEP_BUDGET_EXCEEDED = "CreepBudgetExceeded"
+"""Time off the primary within the creep window is above the policy's budget."""
+CREEP_BUDGET_RECOVERED = "CreepBudgetRecovered"
+
+AUDIT_REASONS: tuple[str, ...] = (
+    TIER_TRIPPED,
+    TIER_RECOVERED,
+    FALLBACK_ACTIVATED,
+    RESTORE_STEP,
+    RESTORED,
+    RESTORE_ABORTED,
+    ALL_TIERS_BREACHED,
+    CAPACITY_INSUFFICIENT,
+    METRICS_MISSING,
+    METRICS_RESTORED,
+    PINNED,
+    UNPINNED,
+    PAUSED,
+    RESUMED,
+    CREEP_BUDGET_EXCEEDED,
+    CREEP_BUDGET_RECOVERED,
+)

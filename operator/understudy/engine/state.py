@@ -1,0 +1,188 @@
+"""The engine's memory between evaluations, and its status form.
+
+State lives in the FallbackPolicy's status, so an operator restart (or a new leader) loses nothing. It
+holds only ints, strings, bools and tuples, times as integer epoch milliseconds: that makes the status
+form float-free (API conventions) and the round trip exact, so `decide` after a restart behaves exactly
+as it would have without one. Streaks are capped at the policy's thresholds so a steady situation does
+not rewrite status with ever-growing counters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from understudy.engine.model import Policy
+
+
+@dataclass(frozen=True)
+class TierState:
+    name: str
+    breach_streak: int = 0
+    """Consecutive breached evaluations (capped at tripAfter)."""
+    clear_streak: int = 0
+    """Consecutive clear evaluations (capped at recoverAfter)."""
+    tripped: bool = False
+    trip_trigger: str | None = None
+    """The trigger that tripped the tier, kept to explain later moves away from it."""
+    capacity_short: bool = False
+    """A CapacityInsufficient episode is open for this tier."""
+
+
+@dataclass(frozen=True)
+class CreepBucket:
+    """Time observed in one slice of the creep window; `index` is epoch_ms // bucket width."""
+
+    index: int
+    off_primary_ms: int
+    observed_ms: int
+
+
+@dataclass(frozen=True)
+class State:
+    weights: tuple[tuple[str, int], ...]
+    """Every tier in policy order with its percent; in Observe mode the weights the policy would set."""
+    active_tier: str
+    """The tier traffic is anchored on; during a restore, the tier the remaining share stays on."""
+    tiers: tuple[TierState, ...]
+    restore_tier: str | None = None
+    """The better tier being restored to, if a restore is under way."""
+    restore_step: int = 0
+    """Index into the policy's restore steps while restoring."""
+    last_transition_ms: int | None = None
+    last_evaluation_ms: int | None = None
+    pinned_tier: str | None = None
+    """The pin in effect (it can lag the spec while paused)."""
+    paused: bool = False
+    all_tiers_breached: bool = False
+    metrics_missing: bool = False
+    creep_exceeded: bool = False
+    creep_buckets: tuple[CreepBucket, ...] = ()
+
+
+def initial_state(policy: Policy) -> State:
+    """All traffic on the primary, every tier untripped: what a new policy starts from."""
+    names = policy.tier_names
+    return State(
+        weights=tuple((n, 100 if i == 0 else 0) for i, n in enumerate(names)),
+        active_tier=names[0],
+        tiers=tuple(TierState(n) for n in names),
+    )
+
+
+def state_to_status(state: State) -> dict[str, Any]:
+    """The JSON-able status form: camelCase keys, no floats, optional fields omitted when unset."""
+    status: dict[str, Any] = {
+        "activeTier": state.active_tier,
+        "weights": [{"tier": t, "weight": w} for t, w in state.weights],
+        "tiers": [_tier_to_status(t) for t in state.tiers],
+        "paused": state.paused,
+        "allTiersBreached": state.all_tiers_breached,
+        "metricsMissing": state.metrics_missing,
+        "creepExceeded": state.creep_exceeded,
+        "creepBuckets": [
+            {"bucket": b.index, "offPrimaryMs": b.off_primary_ms, "observedMs": b.observed_ms}
+            for b in state.creep_buckets
+        ],
+    }
+    if state.restore_tier is not None:
+        status["restore"] = {"tier": state.restore_tier, "step": state.restore_step}
+    if state.last_transition_ms is not None:
+        status["lastTransitionMs"] = state.last_transition_ms
+    if state.last_evaluation_ms is not None:
+        status["lastEvaluationMs"] = state.last_evaluation_ms
+    if state.pinned_tier is not None:
+        status["pinnedTier"] = state.pinned_tier
+    return status
+
+
+def state_from_status(status: Mapping[str, Any]) -> State:
+    """Invert `state_to_status`; raises ValueError on a malformed dict so the shell can start afresh."""
+    restore = status.get("restore")
+    if restore is not None and not isinstance(restore, Mapping):
+        raise ValueError("restore: expected an object")
+    return State(
+        weights=tuple(
+            (_str(w, "tier"), _int(w, "weight")) for w in _list(status, "weights")
+        ),
+        active_tier=_str(status, "activeTier"),
+        tiers=tuple(_tier_from_status(t) for t in _list(status, "tiers")),
+        restore_tier=None if restore is None else _str(restore, "tier"),
+        restore_step=0 if restore is None else _int(restore, "step"),
+        last_transition_ms=_opt_int(status, "lastTransitionMs"),
+        last_evaluation_ms=_opt_int(status, "lastEvaluationMs"),
+        pinned_tier=_opt_str(status, "pinnedTier"),
+        paused=_bool(status, "paused"),
+        all_tiers_breached=_bool(status, "allTiersBreached"),
+        metrics_missing=_bool(status, "metricsMissing"),
+        creep_exceeded=_bool(status, "creepExceeded"),
+        creep_buckets=tuple(
+            CreepBucket(_int(b, "bucket"), _int(b, "offPrimaryMs"), _int(b, "observedMs"))
+            for b in _list(status, "creepBuckets")
+        ),
+    )
+
+
+def _tier_to_status(t: TierState) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": t.name,
+        "breachStreak": t.breach_streak,
+        "clearStreak": t.clear_streak,
+        "tripped": t.tripped,
+        "capacityShort": t.capacity_short,
+    }
+    if t.trip_trigger is not None:
+        d["tripTrigger"] = t.trip_trigger
+    return d
+
+
+def _tier_from_status(d: Any) -> TierState:
+    return TierState(
+        name=_str(d, "name"),
+        breach_streak=_int(d, "breachStreak"),
+        clear_streak=_int(d, "clearStreak"),
+        tripped=_bool(d, "tripped"),
+        trip_trigger=_opt_str(d, "tripTrigger"),
+        capacity_short=_bool(d, "capacityShort"),
+    )
+
+
+def _get(d: Any, key: str) -> Any:
+    if not isinstance(d, Mapping) or key not in d:
+        raise ValueError(f"{key}: missing")
+    return d[key]
+
+
+def _int(d: Any, key: str) -> int:
+    v = _get(d, key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{key}: expected an integer, got {v!r}")
+    return v
+
+
+def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
+    return _int(d, key) if d.get(key) is not None else None
+
+
+def _str(d: Any, key: str) -> str:
+    v = _get(d, key)
+    if not isinstance(v, str):
+        raise ValueError(f"{key}: expected a string, got {v!r}")
+    return v
+
+
+def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
+    return _str(d, key) if d.get(key) is not None else None
+
+
+def _bool(d: Any, key: str) -> bool:
+    v = _get(d, key)
+    if not isinstance(v, bool):
+        raise ValueError(f"{key}: expected a boolean, got {v!r}")
+    return v
+
+
+def _list(d: Any, key: str) -> list[Any]:
+    v = _get(d, key)
+    if not isinstance(v, list):
+        raise ValueError(f"{key}: expected a list, got {v!r}")
+    return v
