@@ -132,3 +132,17 @@ def test_foreign_conditions_are_kept() -> None:
     again = build_status(first, ON_PRIMARY, 1, T0, READY, None)
     assert again["conditions"][-1]["type"] == "Example"
     assert status_patch(first, again) is None
+
+
+def test_history_entries_always_name_both_tiers() -> None:
+    pinned = AuditRecord("Pinned", "pinned to distilled by spec.override", tier="distilled")
+    paused = AuditRecord("Paused", "routing frozen by spec.paused")
+    decision = FakeDecision(active_tier="distilled", weights=(("primary", 0), ("distilled", 100)),
+                            audit=(pinned, paused))
+    history = build_status(None, decision, 1, T0, READY, None)["history"]
+    assert [(e["reason"], e["fromTier"], e["toTier"]) for e in history] == [
+        ("Pinned", "distilled", "distilled"), ("Paused", "distilled", "distilled")]
+
+
+def test_ratio_is_never_negative() -> None:
+    assert build_status(None, FakeDecision(fallback_ratio=-1e-9), 1, T0, READY, None)["fallbackRatio"] == "0.000"

@@ -26,39 +26,32 @@ class EventKind(NamedTuple):
 
 
 REASONS: Final[dict[str, EventKind]] = {
-    # Traffic moves away from a tier: degradations.
+    # From the engine (understudy.engine.reasons), one per episode.
+    "TierTripped": EventKind(WARNING, "Observe"),
+    "TierRecovered": EventKind(NORMAL, "Observe"),
     "FallbackActivated": EventKind(WARNING, "Route"),
-    "AllTiersBreached": EventKind(WARNING, "Route"),
-    "CapacityInsufficient": EventKind(WARNING, "Route"),
-    "RoutingFailed": EventKind(WARNING, "Route"),
-    "RoutingConflict": EventKind(WARNING, "Route"),
-    # Traffic returns to a better tier.
     "RestoreStep": EventKind(NORMAL, "Restore"),
     "Restored": EventKind(NORMAL, "Restore"),
     "RestoreAborted": EventKind(WARNING, "Restore"),
-    # What the operator can see.
-    "TriggerBreached": EventKind(WARNING, "Observe"),
+    "AllTiersBreached": EventKind(WARNING, "Route"),
+    "CapacityInsufficient": EventKind(WARNING, "Route"),
     "MetricsMissing": EventKind(WARNING, "Observe"),
     "MetricsRestored": EventKind(NORMAL, "Observe"),
-    "ObserveOnly": EventKind(NORMAL, "Observe"),
-    "InvalidPolicy": EventKind(WARNING, "Validate"),
-    # Fallback-rate creep and what it leads to.
+    "Pinned": EventKind(NORMAL, "Override"),
+    "Unpinned": EventKind(NORMAL, "Override"),
+    "Paused": EventKind(NORMAL, "Override"),
+    "Resumed": EventKind(NORMAL, "Override"),
     "CreepBudgetExceeded": EventKind(WARNING, "Observe"),
     "CreepBudgetRecovered": EventKind(NORMAL, "Observe"),
+    # From the shell: what happened when a decision met the cluster.
+    "RoutingFailed": EventKind(WARNING, "Route"),
+    "ScaledUp": EventKind(NORMAL, "Scale"),
+    "ScaleUpFailed": EventKind(WARNING, "Scale"),
     "Frozen": EventKind(WARNING, "Freeze"),
-    "Unfrozen": EventKind(NORMAL, "Freeze"),
     "RollbackStarted": EventKind(WARNING, "Rollback"),
     "RolledBack": EventKind(NORMAL, "Rollback"),
     "RollbackFailed": EventKind(WARNING, "Rollback"),
-    "RollbackSkipped": EventKind(WARNING, "Rollback"),
-    # Fallback capacity.
-    "ScaledUp": EventKind(NORMAL, "Scale"),
-    "ScaleUpFailed": EventKind(WARNING, "Scale"),
-    # Operator overrides.
-    "Pinned": EventKind(NORMAL, "Pin"),
-    "Unpinned": EventKind(NORMAL, "Pin"),
-    "Paused": EventKind(NORMAL, "Pause"),
-    "Resumed": EventKind(NORMAL, "Pause"),
+    "InvalidPolicy": EventKind(WARNING, "Validate"),
 }
 """Every reason -> (type, action). Warning marks a degradation or a failure to act."""
 
@@ -67,10 +60,10 @@ UNKNOWN_REASON: Final = EventKind(NORMAL, "Observe")
 
 TRANSITION_REASONS: Final[frozenset[str]] = frozenset({
     "FallbackActivated", "AllTiersBreached", "RestoreStep", "Restored", "RestoreAborted",
-    "Pinned", "Unpinned", "Frozen", "Unfrozen", "RollbackStarted", "RolledBack", "RollbackFailed",
+    "Pinned", "Unpinned", "Paused", "Resumed", "Frozen", "RollbackStarted", "RolledBack", "RollbackFailed",
 })
 """Reasons that belong in status.history and the transitions counter: changes of who serves traffic,
-overrides, and rollbacks. Observations (MetricsMissing, TriggerBreached...) only go to Events."""
+overrides, and rollbacks. Observations (MetricsMissing, TierTripped...) only go to Events."""
 
 
 def event_kind(reason: str) -> EventKind:

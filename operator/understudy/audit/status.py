@@ -44,8 +44,11 @@ def format_time(moment: datetime) -> str:
 
 
 def format_ratio(ratio: float) -> str:
-    """Three decimal places: fine enough to read, coarse enough not to rewrite status every cycle."""
-    return f"{ratio:.3f}"
+    """Three decimal places: fine enough to read, coarse enough not to rewrite status every cycle.
+
+    Never negative or NaN, which the CRD's decimal pattern would reject and fail the whole status write.
+    """
+    return f"{ratio:.3f}" if ratio > 0 else "0.000"
 
 
 def build_status(
@@ -81,7 +84,7 @@ def build_status(
         "weights": weights,
         "conditions": _conditions(previous.get("conditions") or [], owned, generation, stamp),
         "fallbackRatio": ratio,
-        "history": _history(previous.get("history") or [], decision.audit, stamp),
+        "history": _history(previous.get("history") or [], decision.audit, decision.active_tier, stamp),
     }
     revision = last_known_good_revision if last_known_good_revision is not None else previous.get(
         "lastKnownGoodRevision")
@@ -179,18 +182,20 @@ def _creep(exceeded: bool, ratio: str) -> Owned:
     return ("CreepBudgetExceeded", False, "WithinBudget", f"fallback ratio {ratio} is within the creep budget")
 
 
-def _history(previous: Sequence[Mapping[str, Any]], audit: Sequence[AuditRecord],
+def _history(previous: Sequence[Mapping[str, Any]], audit: Sequence[AuditRecord], active_tier: str,
              stamp: str) -> list[dict[str, Any]]:
     entries = [dict(e) for e in previous]
-    entries.extend(_entry(record, stamp) for record in audit if is_transition(record))
+    entries.extend(_entry(record, active_tier, stamp) for record in audit if is_transition(record))
     return entries[-HISTORY_LIMIT:]
 
 
-def _entry(record: AuditRecord, stamp: str) -> dict[str, Any]:
+def _entry(record: AuditRecord, active_tier: str, stamp: str) -> dict[str, Any]:
+    """fromTier and toTier are required: a record that names no move (Pinned, Paused, a rollback)
+    is shown as happening on its own tier, or on the tier that serves after the decision."""
     fields = {
         "time": stamp,
-        "fromTier": record.from_tier,
-        "toTier": record.to_tier,
+        "fromTier": record.from_tier or record.tier or active_tier,
+        "toTier": record.to_tier or active_tier,
         "reason": record.reason,
         "trigger": record.trigger,
         "observed": format_value(record.observed),
