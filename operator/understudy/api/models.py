@@ -1,0 +1,403 @@
+"""pydantic models of FallbackPolicy, mirroring crds/understudy.dev_fallbackpolicies.yaml.
+
+The CRD is the source of truth and the API server enforces it; these models let the operator, the CLI and
+the backtest reject the same documents with the same messages without an API server. Every cross-field
+rule below repeats one CEL rule of the CRD, with the same message; tests/unit/test_api_crd_agreement.py
+keeps field names, required-ness, enums and defaults in step.
+"""
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from understudy.api.durations import DURATION_PATTERN, parse_duration
+
+PRIMARY = "primary"
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SERVICE_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
+SIGNED_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
+METRIC_NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+CONDITION_TYPE = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+PROMETHEUS_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
+
+
+def rule_error(message: str) -> PydanticCustomError:
+    """An error whose text is exactly the CRD's CEL message (no "Value error," prefix)."""
+    return PydanticCustomError("policy_rule", message)
+
+
+def _positive_duration(value: str) -> str:
+    if not re.fullmatch(DURATION_PATTERN, value) or parse_duration(value) <= 0:
+        raise rule_error('must be a positive duration such as "250ms", "5s", "1m30s" or "24h"')
+    return value
+
+
+def _non_negative_duration(value: str) -> str:
+    if not re.fullmatch(DURATION_PATTERN, value):
+        raise rule_error('must be a duration such as "0s", "30s" or "1m30s"')
+    return value
+
+
+def _ratio(value: str) -> str:
+    if float(value) > 1.0:
+        raise rule_error('ratio must be between 0 and 1, e.g. "0.05"')
+    return value
+
+
+def _quantile(value: str) -> str:
+    if not 0.0 < float(value) < 1.0:
+        raise rule_error('quantile must be strictly between 0 and 1, e.g. "0.99"')
+    return value
+
+
+def _prometheus_url(value: str) -> str:
+    if value and not PROMETHEUS_URL.match(value):
+        raise rule_error("prometheusURL must be an http:// or https:// URL")
+    return value
+
+
+def _not_primary(value: str) -> str:
+    if value == PRIMARY:
+        raise rule_error('the name "primary" is reserved for the primary tier')
+    return value
+
+
+def _restore_steps(steps: list[int]) -> list[int]:
+    if any(a >= b for a, b in zip(steps, steps[1:])):
+        raise rule_error("evaluation.restoreSteps must be strictly increasing")
+    if steps[-1] != 100:
+        raise rule_error("evaluation.restoreSteps must end at 100, with all traffic back on the better tier")
+    return steps
+
+
+def _unique(what: str) -> AfterValidator:
+    """The CRD's `self.all(x, self.exists_one(y, y.name == x.name))` rule for a list of named items."""
+
+    def check(items: list[Any]) -> list[Any]:
+        names = [item.name for item in items]
+        if len(set(names)) != len(names):
+            raise rule_error(f"{what} names must be unique")
+        return items
+
+    return AfterValidator(check)
+
+
+TierName = Annotated[str, Field(max_length=63, pattern=DNS_LABEL)]
+DeploymentName = Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]
+ServiceName = Annotated[str, Field(max_length=63, pattern=SERVICE_NAME)]
+ObjectName = Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]
+Ratio = Annotated[str, Field(max_length=16, pattern=DECIMAL), AfterValidator(_ratio)]
+Quantile = Annotated[str, Field(max_length=16, pattern=DECIMAL), AfterValidator(_quantile)]
+Threshold = Annotated[str, Field(max_length=32, pattern=SIGNED_DECIMAL)]
+PositiveDuration = Annotated[str, Field(max_length=32), AfterValidator(_positive_duration)]
+NonNegativeDuration = Annotated[str, Field(max_length=32), AfterValidator(_non_negative_duration)]
+MetricName = Annotated[str, Field(max_length=200, pattern=METRIC_NAME)]
+LabelName = Annotated[str, Field(max_length=200, pattern=LABEL_NAME)]
+
+
+class _Spec(BaseModel):
+    """Base of the spec's models: camelCase on the wire, typos rejected, fields not reassignable.
+
+    Lists stay lists (pydantic reports a spurious length error for tuples whose items fail); the engine
+    gets tuples from understudy.api.convert.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class _Status(BaseModel):
+    """Base of the status's models: tolerant of fields a newer operator may have written."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+
+class Mode(str, Enum):
+    ENFORCE = "Enforce"
+    OBSERVE = "Observe"
+
+
+class OnMissingData(str, Enum):
+    HOLD = "Hold"
+    FALLBACK = "Fallback"
+
+
+class CreepAction(str, Enum):
+    ROLLBACK_PRIMARY = "RollbackPrimary"
+    FREEZE = "Freeze"
+    ALERT = "Alert"
+
+
+class DurationUnit(str, Enum):
+    MILLISECONDS = "Milliseconds"
+    SECONDS = "Seconds"
+
+
+class PrimaryTier(_Spec):
+    deployment_name: DeploymentName
+    service_name: ServiceName
+
+
+class Degradation(_Spec):
+    description: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    accepted_by: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+
+
+class Capacity(_Spec):
+    requests_per_replica: Annotated[int, Field(ge=1, le=1_000_000)]
+    scale_on_activate: bool = False
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _ceiling(self) -> Capacity:
+        if self.scale_on_activate and self.max_replicas is None:
+            raise rule_error("capacity.scaleOnActivate needs maxReplicas, so a fallback is never scaled without a ceiling")
+        return self
+
+
+class FallbackTier(_Spec):
+    name: Annotated[TierName, AfterValidator(_not_primary)]
+    deployment_name: DeploymentName
+    service_name: ServiceName
+    degradation: Degradation | None = None
+    capacity: Capacity | None = None
+
+
+class IstioRouting(_Spec):
+    virtual_service_name: ObjectName
+    route_name: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+
+
+class ServiceRouting(_Spec):
+    name: ServiceName
+
+
+class GatewayAPIRouting(_Spec):
+    http_route_name: ObjectName
+    rule_index: Annotated[int, Field(ge=0, le=63)] = 0
+
+
+class Routing(_Spec):
+    istio: IstioRouting | None = None
+    service: ServiceRouting | None = None
+    gateway_api: GatewayAPIRouting | None = Field(default=None, alias="gatewayAPI")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Routing:
+        if sum(b is not None for b in (self.istio, self.service, self.gateway_api)) != 1:
+            raise rule_error("routing needs exactly one backend: istio, service or gatewayAPI")
+        return self
+
+
+class LatencySignal(_Spec):
+    quantile: Quantile
+    above: PositiveDuration
+
+
+class ErrorRatioSignal(_Spec):
+    above: Ratio
+
+
+class ReadyReplicasSignal(_Spec):
+    below_ratio: Ratio
+
+
+class QuerySignal(_Spec):
+    promql: Annotated[str, Field(min_length=1, max_length=4096)]
+    above: Threshold | None = None
+    below: Threshold | None = None
+
+    @model_validator(mode="after")
+    def _one_comparison(self) -> QuerySignal:
+        if (self.above is None) == (self.below is None):
+            raise rule_error("a query trigger needs exactly one of above or below")
+        return self
+
+
+def _no_duplicates(names: list[str]) -> list[str]:
+    """The CRD's `x-kubernetes-list-type: set`: a tier listed twice is a typo."""
+    if len(set(names)) != len(names):
+        raise rule_error("appliesTo must not list a tier twice")
+    return names
+
+
+class Trigger(_Spec):
+    name: TierName
+    latency: LatencySignal | None = None
+    error_ratio: ErrorRatioSignal | None = None
+    ready_replicas: ReadyReplicasSignal | None = None
+    query: QuerySignal | None = None
+    applies_to: Annotated[list[TierName], Field(min_length=1, max_length=9), AfterValidator(_no_duplicates)] | None = None
+
+    @model_validator(mode="after")
+    def _one_signal(self) -> Trigger:
+        if sum(s is not None for s in (self.latency, self.error_ratio, self.ready_replicas, self.query)) != 1:
+            raise rule_error("each trigger needs exactly one signal: latency, errorRatio, readyReplicas or query")
+        return self
+
+
+class Signals(_Spec):
+    prometheus_url: Annotated[str, Field(max_length=2048), AfterValidator(_prometheus_url)] | None = Field(
+        default=None, alias="prometheusURL"
+    )
+    requests_metric: MetricName = "istio_requests_total"
+    duration_metric: MetricName = "istio_request_duration_milliseconds"
+    duration_unit: DurationUnit = DurationUnit.MILLISECONDS
+    workload_label: LabelName = "destination_workload"
+    namespace_label: LabelName = "destination_workload_namespace"
+    response_code_label: LabelName = "response_code"
+    min_requests: Annotated[int, Field(ge=0, le=1_000_000)] = 20
+
+
+class Evaluation(_Spec):
+    interval: PositiveDuration = "5s"
+    window: PositiveDuration = "1m"
+    trip_after: Annotated[int, Field(ge=1, le=100)] = 2
+    recover_after: Annotated[int, Field(ge=1, le=1000)] = 6
+    restore_steps: Annotated[
+        list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=10), AfterValidator(_restore_steps)
+    ] = [10, 50, 100]
+    min_dwell: NonNegativeDuration = "30s"
+    on_missing_data: OnMissingData = OnMissingData.HOLD
+    when_all_breached: TierName | None = None
+
+    @model_validator(mode="after")
+    def _ordering(self) -> Evaluation:
+        if self.recover_after < self.trip_after:
+            raise rule_error("evaluation.recoverAfter must be at least tripAfter, or traffic flaps between tiers")
+        if parse_duration(self.window) < parse_duration(self.interval):
+            raise rule_error("evaluation.window must be at least evaluation.interval")
+        return self
+
+
+class Creep(_Spec):
+    max_fallback_ratio: Ratio = "0.10"
+    window: PositiveDuration = "24h"
+    action: CreepAction = CreepAction.ALERT
+
+
+class Override(_Spec):
+    pin_tier: TierName | None = None
+    paused: bool = False
+
+
+class FallbackPolicySpec(_Spec):
+    """The desired behaviour: the tiers, how traffic reaches them, and when to move it."""
+
+    mode: Mode = Mode.ENFORCE
+    primary: PrimaryTier
+    fallbacks: Annotated[list[FallbackTier], Field(min_length=1, max_length=8), _unique("fallback")]
+    routing: Routing
+    triggers: Annotated[list[Trigger], Field(min_length=1, max_length=16), _unique("trigger")]
+    signals: Signals = Field(default_factory=Signals)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    creep: Creep = Field(default_factory=Creep)
+    override: Override | None = None
+
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        return (PRIMARY, *(f.name for f in self.fallbacks))
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FallbackPolicySpec:
+        """The spec-level CEL rules, in the CRD's order, so the first message matches the API server's."""
+        if self.mode is Mode.ENFORCE and not all(
+            f.degradation and f.degradation.description and f.degradation.accepted_by for f in self.fallbacks
+        ):
+            raise rule_error(
+                "in Enforce mode every fallback needs degradation.description and degradation.acceptedBy: "
+                "degraded behaviour must be documented and signed off before traffic is moved to it"
+            )
+        for attr, kind, field in (("deployment_name", "Deployment", "deploymentName"), ("service_name", "Service", "serviceName")):
+            names = [getattr(self.primary, attr), *(getattr(f, attr) for f in self.fallbacks)]
+            if len(set(names)) != len(names):
+                raise rule_error(
+                    f"every tier needs its own {kind}: the primary and each fallback must name different {field} values"
+                )
+        tiers = set(self.tier_names)
+        if any(set(t.applies_to or ()) - tiers for t in self.triggers):
+            raise rule_error('triggers[].appliesTo may only name tiers of this policy ("primary" or a fallback\'s name)')
+        if self.evaluation.when_all_breached is not None and self.evaluation.when_all_breached not in tiers:
+            raise rule_error('evaluation.whenAllBreached must name a tier of this policy ("primary" or a fallback\'s name)')
+        if self.override and self.override.pin_tier is not None and self.override.pin_tier not in tiers:
+            raise rule_error('override.pinTier must name a tier of this policy ("primary" or a fallback\'s name)')
+        return self
+
+
+class TierWeight(_Status):
+    tier: Annotated[str, Field(max_length=63)]
+    weight: Annotated[int, Field(ge=0, le=100)]
+
+
+class ConditionStatus(str, Enum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(_Status):
+    """The standard metav1.Condition shape."""
+
+    type: Annotated[str, Field(max_length=316, pattern=CONDITION_TYPE)]
+    status: ConditionStatus
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    last_transition_time: str
+    reason: Annotated[str, Field(min_length=1, max_length=1024, pattern=REASON)]
+    message: Annotated[str, Field(max_length=32768)]
+
+
+class HistoryEntry(_Status):
+    time: str
+    from_tier: Annotated[str, Field(max_length=63)]
+    to_tier: Annotated[str, Field(max_length=63)]
+    reason: Annotated[str, Field(max_length=128, pattern=REASON)]
+    trigger: Annotated[str, Field(max_length=63)] | None = None
+    observed: Annotated[str, Field(max_length=32)] | None = None
+    threshold: Annotated[str, Field(max_length=32)] | None = None
+    message: Annotated[str, Field(max_length=1024)]
+
+
+HISTORY_LIMIT = 20
+"""status.history's maxItems: the operator keeps the newest entries, Events carry the full trail."""
+
+
+class FallbackPolicyStatus(_Status):
+    """What the operator observed and decided; written by the operator only."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    active_tier: Annotated[str, Field(max_length=63)] | None = None
+    primary_weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    weights: Annotated[list[TierWeight], Field(max_length=9)] | None = None
+    conditions: Annotated[list[Condition], Field(max_length=16)] | None = None
+    fallback_ratio: Annotated[str, Field(max_length=16, pattern=DECIMAL)] | None = None
+    last_known_good_revision: Annotated[str, Field(max_length=20, pattern=r"^[0-9]+$")] | None = None
+    history: Annotated[list[HistoryEntry], Field(max_length=HISTORY_LIMIT)] | None = None
+    engine: dict[str, Any] | None = None
+
+
+API_VERSION = "understudy.dev/v1alpha1"
+KIND = "FallbackPolicy"
+
+
+class FallbackPolicy(BaseModel):
+    """A whole FallbackPolicy object as stored in the API server or written in a manifest."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+    api_version: Literal["understudy.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["FallbackPolicy"]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: FallbackPolicySpec
+    status: FallbackPolicyStatus | None = None
