@@ -1,0 +1,4 @@
+"""`python -m understudy` is the `understudy` command."""
+from understudy.cli import main
+
+raise SystemExit(main())

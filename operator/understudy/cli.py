@@ -1,0 +1,116 @@
+"""The `understudy` command.
+
+One `add_<command>` function registers each subcommand's arguments and one `<command>` function runs it
+and returns the exit status, so `run` and `backtest` slot in beside `validate` without touching it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from pydantic import ValidationError
+
+from understudy.api import API_VERSION, KIND, FallbackPolicy
+from understudy.api.errors import describe
+
+GROUP = API_VERSION.split("/")[0]
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+Subparsers = argparse._SubParsersAction  # the type argparse gives add_subparsers(); private but stable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="understudy",
+        description="Model fallback for Kubernetes inference: audited, and rolled back when it creeps.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_validate(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+# ---- validate ------------------------------------------------------------------------------------
+
+
+def add_validate(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        help="check FallbackPolicy manifests offline, with the API server's rules",
+        description=(
+            "Check FallbackPolicy documents against the same rules the CRD enforces. Documents of other API "
+            "groups in the same files are skipped. Exit status 1 when any policy is invalid."
+        ),
+    )
+    parser.add_argument(
+        "-f", "--filename", action="append", required=True, metavar="PATH",
+        help="a manifest file (several documents allowed), a directory of them, or - for stdin; repeatable",
+    )
+    parser.set_defaults(func=validate)
+
+
+def validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Print one OK line per valid policy and every problem of each invalid one."""
+    out = out or sys.stdout
+    failed = False
+    for where, document, problem in _documents(args.filename):
+        if problem:
+            print(f"{where}: cannot be read: {problem}", file=out)
+            failed = True
+            continue
+        if not isinstance(document, dict):
+            print(f"{where}: not a Kubernetes object", file=out)
+            failed = True
+            continue
+        if str(document.get("apiVersion", "")).split("/")[0] != GROUP:
+            continue
+        name = _display_name(document)
+        try:
+            FallbackPolicy.model_validate(document)
+        except ValidationError as error:
+            failed = True
+            print(f"{where}: {KIND} {name} is invalid:", file=out)
+            for line in describe(error):
+                print(f"  {line}", file=out)
+        else:
+            print(f"{where}: {KIND} {name} OK", file=out)
+    return 1 if failed else 0
+
+
+def _display_name(document: dict[str, Any]) -> str:
+    metadata = document.get("metadata") if isinstance(document.get("metadata"), dict) else {}
+    name = str(metadata.get("name", "<unnamed>"))
+    return f"{metadata['namespace']}/{name}" if metadata.get("namespace") else name
+
+
+def _manifest_files(paths: Sequence[str]) -> Iterator[str]:
+    """Files in the order given; a directory contributes its manifests, sorted."""
+    for path in paths:
+        p = Path(path)
+        if path != "-" and p.is_dir():
+            yield from sorted(str(f) for f in p.iterdir() if f.suffix in MANIFEST_SUFFIXES)
+        else:
+            yield path
+
+
+def _documents(paths: Sequence[str]) -> Iterator[tuple[str, object, str]]:
+    """(where, document, read problem): `where` is the file, with "#n" when it holds several documents."""
+    for path in _manifest_files(paths):
+        source = "<stdin>" if path == "-" else path
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+            documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        except (OSError, yaml.YAMLError) as error:
+            yield source, None, str(error)
+            continue
+        for i, document in enumerate(documents, start=1):
+            yield (f"{source}#{i}" if len(documents) > 1 else source), document, ""

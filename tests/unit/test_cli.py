@@ -1,0 +1,84 @@
+"""`understudy validate`: the model's messages in human words, and an exit status scripts can trust."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.corpus import INVALID, ROOT, VALID
+from understudy.cli import build_parser, main, validate
+
+
+def run_validate(*paths: str) -> tuple[int, str]:
+    out = io.StringIO()
+    status = validate(build_parser().parse_args(["validate", *(a for p in paths for a in ("-f", p))]), out)
+    return status, out.getvalue()
+
+
+def test_valid_policy_prints_one_ok_line() -> None:
+    status, output = run_validate(str(VALID[0].path))
+    assert status == 0
+    assert output == f"{VALID[0].path}: FallbackPolicy {VALID[0].document['metadata']['name']} OK\n"
+
+
+def test_invalid_policy_prints_its_problem_and_fails() -> None:
+    case = next(c for c in INVALID if c.path.stem == "fallback-named-primary")
+    status, output = run_validate(str(case.path))
+    assert status == 1
+    assert "FallbackPolicy fallback-named-primary is invalid:" in output
+    assert '  spec.fallbacks[0].name: the name "primary" is reserved for the primary tier' in output
+
+
+def test_whole_corpus_directories() -> None:
+    status, output = run_validate(str(ROOT / "valid"))
+    assert status == 0 and output.count(" OK\n") == len(VALID)
+    status, output = run_validate(str(ROOT / "valid"), str(ROOT / "invalid"))
+    assert status == 1
+    assert output.count(" OK\n") == len(VALID)
+    assert output.count(" is invalid:\n") == len(INVALID)
+    for case in INVALID:
+        assert case.expect in output
+
+
+def test_several_documents_in_one_file_and_other_kinds_skipped(tmp_path: Path) -> None:
+    manifest = tmp_path / "bundle.yaml"
+    deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: recommender-large}\n"
+    manifest.write_text("---\n".join([VALID[0].path.read_text(), deployment, INVALID[0].path.read_text()]))
+    status, output = run_validate(str(manifest))
+    assert status == 1
+    lines = [line for line in output.splitlines() if not line.startswith("  ")]
+    assert lines == [
+        f"{manifest}#1: FallbackPolicy {VALID[0].document['metadata']['name']} OK",
+        f"{manifest}#3: FallbackPolicy {INVALID[0].document['metadata']['name']} is invalid:",
+    ]
+
+
+def test_unreadable_input_fails(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed\n")
+    status, output = run_validate(str(tmp_path / "missing.yaml"), str(broken))
+    assert status == 1
+    assert output.count("cannot be read") == 2
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[str(Path(sys.executable).with_name("understudy"))], [sys.executable, "-m", "understudy"]],
+                         ids=["console-script", "python-m"])
+def test_installed_command_reads_stdin(command: list[str]) -> None:
+    case = next(c for c in INVALID if c.path.stem == "recover-before-trip")
+    done = subprocess.run(
+        [*command, "validate", "-f", "-"],
+        input=case.path.read_text(), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith("<stdin>: FallbackPolicy recover-before-trip is invalid:")
+    assert case.expect in done.stdout
