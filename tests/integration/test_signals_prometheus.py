@@ -245,6 +245,13 @@ def test_query_timeout_is_honoured() -> None:
     assert slow.stats.last_cycle_errors == slow.stats.last_cycle_queries == 3
 
 
+def test_fractional_timeout_is_accepted_by_prometheus(sims: dict[str, ModelServer], prometheus: PrometheusServer) -> None:
+    """The timeout is also sent to Prometheus, which must understand a sub-second one."""
+    with SignalReader(prometheus.url, timeout=0.75) as quick:
+        read_until(quick, [target("quick", "rec-large", "rec-small")], all_ok("quick"))
+        assert quick.stats.last_cycle_errors == 0
+
+
 def test_per_policy_prometheus_is_its_own_batch(sims: dict[str, ModelServer], reader: SignalReader) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
     targets = [target("here", "rec-large", "rec-small"), target("there", "rec-large", "rec-small", prometheus_url=dead)]

@@ -81,7 +81,7 @@ class SignalReader:
         return clients[url]
 
     def _query(self, url: str, promql: str, at: float | None) -> QueryResult:
-        params = {"timeout": f"{self.timeout:g}s"}
+        params = {"timeout": f"{self.timeout:g}"}  # plain seconds: Prometheus rejects "0.5s"
         if at is not None:
             params["time"] = f"{at:.3f}"
         try:
