@@ -1,0 +1,146 @@
+"""The CRD in a real kube-apiserver: it must accept and reject exactly the corpus documents the pydantic
+models accept and reject, with the expected messages, and default them the same way.
+
+Documents are created with a server-side dry run and strict field validation (what `kubectl apply`
+does), so the structural schema, defaulting and every CEL rule run for real without storing anything.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.corpus import INVALID, VALID, Case
+from understudy.api import FallbackPolicy, FallbackPolicyStatus
+
+pytestmark = pytest.mark.cluster
+
+CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "understudy.dev_fallbackpolicies.yaml"
+GROUP, VERSION, PLURAL = "understudy.dev", "v1alpha1", "fallbackpolicies"
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Poll until probe returns something truthy; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def crd(control_plane: Any, kube_api: Any) -> Iterator[dict[str, Any]]:
+    """The CRD, created (or replaced, if another test installed it) and Established."""
+    ext = client.ApiextensionsV1Api(kube_api)
+    doc: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
+    name = doc["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(doc)
+    except ApiException as err:
+        if err.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(name)
+        doc["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(name, doc)
+
+    def conditions() -> dict[str, str]:
+        crd = ext.read_custom_resource_definition(name)
+        found = {c.type: c.status for c in (crd.status.conditions or [])}
+        return found if found.get("Established") == "True" else {}
+
+    found = wait_for("the FallbackPolicy CRD to be Established", conditions)
+    assert found.get("NonStructuralSchema") != "True", found
+    yield doc
+
+
+def create(kube_api: Any, namespace: str, document: dict[str, Any], dry_run: bool = True) -> dict[str, Any]:
+    body = yaml.safe_load(yaml.safe_dump(document))
+    body["metadata"]["namespace"] = namespace
+    created: dict[str, Any] = client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict", **({"dry_run": "All"} if dry_run else {})
+    )
+    return created
+
+
+@pytest.mark.parametrize("case", VALID, ids=lambda c: c.id)
+def test_valid_policy_is_accepted_and_defaulted_like_the_models(
+    crd: dict[str, Any], kube_api: Any, namespace: str, case: Case
+) -> None:
+    created = create(kube_api, namespace, case.document)
+    expected = FallbackPolicy.model_validate(case.document).spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert created["spec"] == expected
+
+
+@pytest.mark.parametrize("case", INVALID, ids=lambda c: c.id)
+def test_invalid_policy_is_rejected_with_the_expected_message(
+    crd: dict[str, Any], kube_api: Any, namespace: str, case: Case
+) -> None:
+    with pytest.raises(ApiException) as caught:
+        create(kube_api, namespace, case.document)
+    assert caught.value.status in (400, 422), caught.value.body
+    assert case.expect_apiserver in str(caught.value.body), f"{case.reason}: {caught.value.body}"
+
+
+def test_kubectl_explain_documents_the_triggers(crd: dict[str, Any], control_plane: Any) -> None:
+    """The built kubectl, reading the published OpenAPI (it can lag Established by a few seconds)."""
+
+    def explain() -> str:
+        done = control_plane.run_kubectl("explain", "fallbackpolicy.spec.triggers", check=False)
+        return done.stdout if done.returncode == 0 else ""
+
+    text = wait_for("kubectl explain to know FallbackPolicy", explain)
+    assert "The explicit limits" in text
+    for field in ("latency", "errorRatio", "readyReplicas", "query", "appliesTo", "name"):
+        assert f"\n  {field}\t" in text, f"{field} missing from:\n{text}"
+    assert "Breached when the tier's latency quantile" in text
+    latency = control_plane.run_kubectl("explain", "fbp.spec.triggers.latency.above").stdout
+    assert "a positive duration such as" in latency
+
+
+def test_status_subresource_and_printer_columns(crd: dict[str, Any], kube_api: Any, namespace: str,
+                                                control_plane: Any) -> None:
+    """A status written from the pydantic models is accepted and shows up in `kubectl get fbp`."""
+    case = next(c for c in VALID if c.path.stem == "recommender-istio-full")
+    created = create(kube_api, namespace, case.document, dry_run=False)
+    name = created["metadata"]["name"]
+    status = FallbackPolicyStatus.model_validate({
+        "observedGeneration": created["metadata"]["generation"],
+        "activeTier": "distilled",
+        "primaryWeight": 10,
+        "weights": [{"tier": "primary", "weight": 10}, {"tier": "distilled", "weight": 90},
+                    {"tier": "popular-items", "weight": 0}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Evaluating", "message": "evaluating",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}],
+        "fallbackRatio": "0.030",
+        "lastKnownGoodRevision": "7",
+        "history": [{"time": "2026-01-01T00:00:00Z", "fromTier": "primary", "toTier": "distilled",
+                     "reason": "TriggerBreached", "trigger": "p99-latency", "observed": "312.5",
+                     "threshold": "250", "message": "p99 latency 312.5ms above 250ms twice"}],
+        "engine": {"anything": {"the": "engine keeps"}},
+    })
+    body = {"status": status.model_dump(by_alias=True, exclude_none=True, mode="json")}
+    api = client.CustomObjectsApi(kube_api)
+    patched = api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
+    assert patched["status"] == body["status"]
+
+    table = control_plane.run_kubectl("get", "fbp", name, "-n", namespace, "-o", "wide").stdout
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "ACTIVE", "PRIMARY-WEIGHT", "READY", "MODE", "AGE"]
+    assert row.split()[:5] == [name, "distilled", "10", "True", "Enforce"]
+
+    too_long = {"status": {"history": body["status"]["history"] * 21}}
+    with pytest.raises(ApiException) as caught:
+        api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, too_long)
+    assert "must have at most 20 items" in str(caught.value.body)
+    with contextlib.suppress(ApiException):
+        api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
