@@ -252,6 +252,54 @@ def test_fractional_timeout_is_accepted_by_prometheus(sims: dict[str, ModelServe
         assert quick.stats.last_cycle_errors == 0
 
 
+def test_batch_deadline_bounds_a_trickling_server() -> None:
+    """A server that sends a byte every 0.1 s never trips a 0.3 s read timeout; the batch deadline must."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def trickle() -> None:
+        conns = []
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+                conns.append(conn)
+            except TimeoutError:
+                pass
+            for conn in conns:
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    pass
+        for conn in conns:
+            conn.close()
+
+    server = threading.Thread(target=trickle, daemon=True)
+    server.start()
+    try:
+        with SignalReader(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.3) as slow:
+            started = time.monotonic()
+            samples = slow.read([target("a", "rec-large", "rec-small")], {})
+            elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        server.join(timeout=5)
+        listener.close()
+    assert 0.5 < elapsed < 1.5, f"took {elapsed:.2f}s"  # the deadline (2 x 0.3 s), not a read timeout
+    assert statuses(samples["a"]) == {ReadingStatus.MISSING}
+    assert slow.stats.last_cycle_errors == 3
+
+
+def test_reading_at_an_instant(sims: dict[str, ModelServer], reader: SignalReader) -> None:
+    """`at` evaluates the whole batch at one past instant, as a backtest does; before any traffic: MISSING."""
+    rec = [target("rec", "rec-large", "rec-small")]
+    read_until(reader, rec, all_ok("rec"))
+    now = time.time()
+    assert statuses(reader.read(rec, READY_ALL, at=now)["rec"]) == {ReadingStatus.OK}
+    assert statuses(reader.read(rec, READY_ALL, at=now - 3600)["rec"]) == {ReadingStatus.MISSING}
+
+
 def test_per_policy_prometheus_is_its_own_batch(sims: dict[str, ModelServer], reader: SignalReader) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
     targets = [target("here", "rec-large", "rec-small"), target("there", "rec-large", "rec-small", prometheus_url=dead)]

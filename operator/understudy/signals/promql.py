@@ -39,7 +39,7 @@ from understudy.engine.model import (
 
 DEFAULT_MAX_MATCHER_CHARS = 4096
 
-QueryResult = Sequence[Mapping[str, Any]] | Sequence[Any] | None
+QueryResult = Sequence[Any] | None
 """A query's `data.result` as Prometheus returns it (a vector, or a scalar's `[time, "value"]`), or None
 when the query failed (unreachable, timeout, HTTP or PromQL error)."""
 

@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Mapping
+from typing import Any, Hashable, Iterable
 
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
@@ -85,7 +85,8 @@ class SignalReader:
         if at is not None:
             params["time"] = f"{at:.3f}"
         try:
-            return self._client(url).custom_query(promql, params=params, timeout=self.timeout)
+            result: list[Any] = self._client(url).custom_query(promql, params=params, timeout=self.timeout)
+            return result
         except Exception as exc:  # unreachable, timeout, HTTP or PromQL error: all read as MISSING
             _LOG.warning("Prometheus query failed at %s: %s", url, exc)
             return None
@@ -95,7 +96,10 @@ class SignalReader:
     ) -> dict[Hashable, Samples]:
         """Readings of every target; never raises for Prometheus trouble, which reads as MISSING.
 
-        `at` evaluates every query at one instant (Unix seconds), e.g. for a backtest; None means now.
+        Target keys must be unique across the call. `at` evaluates every query at one instant (Unix
+        seconds), e.g. for a backtest; None means now. A query still running at the batch deadline (a
+        server trickling bytes defeats the per-read client timeout) keeps its worker until the connection
+        ends; later cycles may queue behind it and read MISSING, as a misbehaving Prometheus deserves.
         """
         started = time.monotonic()
         by_url: dict[str, list[Target]] = {}
