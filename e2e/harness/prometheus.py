@@ -26,13 +26,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["PrometheusError", "PrometheusServer", "free_port"]
+__all__ = ["PrometheusError", "PrometheusServer", "PrometheusUnavailable", "free_port"]
 
 LOOPBACK = "127.0.0.1"
 
 
 class PrometheusError(RuntimeError):
     """Prometheus could not be started, or an API call failed."""
+
+
+class PrometheusUnavailable(PrometheusError):
+    """Nothing answered: Prometheus is stopped or not listening (e.g. a simulated outage)."""
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -280,6 +284,8 @@ class PrometheusServer:
                 body = resp.read()
         except urllib.error.HTTPError as err:
             raise PrometheusError(f"{method} {path} -> {err.code}: {err.read()[:500]!r}") from err
+        except (urllib.error.URLError, OSError) as err:
+            raise PrometheusUnavailable(f"{method} {self.url}{path}: {err}") from err
         if not body:
             return None
         try:

@@ -253,6 +253,9 @@ class TrafficStats:
     first_request_at: dict[str, float] = field(default_factory=dict)
     first_request_monotonic: dict[str, float] = field(default_factory=dict)
     route_changes: list[RouteChange] = field(default_factory=list)
+    # (monotonic dispatch time, backend) for every request, in order: lets callers split a run
+    # at a routing change and check where each request went.
+    dispatches: list[tuple[float, str]] = field(default_factory=list)
     read_errors: int = 0
     started_at: float = 0.0
     finished_at: float | None = None
@@ -270,6 +273,10 @@ class TrafficStats:
         keys = [backend] if backend else list(self.statuses)
         return sum(n for k in keys for code, n in self.statuses.get(k, Counter()).items() if not 200 <= code < 300)
 
+    def sent_between(self, start: float, end: float = float("inf")) -> Counter[str]:
+        """Requests per backend dispatched in ``[start, end)`` (monotonic clock)."""
+        return Counter(b for t, b in self.dispatches if start <= t < end)
+
     def copy(self) -> TrafficStats:
         return TrafficStats(
             sent=Counter(self.sent),
@@ -278,6 +285,7 @@ class TrafficStats:
             first_request_at=dict(self.first_request_at),
             first_request_monotonic=dict(self.first_request_monotonic),
             route_changes=list(self.route_changes),
+            dispatches=list(self.dispatches),
             read_errors=self.read_errors,
             started_at=self.started_at,
             finished_at=self.finished_at,
@@ -414,9 +422,11 @@ class TrafficGenerator:
                     backend = self._picker.pick() or UNROUTED
                     stats = self._stats
                     stats.sent[backend] += 1
+                    mono = time.monotonic()
+                    stats.dispatches.append((mono, backend))
                     if backend not in stats.first_request_at:
                         stats.first_request_at[backend] = time.time()
-                        stats.first_request_monotonic[backend] = time.monotonic()
+                        stats.first_request_monotonic[backend] = mono
                 if backend != UNROUTED:
                     self._pool.submit(self._send, backend)
                 n += 1
