@@ -23,8 +23,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from enum import Enum
+from functools import lru_cache
 from string import Template
-from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from understudy.engine.model import (
     INSUFFICIENT,
@@ -181,28 +182,25 @@ def _render(group: _Group, matchers: str) -> str:
     return f"histogram_quantile({group.quantile!r}, sum by (le, {by}) (rate({bucket}[{w}])))"
 
 
-def _applicable(targets: Iterable[Target]) -> Iterator[tuple[Target, Tier, Trigger]]:
-    for target in targets:
-        for tier in target.policy.tiers:
-            for trigger in target.policy.triggers:
-                if trigger.applies(tier.name):
-                    yield target, tier, trigger
+@lru_cache(maxsize=1024)
+def _builtin(metrics: MetricNames, window: float, trigger: Trigger) -> tuple[_Group, _Group | None, int] | None:
+    """The batched query a built-in trigger reads, its request-count gate and the gate's minimum.
 
-
-def _builtin(target: Target, trigger: Trigger) -> tuple[_Group, _Group | None, int] | None:
-    """The batched query a built-in trigger reads, its request-count gate and the gate's minimum."""
+    Cached: a fleet has few distinct (metric names, window, trigger) combinations, and planning a
+    thousand policies should not rebuild the same groups for each of them.
+    """
     if trigger.kind not in (SignalKind.LATENCY, SignalKind.ERROR_RATIO):
         return None
     if trigger.kind is SignalKind.LATENCY and trigger.quantile is None:
         return None
-    metrics = replace(target.metrics, min_requests=0)
-    window = promql_duration(target.window)
+    names = replace(metrics, min_requests=0)
+    duration = promql_duration(window)
     if trigger.kind is SignalKind.LATENCY:
-        group = _Group(_Shape.LATENCY, metrics, window, trigger.quantile)
+        group = _Group(_Shape.LATENCY, names, duration, trigger.quantile)
     else:
-        group = _Group(_Shape.ERROR_RATIO, metrics, window)
-    gate = trigger.min_requests or target.metrics.min_requests
-    return group, (_Group(_Shape.REQUESTS, metrics, window) if gate > 0 else None), gate
+        group = _Group(_Shape.ERROR_RATIO, names, duration)
+    gate = trigger.min_requests or metrics.min_requests
+    return group, (_Group(_Shape.REQUESTS, names, duration) if gate > 0 else None), gate
 
 
 def plan_queries(
@@ -211,20 +209,27 @@ def plan_queries(
     """Group every trigger of every target into the fewest queries; see the module docstring."""
     targets = list(targets)
     members: dict[_Group, set[tuple[str, str]]] = {}
-    for target, tier, trigger in _applicable(targets):
-        builtin = _builtin(target, trigger)
-        if builtin is not None:
-            for group in builtin[:2]:
-                if group is not None:
-                    members.setdefault(group, set()).add((target.namespace, tier.deployment))
+    planned: list[tuple[Target, Tier, Trigger, tuple[_Group, _Group | None, int] | None]] = []
+    for target in targets:
+        builtins = {t.name: _builtin(target.metrics, target.window, t) for t in target.policy.triggers}
+        for tier in target.policy.tiers:
+            series = (target.namespace, tier.deployment)
+            for trigger in target.policy.triggers:
+                if not trigger.applies(tier.name):
+                    continue
+                builtin = builtins[trigger.name]
+                if builtin is not None:
+                    members.setdefault(builtin[0], set()).add(series)
+                    if builtin[1] is not None:
+                        members.setdefault(builtin[1], set()).add(series)
+                planned.append((target, tier, trigger, builtin))
     rendered = {g: _render(g, _matchers(g.metrics, s, max_matcher_chars)) for g, s in members.items()}
 
     queries = set(rendered.values())
     bindings: dict[Hashable, dict[str, dict[str, _Binding]]] = {
         t.key: {tier.name: {} for tier in t.policy.tiers} for t in targets
     }
-    for target, tier, trigger in _applicable(targets):
-        builtin = _builtin(target, trigger)
+    for target, tier, trigger, builtin in planned:
         binding: _Binding = None
         if builtin is not None:
             group, count, gate = builtin
