@@ -63,7 +63,9 @@ def walk(crd_node: Node, model_node: Node, defs: Node, path: str) -> list[str]:
         problems.append(f"{path}: enum {crd_node.get('enum')} in the CRD, {model_node.get('enum')} in the models")
     if "default" in crd_node and crd_node["default"] != {} or model_node.get("default") is not None:
         if crd_node.get("default") != model_node.get("default"):
-            problems.append(f"{path}: default {crd_node.get('default')!r} in the CRD, {model_node.get('default')!r} in the models")
+            problems.append(
+                f"{path}: default {crd_node.get('default')!r} in the CRD, {model_node.get('default')!r} in the models"
+            )
     for key in CONSTRAINTS:
         if crd_node.get(key) != model_node.get(key):
             problems.append(f"{path}: {key} {crd_node.get(key)!r} in the CRD, {model_node.get(key)!r} in the models")
@@ -73,7 +75,9 @@ def walk(crd_node: Node, model_node: Node, defs: Node, path: str) -> list[str]:
     if set(crd_props) != set(model_props):
         problems.append(f"{path}: fields {sorted(crd_props)} in the CRD, {sorted(model_props)} in the models")
     if sorted(crd_node.get("required", [])) != sorted(model_node.get("required", [])):
-        problems.append(f"{path}: required {crd_node.get('required')} in the CRD, {model_node.get('required')} in the models")
+        problems.append(
+            f"{path}: required {crd_node.get('required')} in the CRD, {model_node.get('required')} in the models"
+        )
     for name in sorted(set(crd_props) & set(model_props)):
         problems += walk(crd_props[name], model_props[name], defs, f"{path}.{name}")
     if "items" in crd_node:
@@ -128,8 +132,8 @@ def test_defaulting_agrees(case: Any) -> None:
     """The models fill in exactly what the API server would, on every valid corpus document."""
     spec_schema = crd_schema()["properties"]["spec"]
     expected = apply_defaults(spec_schema, case.document["spec"])
-    actual = FallbackPolicy.model_validate(case.document).spec.model_dump(by_alias=True, exclude_none=True, mode="json")
-    assert actual == expected
+    spec = FallbackPolicy.model_validate(case.document).spec
+    assert spec.model_dump(by_alias=True, exclude_none=True, mode="json") == expected
 
 
 def cel_messages(node: Node) -> list[str]:

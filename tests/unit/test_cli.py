@@ -71,8 +71,11 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     assert "COMMAND" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[str(Path(sys.executable).with_name("understudy"))], [sys.executable, "-m", "understudy"]],
-                         ids=["console-script", "python-m"])
+@pytest.mark.parametrize(
+    "command",
+    [[str(Path(sys.executable).with_name("understudy"))], [sys.executable, "-m", "understudy"]],
+    ids=["console-script", "python-m"],
+)
 def test_installed_command_reads_stdin(command: list[str]) -> None:
     case = next(c for c in INVALID if c.path.stem == "recover-before-trip")
     done = subprocess.run(

@@ -163,7 +163,9 @@ class Capacity(_Spec):
     @model_validator(mode="after")
     def _ceiling(self) -> Capacity:
         if self.scale_on_activate and self.max_replicas is None:
-            raise rule_error("capacity.scaleOnActivate needs maxReplicas, so a fallback is never scaled without a ceiling")
+            raise rule_error(
+                "capacity.scaleOnActivate needs maxReplicas, so a fallback is never scaled without a ceiling"
+            )
         return self
 
 
@@ -239,7 +241,9 @@ class Trigger(_Spec):
     error_ratio: ErrorRatioSignal | None = None
     ready_replicas: ReadyReplicasSignal | None = None
     query: QuerySignal | None = None
-    applies_to: Annotated[list[TierName], Field(min_length=1, max_length=9), AfterValidator(_no_duplicates)] | None = None
+    applies_to: (
+        Annotated[list[TierName], Field(min_length=1, max_length=9), AfterValidator(_no_duplicates)] | None
+    ) = None
 
     @model_validator(mode="after")
     def _one_signal(self) -> Trigger:
@@ -320,19 +324,22 @@ class FallbackPolicySpec(_Spec):
                 "in Enforce mode every fallback needs degradation.description and degradation.acceptedBy: "
                 "degraded behaviour must be documented and signed off before traffic is moved to it"
             )
-        for attr, kind, field in (("deployment_name", "Deployment", "deploymentName"), ("service_name", "Service", "serviceName")):
+        for attr, kind, field in (
+            ("deployment_name", "Deployment", "deploymentName"),
+            ("service_name", "Service", "serviceName"),
+        ):
             names = [getattr(self.primary, attr), *(getattr(f, attr) for f in self.fallbacks)]
             if len(set(names)) != len(names):
                 raise rule_error(
                     f"every tier needs its own {kind}: the primary and each fallback must name different {field} values"
                 )
-        tiers = set(self.tier_names)
+        tiers, which = set(self.tier_names), '("primary" or a fallback\'s name)'
         if any(set(t.applies_to or ()) - tiers for t in self.triggers):
-            raise rule_error('triggers[].appliesTo may only name tiers of this policy ("primary" or a fallback\'s name)')
+            raise rule_error(f"triggers[].appliesTo may only name tiers of this policy {which}")
         if self.evaluation.when_all_breached is not None and self.evaluation.when_all_breached not in tiers:
-            raise rule_error('evaluation.whenAllBreached must name a tier of this policy ("primary" or a fallback\'s name)')
+            raise rule_error(f"evaluation.whenAllBreached must name a tier of this policy {which}")
         if self.override and self.override.pin_tier is not None and self.override.pin_tier not in tiers:
-            raise rule_error('override.pinTier must name a tier of this policy ("primary" or a fallback\'s name)')
+            raise rule_error(f"override.pinTier must name a tier of this policy {which}")
         return self
 
 
