@@ -78,6 +78,13 @@ def _aliases(key: str) -> list[str]:
     return [key, f"{short}{sep}{subset}"]
 
 
+def _as_dict(obj: object) -> dict[str, Any]:
+    """Custom objects come back as plain JSON dicts; say so to the type checker, check at runtime."""
+    if not isinstance(obj, dict):
+        raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 class VirtualServiceSource:
     """Istio ``networking.istio.io/v1`` VirtualService: one named ``http`` route's destinations.
 
@@ -103,9 +110,9 @@ class VirtualServiceSource:
         self.namespace, self.name, self.http_route, self.version = namespace, name, http_route, version
 
     def _get(self) -> dict[str, Any]:
-        return dict(
+        return _as_dict(
             self._api.get_namespaced_custom_object(
-                self.group, self.version, self.namespace, self.plural, self.name
+                self.group, self.version, self.namespace, self.plural, self.name, _request_timeout=2
             )
         )
 
@@ -152,9 +159,9 @@ class HTTPRouteSource:
         self.namespace, self.name, self.rule, self.version = namespace, name, rule, version
 
     def read(self) -> RouteSnapshot:
-        obj = dict(
+        obj = _as_dict(
             self._api.get_namespaced_custom_object(
-                self.group, self.version, self.namespace, self.plural, self.name
+                self.group, self.version, self.namespace, self.plural, self.name, _request_timeout=2
             )
         )
         rules = obj.get("spec", {}).get("rules") or []
@@ -196,14 +203,15 @@ class ServiceSelectorSource:
         self.tiers = {k: dict(v) for k, v in tiers.items()}
 
     def read(self) -> RouteSnapshot:
-        svc = self._api.read_namespaced_service(self.name, self.namespace)
-        selector = dict(svc.spec.selector or {})
+        svc = self._api.read_namespaced_service(self.name, self.namespace, _request_timeout=2)
+        selector = dict((svc.spec.selector if svc.spec else None) or {})
         weights = {
             tier: 1
             for tier, labels in self.tiers.items()
             if selector and all(labels.get(k) == v for k, v in selector.items())
         }
-        return RouteSnapshot(str(svc.metadata.resource_version or ""), weights)
+        version = svc.metadata.resource_version if svc.metadata else None
+        return RouteSnapshot(str(version or ""), weights)
 
 
 # -- choice ------------------------------------------------------------------------------------

@@ -303,6 +303,7 @@ def test_virtualservice_70_30_split_is_honoured(
             "networking.istio.io", "v1", namespace, "virtualservices", "model",
             [{"op": "replace", "path": "/spec/http/1/route/0/weight", "value": 0},
              {"op": "replace", "path": "/spec/http/1/route/1/weight", "value": 100}],
+            _content_type="application/json-patch+json",
         )
         stats = gen.wait(timeout=30)
     delay = _assert_switch(stats, patched_at, {"primary": 0, "fallback-1": 100}, "fallback-1")
@@ -318,12 +319,12 @@ def test_service_selector_switch_moves_all_traffic(
     tiers = spawn_tiers(namespace, {"primary": "large", "fallback-1": "small", "fallback-2": "baseline"})
     pod_labels = {name: {"app": "model", "tier": name} for name in tiers}
     core = client.CoreV1Api(kube_api)
-    core.create_namespaced_service(namespace, {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "model"},
-        "spec": {"selector": {"app": "model", "tier": "primary"}, "ports": [{"port": 8080}]},
-    })
+    core.create_namespaced_service(namespace, client.V1Service(
+        metadata=client.V1ObjectMeta(name="model"),
+        spec=client.V1ServiceSpec(
+            selector={"app": "model", "tier": "primary"}, ports=[client.V1ServicePort(port=8080)]
+        ),
+    ))
     source = ServiceSelectorSource(kube_api, namespace, "model", pod_labels)
 
     with TrafficGenerator(source, _urls(tiers), rate=100, max_requests=800, duration=30) as gen:
@@ -372,6 +373,7 @@ def test_httproute_weights_and_reweight_are_followed(
             "gateway.networking.k8s.io", "v1", namespace, "httproutes", "model",
             [{"op": "replace", "path": "/spec/rules/0/backendRefs/0/weight", "value": 0},
              {"op": "replace", "path": "/spec/rules/0/backendRefs/1/weight", "value": 1}],
+            _content_type="application/json-patch+json",
         )
         stats = gen.wait(timeout=30)
     assert stats.errors() == 0, stats.statuses
