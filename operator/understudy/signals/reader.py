@@ -96,7 +96,8 @@ class SignalReader:
     ) -> dict[Hashable, Samples]:
         """Readings of every target; never raises for Prometheus trouble, which reads as MISSING.
 
-        Target keys must be unique across the call. `at` evaluates every query at one instant (Unix
+        Target keys must be unique across the call. `ready` should hold every tier's Deployment (see
+        `map_results`). `at` evaluates every query at one instant (Unix
         seconds), e.g. for a backtest; None means now. A query still running at the batch deadline (a
         server trickling bytes defeats the per-read client timeout) keeps its worker until the connection
         ends; later cycles may queue behind it and read MISSING, as a misbehaving Prometheus deserves.
@@ -118,9 +119,9 @@ class SignalReader:
         results: dict[str, dict[str, QueryResult]] = {url: {} for url in plans}
         errors = 0
         for (url, q), future in futures.items():
-            result = future.result() if future.done() else None
             if not future.done():
-                future.cancel()
+                future.cancel()  # still queued behind a stuck query: not worth sending any more
+            result = future.result() if future.done() and not future.cancelled() else None
             errors += result is None
             results[url][q] = result
 
