@@ -1,0 +1,260 @@
+"""Properties of `decide` over random valid policies and random sample streams (hypothesis)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from understudy.engine import (
+    AUDIT_REASONS,
+    INSUFFICIENT,
+    MISSING,
+    Comparison,
+    Decision,
+    MissingData,
+    Mode,
+    Policy,
+    Reading,
+    ReadingStatus,
+    Samples,
+    SignalKind,
+    State,
+    Tier,
+    Trigger,
+    decide,
+    initial_state,
+    state_from_status,
+    state_to_status,
+)
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+START = 1_700_000_000.0
+NAMES = ("primary", "fb1", "fb2", "fb3")
+
+
+@st.composite
+def triggers(draw: st.DrawFn, tiers: tuple[str, ...]) -> tuple[Trigger, ...]:
+    out = []
+    for k in range(draw(st.integers(1, 3))):
+        applies = draw(st.one_of(st.just(frozenset()), st.frozensets(st.sampled_from(tiers), min_size=1)))
+        out.append(Trigger(
+            name=f"t{k}",
+            kind=draw(st.sampled_from(list(SignalKind))),
+            comparison=draw(st.sampled_from(list(Comparison))),
+            threshold=draw(st.sampled_from([0.05, 0.5, 1.0, 250.0])),
+            applies_to=applies,
+        ))
+    return tuple(out)
+
+
+@st.composite
+def policies(draw: st.DrawFn, overrides: bool = False) -> Policy:
+    """Random valid policies; pins and pauses only when `overrides`, since they may move at once."""
+    tiers = NAMES[: draw(st.integers(1, 4))]
+    steps = tuple(sorted(draw(st.sets(st.integers(1, 100), min_size=1, max_size=4))))
+    return Policy(
+        tiers=tuple(Tier(n, n, n) for n in tiers),
+        triggers=draw(triggers(tiers)),
+        mode=draw(st.sampled_from(list(Mode))),
+        trip_after=draw(st.integers(1, 4)),
+        recover_after=draw(st.integers(1, 6)),
+        restore_steps=steps,
+        min_dwell=draw(st.sampled_from([0.0, 5.0, 10.0, 30.0, 60.0])),
+        on_missing_data=draw(st.sampled_from(list(MissingData))),
+        when_all_breached=draw(st.one_of(st.none(), st.sampled_from(tiers))),
+        creep_max_ratio=draw(st.sampled_from([0.0, 0.1, 0.5])),
+        creep_window=draw(st.sampled_from([60.0, 600.0, 86400.0])),
+        pinned_tier=draw(st.one_of(st.none(), st.sampled_from(tiers))) if overrides else None,
+        paused=draw(st.booleans()) if overrides else False,
+    )
+
+
+GAPS = (1.0, 5.0, 5.0, 5.0, 10.0, 30.0, 300.0)
+FACTORS = (0.5, 0.9, 1.0, 1.1, 2.0, 0.5, 0.9, 1.1, 2.0)
+"""Reading values as multiples of the threshold, so that streams cross it often."""
+
+
+def reading(byte: int, trigger: Trigger, missing: bool) -> Reading | None:
+    """One reading from one random byte: mostly values around the threshold, sometimes no data."""
+    k = byte % (len(FACTORS) + 3) if missing else byte % len(FACTORS)
+    if k < len(FACTORS):
+        return Reading.ok(trigger.threshold * FACTORS[k])
+    return (MISSING, None, INSUFFICIENT)[k - len(FACTORS)]
+
+
+@st.composite
+def streams(draw: st.DrawFn, policy: Policy, missing: bool = True, capacity: bool = True,
+            max_size: int = 60) -> list[tuple[float, Samples]]:
+    """(now, samples) pairs decoded from one byte string: a single draw keeps generation cheap."""
+    width = 1 + len(policy.tier_names) * (len(policy.triggers) + 1)
+    size = draw(st.integers(1, max_size))
+    raw = draw(st.binary(min_size=size * width, max_size=size * width))
+    now, out = START + draw(st.integers(0, 10_000)), []
+    for row in (raw[k:k + width] for k in range(0, len(raw), width)):
+        now += GAPS[row[0] % len(GAPS)]
+        readings, caps, at = {}, {}, 1
+        for tier in policy.tier_names:
+            values = {t.name: reading(row[at + m], t, missing) for m, t in enumerate(policy.triggers)}
+            readings[tier] = {k: v for k, v in values.items() if v is not None}
+            at += len(policy.triggers)
+            if capacity:
+                caps[tier] = row[at] % 4 != 3
+            at += 1
+        out.append((now, Samples(readings, caps)))
+    return out
+
+
+@dataclass(frozen=True)
+class Eval:
+    before: State
+    now: float
+    samples: Samples
+    decision: Decision
+
+
+def run(policy: Policy, stream: list[tuple[float, Samples]],
+        policy_at: list[Policy] | None = None) -> list[Eval]:
+    state, out = initial_state(policy), []
+    for k, (now, samples) in enumerate(stream):
+        d = decide(policy_at[k] if policy_at else policy, samples, state, now)
+        out.append(Eval(state, now, samples, d))
+        state = d.state
+    return out
+
+
+def has_no_floats(v: object) -> bool:
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and has_no_floats(x) for k, x in v.items())
+    if isinstance(v, list):
+        return all(has_no_floats(x) for x in v)
+    return isinstance(v, (str, int, bool)) or v is None
+
+
+@SETTINGS
+@given(st.data())
+def test_weights_are_whole_percent_summing_to_100_over_every_tier(data: st.DataObject) -> None:
+    policy = data.draw(policies(overrides=True))
+    stream = data.draw(streams(policy))
+    pins = (None, *policy.tier_names)
+    raw = data.draw(st.binary(min_size=len(stream), max_size=len(stream)))
+    overrides = [replace(policy, pinned_tier=pins[b % len(pins)] if b & 0x80 else None, paused=b % 5 == 0)
+                 for b in raw]
+    for e, spec in zip(run(policy, stream, overrides), overrides):
+        d = e.decision
+        assert [n for n, _ in d.weights] == list(policy.tier_names)
+        assert all(isinstance(w, int) and w >= 0 for _, w in d.weights)
+        assert sum(w for _, w in d.weights) == 100
+        assert d.weights == d.state.weights and d.active_tier == d.state.active_tier
+        assert d.changed == (d.weights != e.before.weights)
+        assert {a.reason for a in d.audit} <= set(AUDIT_REASONS)
+        assert d.route == (policy.mode is Mode.ENFORCE and not spec.paused)
+
+
+def routing_held(policy: Policy, before: State, samples: Samples) -> bool:
+    """onMissingData=Hold and a serving tier has missing data and no breach (recomputed independently)."""
+    if policy.on_missing_data is not MissingData.HOLD:
+        return False
+    for tier, weight in before.weights:
+        if weight == 0:
+            continue
+        got = samples.readings.get(tier, {})
+        applicable = [t for t in policy.triggers if t.applies(tier)]
+        values = [got.get(t.name) for t in applicable]
+        breach = any(r is not None and r.status is ReadingStatus.OK and t.breached_by(r.value)
+                     for t, r in zip(applicable, values))
+        if not breach and any(r is None or r.status is ReadingStatus.MISSING for r in values):
+            return True
+    return False
+
+
+@SETTINGS
+@given(st.data())
+def test_no_tripped_or_short_tier_serves_while_a_fit_tier_exists(data: st.DataObject) -> None:
+    """After any decision free to move (minDwell elapsed, routing not held by missing data under Hold,
+    no pin or pause), if some tier is fit (not tripped, capacity not reported short), then every tier
+    that receives traffic is fit."""
+    policy = data.draw(policies())
+    for e in run(policy, data.draw(streams(policy))):
+        last = e.before.last_transition_ms
+        free = last is None or round(e.now * 1000) - last >= round(policy.min_dwell * 1000)
+        if not free or routing_held(policy, e.before, e.samples):
+            continue
+        fit = {t.name for t in e.decision.state.tiers
+               if not t.tripped and e.samples.capacity.get(t.name, True)}
+        if fit:
+            assert {n for n, w in e.decision.weights if w > 0} <= fit
+
+
+@SETTINGS
+@given(st.data())
+def test_no_weight_change_within_min_dwell_of_the_previous(data: st.DataObject) -> None:
+    policy = data.draw(policies())
+    changes = [e.now for e in run(policy, data.draw(streams(policy))) if e.decision.changed]
+    assert all(b - a >= policy.min_dwell - 1e-3 for a, b in zip(changes, changes[1:]))
+
+
+@SETTINGS
+@given(st.data())
+def test_transitions_on_a_signal_oscillating_around_its_threshold_are_bounded_by_hysteresis(
+        data: st.DataObject) -> None:
+    """Every weight change is paid for by a trip or a recovery (a restore spends at most one per step),
+    trips and recoveries of a tier alternate with at least the configured streaks between them, and
+    changes are at most one per minDwell."""
+    policy = data.draw(policies())
+    stream = data.draw(streams(policy, missing=False, capacity=False, max_size=80))
+    evals = run(policy, stream)
+    changes = sum(e.decision.changed for e in evals)
+    events: dict[str, list[tuple[int, str, bool]]] = {n: [] for n in policy.tier_names}
+    for k, e in enumerate(evals):
+        for a in e.decision.audit:
+            if a.reason in ("TierTripped", "TierRecovered") and a.tier is not None:
+                events[a.tier].append((k, a.reason, e.before.restore_tier == a.tier))
+    for tier, log in events.items():
+        kinds = [r for _, r, _ in log]
+        assert kinds == ["TierTripped", "TierRecovered"] * (len(kinds) // 2) + ["TierTripped"] * (len(kinds) % 2)
+        if log:
+            assert log[0][0] >= policy.trip_after - 1
+        for (k0, r0, _), (k1, _, probation) in zip(log, log[1:]):
+            if r0 == "TierTripped":
+                assert k1 - k0 >= policy.recover_after
+            else:
+                assert k1 - k0 >= (1 if probation else policy.trip_after)
+    steps = len(policy.restore_steps) + (policy.restore_steps[-1] != 100)
+    assert changes <= steps * sum(len(log) for log in events.values())
+    if policy.min_dwell > 0 and changes:
+        assert changes <= (stream[-1][0] - stream[0][0]) / policy.min_dwell + 1
+
+
+@SETTINGS
+@given(st.data())
+def test_flapping_every_evaluation_never_moves_traffic(data: st.DataObject) -> None:
+    """A signal that crosses its threshold on every evaluation never trips a tier when tripAfter >= 2."""
+    policy = replace(data.draw(policies()), trip_after=data.draw(st.integers(2, 4)))
+    trigger = policy.triggers[0]
+    stream = []
+    for k in range(data.draw(st.integers(1, 60))):
+        factor = 2.0 if k % 2 else 0.5
+        values = {t.name: Reading.ok(t.threshold * (factor if t is trigger else 1.0)) for t in policy.triggers}
+        stream.append((START + 5 * k, Samples({n: values for n in policy.tier_names})))
+    evals = run(policy, stream)
+    assert not any(e.decision.changed for e in evals)
+    assert not any(a.reason == "TierTripped" for e in evals for a in e.decision.audit)
+
+
+@SETTINGS
+@given(st.data())
+def test_deterministic_and_restartable_through_status(data: st.DataObject) -> None:
+    """Same inputs, same outputs; and a restart that reloads state from its JSON status at any point
+    continues exactly as an uninterrupted run (so the status form is float-free and exact)."""
+    policy = data.draw(policies(overrides=True))
+    stream = data.draw(streams(policy))
+    first, second = run(policy, stream), run(policy, stream)
+    assert [e.decision for e in first] == [e.decision for e in second]
+    for e in first:
+        status = state_to_status(e.decision.state)
+        assert has_no_floats(status)
+        reloaded = state_from_status(json.loads(json.dumps(status)))
+        assert reloaded == e.decision.state
+        assert decide(policy, e.samples, state_from_status(state_to_status(e.before)), e.now) == e.decision
