@@ -1,0 +1,478 @@
+"""The evaluation cycle: every due policy, one batch of PromQL, one `decide` each, and only the writes
+that change something.
+
+This is the shell around the engine. It is synchronous and runs in a worker thread; `handlers` feeds it
+snapshots of kopf's indexes and calls `cycle` about once a second.
+
+Order of effects for one decision, chosen so that a crash or a second leader cannot corrupt routing:
+1. status (with the engine's state) is written first, guarded by the policy's resourceVersion. It is the
+   fencing token: a replica acting on stale state gets a 409, drops its decision and reloads.
+2. routing is written next (itself guarded by the routing object's resourceVersion). A crash between 1
+   and 2 is repaired on restart, because a fresh runtime re-applies the recorded weights.
+3. Events are posted last: they are the human-readable trail, status.history is the durable one.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Hashable, Mapping
+
+from kubernetes.client import ApiClient, AppsV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from understudy.api import FallbackPolicySpec, to_engine_policy
+from understudy.api.durations import parse_duration
+from understudy.api.models import API_VERSION, KIND
+from understudy.audit.events import EventRecorder, ObjectRef
+from understudy.audit.metrics import OperatorMetrics
+from understudy.audit.status import build_status, status_patch
+from understudy.engine import (
+    PRIMARY,
+    AuditRecord,
+    CreepAction,
+    Decision,
+    Policy,
+    Samples,
+    State,
+    decide,
+    initial_state,
+    state_from_status,
+    state_to_status,
+)
+from understudy.rollback.deployment import rollback_to_revision
+from understudy.routing import (
+    GatewayAPITarget,
+    IstioTarget,
+    RoutingBackend,
+    RoutingTarget,
+    RoutingTargetError,
+    ServiceTarget,
+    Weights,
+    backend_for,
+)
+from understudy.signals.promql import MetricNames, Target
+from understudy.signals.reader import SignalReader
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION = API_VERSION.split("/")
+PLURAL = "fallbackpolicies"
+
+ACCOUNTING_KEYS = ("lastEvaluationMs", "creepBuckets")
+"""Parts of the engine state that move on every evaluation. They are checkpointed (see
+`Evaluator.checkpoint_seconds`), not written each cycle, so a steady state causes no API writes."""
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """What the kopf index keeps of one FallbackPolicy."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    resource_version: str
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DeploymentSnapshot:
+    """What the kopf index keeps of one Deployment: enough for readiness, capacity and rollback."""
+
+    ready: int
+    desired: int
+    revision: str | None
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A policy's spec turned, once per generation, into everything a cycle needs."""
+
+    spec: FallbackPolicySpec
+    policy: Policy
+    target: Target
+    interval: float
+    routing: RoutingTarget
+
+
+def compile_policy(snapshot: PolicySnapshot) -> Compiled:
+    """Raises pydantic's ValidationError for a spec the CRD let through but the models reject."""
+    spec = FallbackPolicySpec.model_validate(dict(snapshot.spec))
+    policy = to_engine_policy(spec)
+    signals = spec.signals
+    metrics = MetricNames(
+        requests_metric=signals.requests_metric,
+        duration_metric=signals.duration_metric,
+        workload_label=signals.workload_label,
+        namespace_label=signals.namespace_label,
+        response_code_label=signals.response_code_label,
+        min_requests=signals.min_requests,
+    )
+    target = Target(
+        key=(snapshot.namespace, snapshot.name),
+        namespace=snapshot.namespace,
+        policy=policy,
+        metrics=metrics,
+        window=parse_duration(spec.evaluation.window),
+        prometheus_url=signals.prometheus_url or None,
+    )
+    routing: RoutingTarget
+    if spec.routing.istio is not None:
+        routing = IstioTarget(spec.routing.istio.virtual_service_name, spec.routing.istio.route_name)
+    elif spec.routing.service is not None:
+        routing = ServiceTarget(spec.routing.service.name)
+    else:
+        assert spec.routing.gateway_api is not None  # the CRD and the models demand exactly one backend
+        routing = GatewayAPITarget(spec.routing.gateway_api.http_route_name, spec.routing.gateway_api.rule_index)
+    return Compiled(spec, policy, target, parse_duration(spec.evaluation.interval), routing)
+
+
+@dataclass
+class Runtime:
+    """The leader's working memory for one policy; rebuilt from status whenever in doubt."""
+
+    uid: str
+    generation: int
+    compiled: Compiled | None
+    invalid: str | None
+    state: State | None
+    status: dict[str, Any]
+    resource_version: str
+    backend: RoutingBackend | None
+    next_due: float = 0.0
+    routed: Weights | None = None
+    """Weights known to be on the routing object; None forces one apply (a no-op if already right)."""
+    persisted_essential: dict[str, Any] | None = None
+    last_checkpoint: float = 0.0
+    routing_error: str | None = None
+    frozen: bool = False
+
+
+@dataclass
+class CycleReport:
+    due: int = 0
+    evaluated: int = 0
+    status_writes: int = 0
+    routing_writes: int = 0
+    conflicts: int = 0
+    events: int = 0
+    queries: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Evaluator:
+    """Owns the per-policy runtimes of the leader and runs cycles over kopf's snapshots."""
+
+    api: ApiClient
+    reader: SignalReader
+    recorder: EventRecorder
+    metrics: OperatorMetrics
+    checkpoint_seconds: float = 60.0
+    """How often the creep accounting is written while the window holds time off the primary."""
+    runtimes: dict[Hashable, Runtime] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._custom = CustomObjectsApi(self.api)
+        self._apps = AppsV1Api(self.api)
+
+    def reset(self) -> None:
+        """Forget everything in memory: the next cycle reloads each policy's state from its status."""
+        self.runtimes.clear()
+
+    def next_due(self) -> float | None:
+        return min((r.next_due for r in self.runtimes.values()), default=None)
+
+    def cycle(
+        self,
+        policies: Mapping[Hashable, PolicySnapshot],
+        deployments: Mapping[tuple[str, str], DeploymentSnapshot],
+        now: float,
+    ) -> CycleReport:
+        started = time.monotonic()
+        report = CycleReport()
+        self._sync(policies)
+        due = [(k, r) for k, r in self.runtimes.items() if r.next_due <= now]
+        report.due = len(due)
+        valid = [(k, r) for k, r in due if r.compiled is not None]
+        for key, rt in due:
+            rt.next_due = max(rt.next_due + (rt.compiled.interval if rt.compiled else 30.0), now)
+            if rt.compiled is None:
+                self._report_invalid(key, rt, policies[key], now, report)
+        if valid:
+            ready = {k: (d.ready, d.desired) for k, d in deployments.items()}
+            before = self.reader.stats.queries_sent
+            errors_before = self.reader.stats.query_errors
+            samples = self.reader.read([rt.compiled.target for _, rt in valid if rt.compiled], ready)
+            report.queries = self.reader.stats.queries_sent - before
+            self.metrics.prometheus_queries.inc(report.queries)
+            self.metrics.prometheus_query_errors.inc(self.reader.stats.query_errors - errors_before)
+            for key, rt in valid:
+                self._evaluate(key, rt, policies[key], samples.get(key, Samples({})), deployments, now, report)
+        report.seconds = time.monotonic() - started
+        self.metrics.cycle_duration.observe(report.seconds)
+        return report
+
+    # -- keeping runtimes in line with the index -------------------------------------------------------
+
+    def _sync(self, policies: Mapping[Hashable, PolicySnapshot]) -> None:
+        for gone in set(self.runtimes) - set(policies):
+            del self.runtimes[gone]
+            namespace, name = gone  # type: ignore[misc]
+            self.metrics.forget_policy(namespace, name)
+        for key, snap in policies.items():
+            rt = self.runtimes.get(key)
+            if rt is None or rt.uid != snap.uid:
+                self.runtimes[key] = self._load(snap)
+            elif rt.generation != snap.generation:
+                self._recompile(rt, snap)
+
+    def _load(self, snap: PolicySnapshot) -> Runtime:
+        compiled, invalid = self._compile(snap)
+        status = dict(snap.status or {})
+        state: State | None = None
+        if compiled is not None:
+            state = self._restore_state(compiled.policy, status.get("engine"))
+        rt = Runtime(
+            uid=snap.uid, generation=snap.generation, compiled=compiled, invalid=invalid, state=state,
+            status=status, resource_version=snap.resource_version,
+            backend=backend_for(self.api, compiled.routing, compiled.policy.tiers) if compiled else None,
+        )
+        rt.persisted_essential = _essential(status.get("engine"))
+        rt.frozen = bool(state and state.creep_exceeded and compiled
+                         and compiled.policy.creep_action is CreepAction.FREEZE)
+        return rt
+
+    def _recompile(self, rt: Runtime, snap: PolicySnapshot) -> None:
+        """A spec change keeps the engine's memory when the tiers are the same, and starts afresh otherwise."""
+        compiled, invalid = self._compile(snap)
+        rt.generation, rt.compiled, rt.invalid = snap.generation, compiled, invalid
+        rt.resource_version = snap.resource_version
+        rt.status = dict(snap.status or {})
+        rt.next_due = 0.0
+        if compiled is None:
+            return
+        if rt.state is None or tuple(n for n, _ in rt.state.weights) != compiled.policy.tier_names:
+            rt.state = self._restore_state(compiled.policy, None)
+        rt.backend = backend_for(self.api, compiled.routing, compiled.policy.tiers)
+        rt.routed = None
+
+    @staticmethod
+    def _compile(snap: PolicySnapshot) -> tuple[Compiled | None, str | None]:
+        try:
+            return compile_policy(snap), None
+        except (ValidationError, ValueError) as err:
+            return None, " ".join(str(err).split())[:1000]
+
+    @staticmethod
+    def _restore_state(policy: Policy, engine_status: Any) -> State:
+        if isinstance(engine_status, Mapping):
+            try:
+                state = state_from_status(engine_status)
+                if tuple(n for n, _ in state.weights) == policy.tier_names:
+                    return state
+            except ValueError:
+                log.warning("engine state in status is unreadable; starting afresh")
+        return initial_state(policy)
+
+    # -- one decision ------------------------------------------------------------------------------------
+
+    def _evaluate(
+        self,
+        key: Hashable,
+        rt: Runtime,
+        snap: PolicySnapshot,
+        samples: Samples,
+        deployments: Mapping[tuple[str, str], DeploymentSnapshot],
+        now: float,
+        report: CycleReport,
+    ) -> None:
+        assert rt.compiled is not None and rt.state is not None and rt.backend is not None
+        report.evaluated += 1
+        policy = rt.compiled.policy
+        if rt.frozen:
+            policy = replace(policy, paused=True)
+        decision = decide(policy, samples, rt.state, now)
+        primary = deployments.get((snap.namespace, policy.tiers[0].deployment))
+        shell_records: list[AuditRecord] = []
+        if any(r.reason == "CreepBudgetExceeded" for r in decision.audit):
+            shell_records += self._on_creep(rt, snap, decision)
+        if rt.frozen and not decision.creep_exceeded:
+            rt.frozen = False
+        decision = replace(decision, audit=decision.audit + tuple(shell_records))
+
+        moment = datetime.fromtimestamp(now, timezone.utc)
+        revision = _primary_revision(rt.status, primary, moment)
+        lkg = _last_known_good(rt.status, revision, decision, policy.creep_window, now)
+        engine_status = state_to_status(decision.state)
+        essential = _essential(engine_status)
+        window_has_fallback = any(b.off_primary_ms for b in decision.state.creep_buckets)
+        checkpoint = essential != rt.persisted_essential or (
+            window_has_fallback and now - rt.last_checkpoint >= self.checkpoint_seconds)
+        ready = self._ready(rt)
+        status = build_status(rt.status, decision, rt.generation, moment, ready, lkg,
+                              engine=engine_status if checkpoint else None)
+        if revision is not None:
+            status["primaryRevision"] = revision
+        if not self._write_status(key, rt, snap, status, report):
+            return  # someone else moved the policy on: forget this decision, reload next cycle
+        if checkpoint:
+            rt.persisted_essential, rt.last_checkpoint = essential, now
+        rt.state = decision.state
+
+        routing_records = self._route(rt, snap, decision, report)
+        if routing_records:
+            retry = build_status(rt.status, replace(decision, audit=tuple(routing_records)), rt.generation,
+                                 moment, self._ready(rt), None)
+            self._write_status(key, rt, snap, retry, report)
+        ref = ObjectRef(snap.name, snap.namespace, snap.uid)
+        for record in (*decision.audit, *routing_records):
+            self.recorder.record(ref, record, moment)
+            report.events += 1
+        self.metrics.observe_policy(snap.namespace, snap.name, policy.tier_names, decision.active_tier,
+                                    decision.fallback_ratio, (*decision.audit, *routing_records))
+
+    def _ready(self, rt: Runtime) -> tuple[bool, str, str]:
+        if rt.routing_error is not None:
+            reason, _, message = rt.routing_error.partition(": ")
+            return False, reason, message
+        return True, "Evaluating", "Signals are read and decisions applied every evaluation interval."
+
+    def _route(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, report: CycleReport) -> list[AuditRecord]:
+        """Apply the weights when they differ from what the routing is known to carry."""
+        assert rt.backend is not None
+        if not decision.route or rt.frozen or decision.weights == rt.routed:
+            return []
+        try:
+            changed = rt.backend.apply(snap.namespace, decision.weights)
+        except RoutingTargetError as err:
+            first = rt.routing_error != str(err)
+            rt.routing_error = str(err)
+            if not first:
+                return []
+            return [AuditRecord(reason="RoutingFailed", message=f"{err.reason}: {err.message}")]
+        except ApiException as err:
+            log.warning("routing write for %s/%s failed: %s", snap.namespace, snap.name, err.reason)
+            return []
+        recovered = rt.routing_error is not None
+        rt.routing_error = None
+        rt.routed = decision.weights
+        if changed:
+            report.routing_writes += 1
+            self.metrics.api_write(type(rt.backend).__name__)
+        if recovered:
+            return [AuditRecord(reason="RoutingRestored", message="The routing target accepts weights again.")]
+        return []
+
+    def _write_status(self, key: Hashable, rt: Runtime, snap: PolicySnapshot, status: dict[str, Any],
+                      report: CycleReport) -> bool:
+        patch = status_patch(rt.status, status)
+        if patch is None:
+            return True
+        patch["metadata"] = {"resourceVersion": rt.resource_version}
+        try:
+            written = self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, snap.namespace, PLURAL, snap.name, patch)
+        except ApiException as err:
+            if err.status in (404, 409):
+                report.conflicts += 1
+                self.runtimes.pop(key, None)
+                return False
+            raise
+        report.status_writes += 1
+        self.metrics.api_write("FallbackPolicyStatus")
+        body = written if isinstance(written, dict) else written.to_dict()
+        rt.status = dict(body.get("status") or status)
+        rt.resource_version = body["metadata"]["resourceVersion"]
+        return True
+
+    def _on_creep(self, rt: Runtime, snap: PolicySnapshot, decision: Decision) -> list[AuditRecord]:
+        """Act on a creep verdict, once per episode, as the policy's creep.action says."""
+        assert rt.compiled is not None
+        action = rt.compiled.policy.creep_action
+        ratio = f"{decision.fallback_ratio:.3f}"
+        if action is CreepAction.FREEZE:
+            rt.frozen = True
+            return [AuditRecord(reason="Frozen", tier=decision.active_tier,
+                                message=f"Fallback ratio {ratio} is over budget: routing is frozen on "
+                                        f"{decision.active_tier} until the ratio falls back within budget "
+                                        f"or spec.override is changed.")]
+        if action is not CreepAction.ROLLBACK_PRIMARY:
+            return []
+        deployment = rt.compiled.policy.tiers[0].deployment
+        good = rt.status.get("lastKnownGoodRevision")
+        if not good:
+            return [AuditRecord(reason="RollbackFailed", tier=PRIMARY,
+                                message=f"Fallback ratio {ratio} is over budget, but no healthy revision of "
+                                        f"{deployment} is on record: nothing was rolled back.")]
+        result = rollback_to_revision(self._apps, snap.namespace, deployment, good)
+        if result.rolled_back:
+            self.metrics.api_write("Deployment")
+            return [AuditRecord(reason="RolledBack", tier=PRIMARY,
+                                message=f"Fallback ratio {ratio} is over budget: rolled {deployment} back "
+                                        f"to revision {good}, the last one that served without creep.")]
+        return [AuditRecord(reason="RollbackFailed", tier=PRIMARY,
+                            message=f"Fallback ratio {ratio} is over budget; rollback of {deployment} to "
+                                    f"revision {good} was not done: {result.message}")]
+
+    def _report_invalid(self, key: Hashable, rt: Runtime, snap: PolicySnapshot, now: float,
+                        report: CycleReport) -> None:
+        """A spec the models reject gets Ready=False and one Event per generation; it never stops others."""
+        ready = {"type": "Ready", "status": "False", "reason": "InvalidPolicy", "message": rt.invalid or "",
+                 "observedGeneration": rt.generation}
+        conditions = [c for c in rt.status.get("conditions") or [] if c.get("type") != "Ready"]
+        previous = next((c for c in rt.status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        if previous and all(previous.get(k) == v for k, v in ready.items()):
+            return
+        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status = {**rt.status, "observedGeneration": rt.generation,
+                  "conditions": [*conditions, {**ready, "lastTransitionTime": stamp}]}
+        if self._write_status(key, rt, snap, status, report):
+            self.recorder.record(ObjectRef(snap.name, snap.namespace, snap.uid),
+                                 AuditRecord(reason="InvalidPolicy", message=rt.invalid or ""),
+                                 datetime.fromtimestamp(now, timezone.utc))
+
+
+def _essential(engine_status: Any) -> dict[str, Any] | None:
+    if not isinstance(engine_status, Mapping):
+        return None
+    return {k: v for k, v in engine_status.items() if k not in ACCOUNTING_KEYS}
+
+
+def _primary_revision(status: Mapping[str, Any], primary: DeploymentSnapshot | None,
+                      moment: datetime) -> dict[str, str] | None:
+    """The primary Deployment's current revision and since when this policy has seen it."""
+    if primary is None or primary.revision is None:
+        return None
+    seen = status.get("primaryRevision") or {}
+    if seen.get("revision") == primary.revision and seen.get("since"):
+        return {"revision": primary.revision, "since": seen["since"]}
+    return {"revision": primary.revision, "since": moment.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def _last_known_good(status: Mapping[str, Any], revision: Mapping[str, str] | None, decision: Decision,
+                     creep_window: float, now: float) -> str | None:
+    """The primary's revision becomes known-good once it has carried all traffic for a whole creep window
+    with no time off the primary in that window.
+
+    A revision that keeps falling back never gets there, so it can be rolled back to the one before it.
+    The first revision a policy sees healthy is taken as known-good at once, so a rollback target exists
+    from the start. None keeps the value on record.
+    """
+    if revision is None:
+        return None
+    healthy = dict(decision.weights).get(PRIMARY) == 100 and not decision.creep_exceeded
+    if not healthy or decision.state.tiers[0].tripped:
+        return None
+    known = status.get("lastKnownGoodRevision")
+    if known is None:
+        return revision["revision"]
+    if known == revision["revision"]:
+        return None
+    since = datetime.fromisoformat(revision["since"].replace("Z", "+00:00")).timestamp()
+    fallback_free = all(b.off_primary_ms == 0 for b in decision.state.creep_buckets)
+    return revision["revision"] if fallback_free and now - since >= creep_window else None
