@@ -28,7 +28,7 @@ from understudy.engine.model import (
     Tier,
     Trigger,
 )
-from understudy.signals.promql import Target
+from understudy.signals.promql import Target, plan_queries
 from understudy.signals.reader import SignalReader
 
 NS = "ml"
@@ -196,17 +196,28 @@ def test_custom_query_and_ready_replicas(sims: dict[str, ModelServer], reader: S
     assert reader.stats.last_cycle_queries == 2  # one rendered query per deployment
 
 
-def test_hundreds_of_policies_cost_the_same_three_queries(sims: dict[str, ModelServer], reader: SignalReader) -> None:
+def test_hundreds_of_policies_cost_the_same_three_queries(
+    sims: dict[str, ModelServer], reader: SignalReader, prometheus: PrometheusServer
+) -> None:
+    """Batching changes the cost, never the answer: one policy alone, inside 300, or read unrestricted."""
     names = list(WORKLOADS)
-    fleet = [target(f"p{i}", names[i % 4], names[(i + 1) % 4]) for i in range(300)]
-    single = read_until(reader, [target("one", "rec-large", "rec-small")], all_ok("one"))
+    fleet = [target(f"p{i}", names[i % 4], names[(i + 1) % 4]) for i in range(300)]  # p0: rec-large -> rec-small
+    one = [target("p0", "rec-large", "rec-small")]
+    read_until(reader, one, all_ok("p0"))
+    at = time.time()  # one instant for every read below, so the values must agree exactly
+    alone = reader.read(one, READY_ALL, at=at)
     assert reader.stats.last_cycle_queries == 3
-    samples = reader.read(fleet, READY_ALL)
+    batched = reader.read(fleet, READY_ALL, at=at)
     assert reader.stats.last_cycle_queries == 3
-    assert len(samples) == 300
-    slow = samples["p0"].readings["primary"]["p99"]  # p0 is rec-large -> rec-small, like "one"
+    assert len(batched) == 300
+    with SignalReader(prometheus.url, timeout=5.0, max_matcher_chars=0) as unrestricted:
+        mesh_wide = unrestricted.read(fleet, READY_ALL, at=at)
+        assert unrestricted.stats.last_cycle_queries == 3
+        assert all("destination_workload=~" not in q for q in plan_queries(fleet, max_matcher_chars=0).queries)
+    assert batched["p0"] == alone["p0"] == mesh_wide["p0"]
+    assert batched == mesh_wide
+    slow = batched["p0"].readings["primary"]["p99"]
     assert slow.status is ReadingStatus.OK and P99.breached_by(slow.value or 0.0)
-    assert single["one"].readings["primary"]["p99"].status is ReadingStatus.OK
 
 
 def test_prometheus_stopped_reads_missing_and_recovers(
