@@ -110,3 +110,9 @@ def test_degradations_are_warnings() -> None:
 
 def test_unknown_reason_is_published_not_dropped() -> None:
     assert event_kind("SomethingNew") == UNKNOWN_REASON
+
+
+def test_every_engine_reason_has_a_published_kind() -> None:
+    from understudy.engine.reasons import AUDIT_REASONS
+
+    assert set(AUDIT_REASONS) <= REASONS.keys()

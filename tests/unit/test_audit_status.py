@@ -146,3 +146,34 @@ def test_history_entries_always_name_both_tiers() -> None:
 
 def test_ratio_is_never_negative() -> None:
     assert build_status(None, FakeDecision(fallback_ratio=-1e-9), 1, T0, READY, None)["fallbackRatio"] == "0.000"
+
+
+def test_status_from_real_decisions_matches_the_api_model() -> None:
+    """Drive the real engine through a trip and a steady fallback; the status must validate and settle."""
+    from understudy.api.models import FallbackPolicyStatus
+    from understudy.engine.decide import decide
+    from understudy.engine.model import Comparison, Policy, Reading, Samples, SignalKind, Tier, Trigger
+    from understudy.engine.state import initial_state, state_to_status
+
+    policy = Policy(
+        tiers=(Tier("primary", "big", "big"), Tier("distilled", "small", "small")),
+        triggers=(Trigger("errors", SignalKind.ERROR_RATIO, Comparison.ABOVE, 0.05),),
+        trip_after=2, min_dwell=0.0)
+    bad = Samples({"primary": {"errors": Reading.ok(0.2)}, "distilled": {"errors": Reading.ok(0.0)}})
+    state, status, previous, patch = initial_state(policy), None, None, None
+    for i in range(6):
+        decision = decide(policy, bad, state, T0.timestamp() + 5 * i)
+        state = decision.state
+        # The engine's own state changes every cycle; like the operator, persist it only on change of tier.
+        engine = state_to_status(state) if decision.audit or status is None else None
+        new = build_status(status, decision, 1, T0 + timedelta(seconds=5 * i), READY, None, engine=engine)
+        FallbackPolicyStatus.model_validate(new)
+        previous, status, patch = status, new, status_patch(status, new)
+    assert status is not None and previous is not None and patch is not None
+    assert status["activeTier"] == "distilled"
+    assert [e["reason"] for e in status["history"]] == ["FallbackActivated"]
+    # Once on the fallback, only the creep ratio (still climbing: little time observed) is rewritten.
+    assert set(patch["status"]) == {"fallbackRatio", "conditions"}
+    before, after = conditions(previous), conditions(status)
+    assert [k for k in after if after[k] != before[k]] == ["CreepBudgetExceeded"]
+    assert after["CreepBudgetExceeded"]["lastTransitionTime"] == before["CreepBudgetExceeded"]["lastTransitionTime"]

@@ -45,10 +45,8 @@ REASONS: Final[dict[str, EventKind]] = {
     "CreepBudgetRecovered": EventKind(NORMAL, "Observe"),
     # From the shell: what happened when a decision met the cluster.
     "RoutingFailed": EventKind(WARNING, "Route"),
-    "ScaledUp": EventKind(NORMAL, "Scale"),
-    "ScaleUpFailed": EventKind(WARNING, "Scale"),
+    "RoutingRestored": EventKind(NORMAL, "Route"),
     "Frozen": EventKind(WARNING, "Freeze"),
-    "RollbackStarted": EventKind(WARNING, "Rollback"),
     "RolledBack": EventKind(NORMAL, "Rollback"),
     "RollbackFailed": EventKind(WARNING, "Rollback"),
     "InvalidPolicy": EventKind(WARNING, "Validate"),
@@ -60,7 +58,7 @@ UNKNOWN_REASON: Final = EventKind(NORMAL, "Observe")
 
 TRANSITION_REASONS: Final[frozenset[str]] = frozenset({
     "FallbackActivated", "AllTiersBreached", "RestoreStep", "Restored", "RestoreAborted",
-    "Pinned", "Unpinned", "Paused", "Resumed", "Frozen", "RollbackStarted", "RolledBack", "RollbackFailed",
+    "Pinned", "Unpinned", "Paused", "Resumed", "Frozen", "RolledBack", "RollbackFailed",
 })
 """Reasons that belong in status.history and the transitions counter: changes of who serves traffic,
 overrides, and rollbacks. Observations (MetricsMissing, TierTripped...) only go to Events."""
