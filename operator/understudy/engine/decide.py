@@ -364,7 +364,9 @@ def _update_tier(policy: Policy, ts: TierState, verdict: Verdict, ev: _Eval, *,
         audit.append(AuditRecord(
             reasons.TIER_RECOVERED, f"{ts.name}: clear for {clear} evaluations", tier=ts.name,
         ))
-    return replace(ts, breach_streak=breach, clear_streak=clear, tripped=tripped, trip_trigger=trip_trigger)
+    if (breach, clear, tripped, trip_trigger) == (ts.breach_streak, ts.clear_streak, ts.tripped, ts.trip_trigger):
+        return ts
+    return TierState(ts.name, breach, clear, tripped, trip_trigger, ts.capacity_short)
 
 
 def _describe(trigger: Trigger, value: float) -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks: each module runs on its own with `python -m e2e.bench.<name>`."""
