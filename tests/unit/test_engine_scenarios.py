@@ -421,3 +421,18 @@ def test_status_form_has_no_floats_and_camel_case_keys() -> None:
 def test_every_emitted_reason_is_listed() -> None:
     assert len(set(AUDIT_REASONS)) == 16
     assert all(r[0].isupper() and r.isalnum() for r in AUDIT_REASONS)
+
+
+def test_restore_steps_shortened_mid_restore_finishes_the_restore() -> None:
+    def policy_at(t: float) -> Policy:
+        return dataclasses.replace(POLICY, restore_steps=(10,)) if t >= 90 else POLICY
+
+    steps = run(POLICY, 0, 200, lambda t: obs(primary={"p99": 400.0}) if 10 <= t < 60 else obs(), policy_at=policy_at)
+    assert moves(steps) == [(15, w(0, 100, 0)), (70, w(10, 90, 0)), (100, w(100, 0, 0))]
+
+
+def test_inconsistent_status_restarts_routing_but_keeps_health() -> None:
+    state = run(POLICY, 0, 30, lambda t: obs(primary={"p99": 400.0}))[-1].decision.state
+    broken = dataclasses.replace(state, weights=(("primary", 0), ("distilled", 60), ("popular", 0)))
+    d = decide(POLICY, obs(primary={"p99": 400.0}), broken, 60.0)
+    assert d.weights == (("primary", 0), ("distilled", 100), ("popular", 0)) and d.changed

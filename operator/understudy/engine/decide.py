@@ -17,7 +17,7 @@ One evaluation goes through four stages, in this order:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from functools import lru_cache
 from typing import Mapping
@@ -106,7 +106,7 @@ class _Routing:
     restore: int | None
     step: int
     last_transition_ms: int | None
-    audit: list[AuditRecord] = field(default_factory=list)
+    audit: list[AuditRecord]
 
 
 def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decision:
@@ -117,6 +117,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
     """
     plan = _plan(policy)
     now_ms = round(now * 1000)
+    before = state
     state = _fit(policy, plan, state)
     names = plan.names
     prev = tuple(w for _, w in state.weights)
@@ -214,7 +215,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         fallback_ratio=ratio,
         creep_exceeded=exceeded,
         metrics_available=not missing,
-        changed=weights != state.weights,
+        changed=weights != before.weights,
     )
 
 
@@ -256,20 +257,27 @@ def _plan(policy: Policy) -> _Plan:
 
 
 def _fit(policy: Policy, plan: _Plan, state: State) -> State:
-    """Carry a state across a spec change of the tier list: streaks by tier name, routing if it still fits.
+    """Carry a state across a spec change of the tier list: health by tier name, routing if it still fits.
 
-    When a tier that carries traffic is removed, routing restarts from the primary; the tiers' health
-    carries over, so the next transition moves on from there without relearning.
+    When a tier that carries traffic is removed (or a hand-edited status does not add up), routing
+    restarts from the primary; the tiers' health carries over, so the next transition moves on from
+    there without relearning.
     """
-    if tuple(t.name for t in state.tiers) == plan.names and tuple(n for n, _ in state.weights) == plan.names:
+    index = plan.index
+    routing_fits = (
+        state.active_tier in index
+        and (state.restore_tier is None or state.restore_tier in index)
+        and all(w >= 0 and (w == 0 or n in index) for n, w in state.weights)
+        and sum(w for _, w in state.weights) == 100
+    )
+    names_fit = (tuple(t.name for t in state.tiers) == plan.names
+                 and tuple(n for n, _ in state.weights) == plan.names)
+    if names_fit and routing_fits:
         return state
     by_name = {t.name: t for t in state.tiers}
     tiers = tuple(by_name.get(n, TierState(n)) for n in plan.names)
-    pinned = state.pinned_tier if state.pinned_tier in plan.index else None
-    routed = [state.active_tier, *(n for n, w in state.weights if w > 0)]
-    if state.restore_tier is not None:
-        routed.append(state.restore_tier)
-    if all(n in plan.index for n in routed):
+    pinned = state.pinned_tier if state.pinned_tier in index else None
+    if routing_fits:
         old = dict(state.weights)
         return replace(state, tiers=tiers, pinned_tier=pinned,
                        weights=tuple((n, old.get(n, 0)) for n in plan.names))
@@ -443,7 +451,8 @@ def _transition(plan: _Plan, routing: _Routing, tiers: list[TierState], evals: t
         if not eligible[t]:
             _move_all(plan, routing, c, tiers, evals, capacity, now_ms)
         elif evals[t].verdict is Verdict.CLEAR:
-            _restore_step(plan, routing, t, routing.step + 1, now_ms)
+            # min(): restoreSteps may have been shortened by a spec edit during the restore.
+            _restore_step(plan, routing, t, min(routing.step + 1, len(plan.steps) - 1), now_ms)
     elif first < c:
         _restore_step(plan, routing, first, 0, now_ms)
 
