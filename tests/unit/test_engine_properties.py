@@ -258,3 +258,21 @@ def test_deterministic_and_restartable_through_status(data: st.DataObject) -> No
         reloaded = state_from_status(json.loads(json.dumps(status)))
         assert reloaded == e.decision.state
         assert decide(policy, e.samples, state_from_status(state_to_status(e.before)), e.now) == e.decision
+
+
+@SETTINGS
+@given(st.data())
+def test_spec_edits_mid_stream_keep_the_invariants(data: st.DataObject) -> None:
+    """Tiers added or removed, restore steps or streak lengths changed between evaluations: no crash,
+    weights stay whole percent over the current tier list, summing to 100."""
+    specs = [data.draw(policies(overrides=True)) for _ in range(3)]
+    stream = data.draw(streams(specs[0]))
+    picks = data.draw(st.binary(min_size=len(stream), max_size=len(stream)))
+    state = initial_state(specs[0])
+    for (now, samples), pick in zip(stream, picks):
+        policy = specs[pick % 3]
+        d = decide(policy, samples, state, now)
+        assert [n for n, _ in d.weights] == list(policy.tier_names)
+        assert all(w >= 0 for _, w in d.weights) and sum(w for _, w in d.weights) == 100
+        assert state_from_status(state_to_status(d.state)) == d.state
+        state = d.state

@@ -112,6 +112,10 @@ class _Routing:
 def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decision:
     """Evaluate `samples` against `policy` from `state` at `now` (epoch seconds); pure and deterministic.
 
+    Observe mode runs the same machine on the weights it would have set, as if they were applied, so a
+    later switch to Enforce starts from exactly what Observe reported. A pause wins over a pin: paused
+    means hands off the routing (a person may be editing it), and a pin set meanwhile applies on resume.
+
     Raises ValueError for a policy the CRD's validation should have rejected (unknown tier names,
     duplicate names, non-increasing restore steps, ...).
     """
