@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_validate(subparsers)
+    add_run(subparsers)
     return parser
 
 
@@ -114,3 +115,50 @@ def _documents(paths: Sequence[str]) -> Iterator[tuple[str, object, str]]:
             continue
         for i, document in enumerate(documents, start=1):
             yield (f"{source}#{i}" if len(documents) > 1 else source), document, ""
+
+
+# ---- run -----------------------------------------------------------------------------------------
+
+
+def add_run(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the operator (in a pod, or against KUBECONFIG)",
+        description="Watch FallbackPolicies, read their signals from Prometheus, and route traffic between tiers.",
+    )
+    parser.add_argument("--prometheus-url", required=True, help="the Prometheus that holds the signals")
+    parser.add_argument("--namespace", action="append", default=[], metavar="NS",
+                        help="watch this namespace; repeatable; none means every namespace")
+    parser.add_argument("--query-timeout", type=float, default=2.0, metavar="SECONDS",
+                        help="timeout of each PromQL query (default 2)")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics; 0 turns it off")
+    parser.add_argument("--metrics-address", default="0.0.0.0", help="address /metrics listens on")
+    parser.add_argument("--liveness-port", type=int, default=0, help="port of /healthz; 0 turns it off")
+    parser.add_argument("--leader-election", action="store_true",
+                        help="take a coordination.k8s.io Lease before acting (for more than one replica)")
+    parser.add_argument("--lease-name", default="understudy-leader")
+    parser.add_argument("--lease-namespace", default="default")
+    parser.add_argument("--identity", default=None, help="this replica's name in the Lease (default: host name)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import socket
+
+    from understudy.handlers import OperatorConfig
+    from understudy.handlers import run as run_operator
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = OperatorConfig(
+        prometheus_url=args.prometheus_url,
+        query_timeout=args.query_timeout,
+        metrics_port=args.metrics_port or None,
+        metrics_address=args.metrics_address,
+        leader_election=args.leader_election,
+        lease_name=args.lease_name,
+        lease_namespace=args.lease_namespace,
+        identity=args.identity or socket.gethostname(),
+    )
+    run_operator(config, args.namespace, liveness_port=args.liveness_port or None)
+    return 0
