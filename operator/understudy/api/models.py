@@ -15,9 +15,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from understudy.api.durations import DURATION_PATTERN, parse_duration
-
-PRIMARY = "primary"
+from understudy.api.durations import parse_duration
+from understudy.engine.model import PRIMARY
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -39,14 +38,23 @@ def rule_error(message: str) -> PydanticCustomError:
     return PydanticCustomError("policy_rule", message)
 
 
+def _seconds(value: str) -> float | None:
+    """What CEL's duration() makes of the string, or None where it (or the CRD's pattern) fails."""
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return None
+
+
 def _positive_duration(value: str) -> str:
-    if not re.fullmatch(DURATION_PATTERN, value) or parse_duration(value) <= 0:
+    seconds = _seconds(value)
+    if seconds is None or seconds <= 0:
         raise rule_error('must be a positive duration such as "250ms", "5s", "1m30s" or "24h"')
     return value
 
 
 def _non_negative_duration(value: str) -> str:
-    if not re.fullmatch(DURATION_PATTERN, value):
+    if _seconds(value) is None:
         raise rule_error('must be a duration such as "0s", "30s" or "1m30s"')
     return value
 
