@@ -1,0 +1,188 @@
+"""The operator end to end: real API server, real Prometheus, real model servers, real traffic.
+
+Each test reads as a story: a fault is injected into a model server, Prometheus sees it, the operator
+(a separate process) decides, the routing object changes, and the traffic generator follows it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+from kubernetes import client
+
+from e2e.harness.prometheus import PrometheusServer
+from e2e.scenario import Scenario, wait_until
+
+SLOW = {"latency_ms": 400}
+FAILING = {"error_ratio": 0.6}
+
+ALL_PRIMARY = {"primary": 100, "distilled": 0, "popular-items": 0}
+ON_DISTILLED = {"primary": 0, "distilled": 100, "popular-items": 0}
+ON_POPULAR = {"primary": 0, "distilled": 0, "popular-items": 100}
+
+
+def _ready(sc: Scenario, name: str = "recommender") -> dict[str, Any]:
+    return wait_until(lambda: (c := sc.condition("Ready", name)) and c["status"] == "True" and c, 60,
+                      f"{name} Ready=True")
+
+
+def _started(make_scenario: Callable[..., Scenario], prometheus: PrometheusServer, backend: str = "istio",
+             **spec: Any) -> Scenario:
+    sc = make_scenario(prometheus, backend)
+    sc.start_traffic()
+    sc.start_operator()
+    sc.apply_policy(sc.policy(**spec))
+    _ready(sc)
+    return sc
+
+
+def test_chain_moves_down_on_breaches_and_restores_step_by_step(make_scenario: Callable[..., Scenario],
+                                                                 prometheus: PrometheusServer) -> None:
+    sc = _started(make_scenario, prometheus, evaluation={"recoverAfter": 8})
+    sc.wait_for_weights(ALL_PRIMARY)
+
+    sc.inject("primary", **SLOW)
+    sc.wait_for_weights(ON_DISTILLED, timeout=30)
+    assert sc.traffic is not None
+    sc.traffic.wait_for_first("recommender-small", timeout=10)
+
+    sc.inject("distilled", **FAILING)
+    sc.wait_for_weights(ON_POPULAR, timeout=30)
+
+    sc.inject("primary")
+    sc.inject("distilled")
+    sc.wait_for_weights(ALL_PRIMARY, timeout=90)
+
+    history = sc.status()["history"]
+    reasons = [h["reason"] for h in history]
+    assert reasons.count("FallbackActivated") >= 2
+    assert "RestoreStep" in reasons and reasons[-1] == "Restored"
+    first = next(h for h in history if h["reason"] == "FallbackActivated")
+    assert (first["fromTier"], first["toTier"], first["trigger"]) == ("primary", "distilled", "p99-latency")
+    assert float(first["observed"]) > 200 and first["threshold"] == "200"
+    events = sc.reasons()
+    assert "FallbackActivated" in events and "Restored" in events
+    assert sc.condition("FallbackActive")["status"] == "False"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("backend", ["service", "gatewayapi"])
+def test_other_backends_fall_back_and_restore(make_scenario: Callable[..., Scenario],
+                                              prometheus: PrometheusServer, backend: str) -> None:
+    sc = _started(make_scenario, prometheus, backend, evaluation={"restoreSteps": [100]})
+    sc.wait_for_weights(ALL_PRIMARY)
+    sc.inject("primary", **FAILING)
+    sc.wait_for_weights(ON_DISTILLED, timeout=30)
+    sc.inject("primary")
+    sc.wait_for_weights(ALL_PRIMARY, timeout=60)
+    assert {"FallbackActivated", "Restored"} <= set(sc.reasons())
+
+
+def test_prometheus_outage_holds_routing(make_scenario: Callable[..., Scenario],
+                                         private_prometheus: PrometheusServer) -> None:
+    sc = _started(make_scenario, private_prometheus)
+    sc.wait_for_weights(ALL_PRIMARY)
+    private_prometheus.stop()
+    try:
+        wait_until(lambda: (c := sc.condition("MetricsAvailable")) and c["status"] == "False", 30,
+                   "MetricsAvailable=False")
+        wait_until(lambda: sc.reasons().count("MetricsMissing") == 1, 10, "one MetricsMissing Event")
+        sc.inject("primary", **FAILING)  # nobody can see it: Hold must keep the routing as it is
+        for _ in range(5):
+            assert sc.routed_weights() == ALL_PRIMARY
+            wait_until(lambda: True, 1, "a second")
+        assert sc.reasons().count("MetricsMissing") == 1, "one Event per episode, not per evaluation"
+    finally:
+        private_prometheus.start()
+    sc.inject("primary")
+    wait_until(lambda: (c := sc.condition("MetricsAvailable")) and c["status"] == "True", 60,
+               "MetricsAvailable=True after Prometheus is back")
+    assert "MetricsRestored" in sc.reasons()
+
+
+def test_observe_mode_audits_but_never_routes(make_scenario: Callable[..., Scenario],
+                                              prometheus: PrometheusServer) -> None:
+    sc = _started(make_scenario, prometheus, mode="Observe")
+    sc.inject("primary", **FAILING)
+    wait_until(lambda: "FallbackActivated" in sc.reasons(), 30, "a FallbackActivated Event")
+    assert sc.routed_weights() == ALL_PRIMARY
+    assert sc.status()["activeTier"] == "distilled"  # what it would have done, for all to see
+
+
+def test_pinned_tier_holds_whatever_the_signals(make_scenario: Callable[..., Scenario],
+                                                prometheus: PrometheusServer) -> None:
+    sc = _started(make_scenario, prometheus, override={"pinTier": "popular-items"})
+    sc.wait_for_weights(ON_POPULAR, timeout=30)
+    sc.inject("popular-items", **FAILING)
+    for _ in range(5):
+        wait_until(lambda: True, 1, "a second")
+        assert sc.routed_weights() == ON_POPULAR
+    sc.patch_policy("recommender", {"spec": {"override": None}})
+    sc.wait_for_weights(ALL_PRIMARY, timeout=60)
+    assert {"Pinned", "Unpinned"} <= set(sc.reasons())
+
+
+def test_new_revision_that_keeps_falling_back_is_rolled_back(make_scenario: Callable[..., Scenario],
+                                                              prometheus: PrometheusServer) -> None:
+    sc = _started(make_scenario, prometheus,
+                  creep={"maxFallbackRatio": "0.05", "window": "2m", "action": "RollbackPrimary"})
+    wait_until(lambda: sc.status().get("lastKnownGoodRevision") == "1", 30, "revision 1 known good")
+    apps = client.AppsV1Api(sc.api)
+    apps.patch_namespaced_deployment("recommender-large", sc.namespace, {"spec": {"template": {"spec": {
+        "containers": [{"name": "model", "image": "models/large:v2"}]}}}})
+    wait_until(lambda: (sc.status().get("primaryRevision") or {}).get("revision") == "2", 30,
+               "the operator to see revision 2")
+
+    sc.inject("primary", **FAILING)  # revision 2 is bad
+    wait_until(lambda: "RolledBack" in sc.reasons(), 60, "a RolledBack Event")
+    deployment = apps.read_namespaced_deployment("recommender-large", sc.namespace)
+    assert deployment.spec.template.spec.containers[0].image == "models/large:v1"
+    assert deployment.metadata.annotations["deployment.kubernetes.io/revision"] == "3"
+    assert sc.status()["lastKnownGoodRevision"] == "1"
+    assert sc.condition("CreepBudgetExceeded")["status"] == "True"  # type: ignore[index]
+
+
+def test_operator_killed_mid_restore_converges_without_duplicates(make_scenario: Callable[..., Scenario],
+                                                                   prometheus: PrometheusServer) -> None:
+    sc = _started(make_scenario, prometheus, evaluation={"restoreSteps": [50, 100], "minDwell": "6s"})
+    sc.inject("primary", **FAILING)
+    sc.wait_for_weights(ON_DISTILLED, timeout=30)
+    sc.inject("primary")
+    sc.wait_for_weights({"primary": 50, "distilled": 50}, timeout=60)
+    sc.operators[0].kill()
+    sc.start_operator()
+    sc.wait_for_weights(ALL_PRIMARY, timeout=60)
+    history = [h["reason"] for h in sc.status()["history"]]
+    assert history.count("RestoreStep") == 1 and history.count("Restored") == 1, history
+    events = sc.reasons()
+    assert events.count("RestoreStep") == 1 and events.count("Restored") == 1, events
+
+
+def test_a_persons_edit_to_another_route_survives(make_scenario: Callable[..., Scenario],
+                                                  prometheus: PrometheusServer) -> None:
+    sc = _started(make_scenario, prometheus)
+    custom = client.CustomObjectsApi(sc.api)
+    vs = custom.get_namespaced_custom_object("networking.istio.io", "v1", sc.namespace, "virtualservices",
+                                             "recommender")
+    vs["spec"]["http"][0]["timeout"] = "3s"
+    custom.replace_namespaced_custom_object("networking.istio.io", "v1", sc.namespace, "virtualservices",
+                                            "recommender", vs)
+    sc.inject("primary", **FAILING)
+    sc.wait_for_weights(ON_DISTILLED, timeout=30)
+    after = custom.get_namespaced_custom_object("networking.istio.io", "v1", sc.namespace, "virtualservices",
+                                                "recommender")
+    assert after["spec"]["http"][0]["timeout"] == "3s"
+    assert after["spec"]["http"][0]["match"] == [{"headers": {"x-canary": {"exact": "1"}}}]
+
+
+def test_a_broken_policy_reports_itself_and_leaves_neighbours_alone(make_scenario: Callable[..., Scenario],
+                                                                    prometheus: PrometheusServer) -> None:
+    sc = _started(make_scenario, prometheus)
+    broken = sc.policy("broken", routing={"istio": {"virtualServiceName": "no-such-route", "routeName": "x"}})
+    broken["spec"]["primary"]["deploymentName"] = "no-such-deployment"
+    sc.apply_policy(broken)
+    sc.inject("primary", **FAILING)
+    sc.wait_for_weights(ON_DISTILLED, timeout=30)
+    ready = wait_until(lambda: (c := sc.condition("Ready", "broken")) and c["status"] == "False" and c, 30,
+                       "broken Ready=False")
+    assert ready["reason"] == "TargetNotFound" and "no-such-route" in ready["message"]
+    assert "RoutingFailed" in sc.reasons("broken")
