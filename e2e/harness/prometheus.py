@@ -64,7 +64,8 @@ class PrometheusServer:
     """One Prometheus process; a context manager that always stops what it started.
 
     ``workdir`` holds ``prometheus.yml``, ``targets.json``, ``data/`` and ``prometheus.log``;
-    when not given, a temporary directory is made and removed again by ``close()``.
+    when not given, a temporary directory is made and removed again by ``close()``. Blocks written
+    into ``data/`` before ``start()`` (e.g. by ``promtool tsdb create-blocks-from``) are served.
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class PrometheusServer:
         evaluation_interval: str = "1s",
         rule_files: Sequence[str | os.PathLike[str]] = (),
         ready_timeout: float = 30.0,
+        retention: str = "1d",
     ) -> None:
         resolved = shutil.which(binary)
         if resolved is None:
@@ -96,6 +98,8 @@ class PrometheusServer:
         self.evaluation_interval = evaluation_interval
         self.rule_files = [str(Path(p).resolve()) for p in rule_files]
         self.ready_timeout = ready_timeout
+        self.retention = retention
+        """``--storage.tsdb.retention.time``: long for a data dir backfilled with old history (promtool)."""
         self._targets: dict[str, tuple[str, dict[str, str]]] = {}
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -131,7 +135,7 @@ class PrometheusServer:
             f"--web.listen-address={LOOPBACK}:{self.port}",
             "--web.enable-lifecycle",
             "--web.enable-admin-api",
-            "--storage.tsdb.retention.time=1d",
+            f"--storage.tsdb.retention.time={self.retention}",
             "--log.level=info",
         ]
         try:
