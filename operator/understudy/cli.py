@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_validate(subparsers)
+    add_backtest(subparsers)
     add_run(subparsers)
     return parser
 
@@ -38,6 +39,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     status: int = args.func(args)
     return status
+
+
+# ---- backtest ------------------------------------------------------------------------------------
+
+
+def add_backtest(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "backtest",
+        help="replay a policy over Prometheus history: what would it have done?",
+        description=(
+            "Read the policy's signals over a time range from Prometheus (the operator's own PromQL, as range "
+            "queries) and replay them through the operator's decision engine. Reports fallback activations, "
+            "time per tier, transitions, the triggers that fired, the creep budget and the audit timeline. "
+            "Times are RFC 3339, Unix seconds, now, or relative to now (-7d, now-1h)."
+        ),
+    )
+    parser.add_argument("-f", "--filename", required=True, metavar="PATH",
+                        help="a manifest holding one FallbackPolicy")
+    parser.add_argument("--prometheus", metavar="URL",
+                        help="Prometheus base URL (default: the policy's spec.signals.prometheusURL)")
+    since = parser.add_mutually_exclusive_group(required=True)
+    since.add_argument("--start", metavar="TIME", help="start of the range")
+    since.add_argument("--since", metavar="DURATION", help="range length before --end, e.g. 7d")
+    parser.add_argument("--end", default="now", metavar="TIME", help="end of the range (default: now)")
+    parser.add_argument("--step", metavar="DURATION",
+                        help="time between evaluations (default: the policy's evaluation.interval)")
+    parser.add_argument("-n", "--namespace", help="the policy's namespace (default: its metadata, else default)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="also draw signals, thresholds and active tier to PNG")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="timeout of each Prometheus request (default: 30)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display on stderr")
+    parser.set_defaults(func=backtest)
+
+
+def backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Print the backtest report; exit 1 when Prometheus fails, 2 for a bad policy or arguments."""
+    from understudy.backtest.command import run  # imported here: `validate` needs none of its dependencies
+
+    return run(args, out or sys.stdout, sys.stderr)
 
 
 # ---- validate ------------------------------------------------------------------------------------

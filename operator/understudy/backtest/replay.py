@@ -1,0 +1,193 @@
+"""Replay a history of Samples through the operator's own `decide`, and summarise what it would have done.
+
+Pure: no I/O, no clock. The replay starts from `initial_state` and calls `decide` once per step with
+`now` = the step's time, exactly as the operator's loop does once per evaluation interval, so the answer
+is the engine's answer and not a re-implementation of it. What the summary counts comes from the audit
+records `decide` returns (the same words the operator posts as Events), and time is credited the way the
+engine's creep accounting credits it: the weights set at one step hold until the next.
+
+A replay cannot know how the traffic would have moved had the policy routed it: it judges the history
+as it was recorded (for a policy that did not exist yet, or ran in Observe mode, that is exact).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Iterable
+
+from understudy.engine import (
+    AuditRecord,
+    Decision,
+    Policy,
+    ReadingStatus,
+    Samples,
+    decide,
+    initial_state,
+)
+from understudy.engine import reasons
+
+MOVES = (reasons.FALLBACK_ACTIVATED, reasons.RESTORE_STEP, reasons.RESTORED, reasons.RESTORE_ABORTED)
+"""Audit reasons that accompany a change of the weights."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One audit record and the step it was decided at."""
+
+    at: float
+    record: AuditRecord
+
+
+@dataclass
+class Replay:
+    """Everything one replay observed, step by step, in compact form (a week at 5s is 120,960 steps)."""
+
+    policy: Policy
+    step: float
+    times: list[float] = field(default_factory=list)
+    weights: list[tuple[int, ...]] = field(default_factory=list)
+    """Weights after each step's decision, in policy tier order."""
+    active: list[str] = field(default_factory=list)
+    signals: dict[tuple[str, str], list[float | None]] = field(default_factory=dict)
+    """(tier, trigger) -> the reading at each step; None where it was missing or too few requests."""
+    events: list[Event] = field(default_factory=list)
+    unavailable: int = 0
+    """Steps where a signal of a tier carrying traffic had no data."""
+    peak_window_ratio: float = 0.0
+    """The highest off-primary time over max(observed time, creep window), the quantity the budget caps."""
+    peak_at: float | None = None
+    last: Decision | None = None
+
+
+def backtest_policy(policy: Policy, step: float) -> tuple[Policy, tuple[str, ...]]:
+    """The policy as a replay must run it, and notes saying what was changed and why.
+
+    `interval` becomes the step: the engine credits at most two intervals of time per evaluation (to
+    ignore operator downtime), so a step longer than that would silently drop time off the primary.
+    A pin or pause is dropped: a backtest asks what the rules would have done, not a person.
+    """
+    notes: list[str] = []
+    if abs(step - policy.interval) > 1e-9:
+        notes.append(
+            f"step {step:g}s differs from evaluation.interval {policy.interval:g}s: tripAfter and recoverAfter "
+            f"count steps, so they span {step / policy.interval:g}x the time they would in the operator"
+        )
+    if policy.pinned_tier is not None or policy.paused:
+        notes.append("spec.override (pin or pause) ignored: the replay shows what the triggers would have done")
+    return replace(policy, interval=step, pinned_tier=None, paused=False), tuple(notes)
+
+
+def replay(policy: Policy, history: Iterable[tuple[float, Samples]], step: float) -> Replay:
+    """Run `decide` over `history` ((time, samples) in increasing time) from the initial state."""
+    result = Replay(policy=policy, step=step)
+    keys = [(tier, trigger.name) for tier in policy.tier_names for trigger in policy.triggers
+            if trigger.applies(tier)]
+    for key in keys:
+        result.signals[key] = []
+    window_ms = policy.creep_window * 1000
+    state = initial_state(policy)
+    for at, samples in history:
+        decision = decide(policy, samples, state, at)
+        state = decision.state
+        result.times.append(at)
+        result.weights.append(tuple(w for _, w in decision.weights))
+        result.active.append(decision.active_tier)
+        for tier, trigger in keys:
+            reading = samples.readings.get(tier, {}).get(trigger)
+            ok = reading is not None and reading.status is ReadingStatus.OK
+            result.signals[(tier, trigger)].append(reading.value if ok and reading else None)
+        result.events.extend(Event(at, record) for record in decision.audit)
+        result.unavailable += not decision.metrics_available
+        off = sum(b.off_primary_ms for b in state.creep_buckets)
+        observed = sum(b.observed_ms for b in state.creep_buckets)
+        ratio = off / max(observed, window_ms)
+        if ratio > result.peak_window_ratio:
+            result.peak_window_ratio, result.peak_at = ratio, at
+        result.last = decision
+    return result
+
+
+@dataclass(frozen=True)
+class TierTime:
+    tier: str
+    active_seconds: float
+    """Time the tier was the active (anchor) tier."""
+    traffic_seconds: float
+    """Time weighted by the tier's share of traffic: the tiers' values add up to the replayed time."""
+
+
+@dataclass(frozen=True)
+class TriggerCount:
+    tier: str
+    trigger: str
+    trips: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    start: float
+    end: float
+    step: float
+    evaluations: int
+    activations: int
+    """FallbackActivated records: moves of all traffic to a worse tier."""
+    episodes: int
+    """Times the primary went from all traffic to less."""
+    transitions: int
+    """Weight changes of any kind (fallbacks, restore steps, aborts): the flaps a person would see."""
+    transitions_by_reason: dict[str, int]
+    tiers: tuple[TierTime, ...]
+    triggers: tuple[TriggerCount, ...]
+    """Which triggers tripped which tier, and how often."""
+    fallback_ratio: float
+    """Share of the replayed traffic-time off the primary."""
+    creep_max_ratio: float
+    creep_window: float
+    peak_window_ratio: float
+    peak_at: float | None
+    creep_exceeded: bool
+    creep_exceeded_at: tuple[float, ...]
+    unavailable_evaluations: int
+    timeline: tuple[Event, ...]
+
+
+def summarise(result: Replay) -> Summary:
+    """The numbers a person asks of a backtest, from one replay."""
+    names = result.policy.tier_names
+    active: Counter[str] = Counter()
+    traffic = [0.0] * len(names)
+    for i in range(1, len(result.times)):
+        dt = result.times[i] - result.times[i - 1]
+        active[result.active[i - 1]] += dt
+        for k, w in enumerate(result.weights[i - 1]):
+            traffic[k] += dt * w / 100
+    total = sum(traffic)
+    start = tuple(100 if k == 0 else 0 for k in range(len(names)))
+    pairs = list(zip([start, *result.weights], result.weights))
+    by_reason = Counter(e.record.reason for e in result.events if e.record.reason in MOVES)
+    trips = Counter((e.record.tier or "", e.record.trigger or "") for e in result.events
+                    if e.record.reason == reasons.TIER_TRIPPED)
+    exceeded_at = tuple(e.at for e in result.events if e.record.reason == reasons.CREEP_BUDGET_EXCEEDED)
+    order = {n: k for k, n in enumerate(names)}
+    return Summary(
+        start=result.times[0] if result.times else 0.0,
+        end=result.times[-1] if result.times else 0.0,
+        step=result.step,
+        evaluations=len(result.times),
+        activations=by_reason[reasons.FALLBACK_ACTIVATED],
+        episodes=sum(1 for before, after in pairs if before[0] == 100 and after[0] < 100),
+        transitions=sum(1 for before, after in pairs if before != after),
+        transitions_by_reason=dict(sorted(by_reason.items())),
+        tiers=tuple(TierTime(n, active[n], traffic[k]) for k, n in enumerate(names)),
+        triggers=tuple(TriggerCount(t, g, c) for (t, g), c in
+                       sorted(trips.items(), key=lambda kv: (order.get(kv[0][0], len(names)), kv[0][1]))),
+        fallback_ratio=(total - traffic[0]) / total if total else 0.0,
+        creep_max_ratio=result.policy.creep_max_ratio,
+        creep_window=result.policy.creep_window,
+        peak_window_ratio=result.peak_window_ratio,
+        peak_at=result.peak_at,
+        creep_exceeded=bool(exceeded_at),
+        creep_exceeded_at=exceeded_at,
+        unavailable_evaluations=result.unavailable,
+        timeline=tuple(result.events),
+    )
