@@ -68,12 +68,13 @@ def table(summary: Summary, context: Context) -> str:
     s = summary
     total = s.end - s.start
     moves = ", ".join(f"{r} {n}" for r, n in s.transitions_by_reason.items()) or "none"
+    budget = f"budget {s.creep_max_ratio:g} of any {span(s.creep_window)} window, peak {s.peak_window_ratio:.3f}"
+    if s.peak_at is not None:
+        budget += f" at {when(s.peak_at)}"
     if s.creep_exceeded:
-        verdict = f"EXCEEDED ({len(s.creep_exceeded_at)}x, first at {when(s.creep_exceeded_at[0])})"
+        creep = f"EXCEEDED at {when(s.creep_exceeded_at[0])} ({len(s.creep_exceeded_at)}x): {budget}"
     else:
-        verdict = "within budget"
-    peak = (f"budget {s.creep_max_ratio:g} of any {span(s.creep_window)} window; peak {s.peak_window_ratio:.3f}"
-            + (f" at {when(s.peak_at)}" if s.peak_at is not None else ""))
+        creep = f"within budget: {budget}"
     lines = [
         f"Backtest of FallbackPolicy {context.namespace}/{context.name}",
         *_columns([
@@ -86,11 +87,11 @@ def table(summary: Summary, context: Context) -> str:
         "",
         "Outcome",
         *_columns([
-            ["fallback activations", str(s.activations), f"{s.episodes} episode(s) off the primary"],
-            ["transitions (flaps)", str(s.transitions), moves],
-            ["fallback ratio", f"{s.fallback_ratio:.3f}", "share of traffic off the primary over the range"],
-            ["creep budget", verdict, peak],
-            ["evaluations w/o data", str(s.unavailable_evaluations), "a signal of a serving tier was missing"],
+            ["fallback activations", f"{s.activations} ({s.episodes} episode(s) off the primary)"],
+            ["transitions (flaps)", f"{s.transitions} ({moves})"],
+            ["fallback ratio", f"{s.fallback_ratio:.3f} of the traffic was off the primary over the range"],
+            ["creep budget", creep],
+            ["evaluations w/o data", f"{s.unavailable_evaluations} (a signal of a serving tier had no data)"],
         ]),
         "",
         "Time per tier",
