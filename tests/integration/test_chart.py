@@ -1,0 +1,611 @@
+"""The Helm chart against the real control plane: lint, server-side validation, install under Pod Security
+"restricted", least-privilege RBAC proven with `kubectl auth can-i`, upgrade to two replicas with leader
+election, uninstall without leftovers, and `kubectl get fbp` as the chart's ServiceAccount.
+
+Every `helm` and `kubectl` here is the pinned binary of the harness (`control_plane.run_helm/run_kubectl`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from e2e.harness import ControlPlane
+from e2e.harness.serviceaccount import write_service_account_kubeconfig
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "understudy"
+GROUP, VERSION, PLURAL = "understudy.dev", "v1alpha1", "fallbackpolicies"
+INSTANCE = "app.kubernetes.io/instance"
+HA = ("--set", "replicaCount=2", "--set", "leaderElection.enabled=true")
+MONITORING = ("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
+              "--set", "metrics.grafanaDashboard.enabled=true")
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 90.0) -> Any:
+    """Poll until probe returns something truthy; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
+
+
+def helm(cp: ControlPlane, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = cp.run_helm(*args, check=False, timeout=240)
+    if check and done.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def kubectl(cp: ControlPlane, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = cp.run_kubectl(*args, input=input, check=False, timeout=120)
+    if check and done.returncode != 0:
+        pytest.fail(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def render(cp: ControlPlane, release: str, namespace: str, *values: str) -> list[dict[str, Any]]:
+    out = helm(cp, "template", release, str(CHART), "--namespace", namespace, *values).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def of_kind(docs: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def service_account(namespace: str, name: str) -> str:
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def can_i(cp: ControlPlane, user: str, verb: str, resource: str, namespace: str | None,
+          subresource: str | None = None) -> bool:
+    """`kubectl auth can-i` as another user (the admin impersonates); exit 0 is yes, 1 is no."""
+    args = ["auth", "can-i", verb, resource, f"--as={user}", "--quiet"]
+    args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    done = kubectl(cp, *args, check=False)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode == 0
+
+
+def label_restricted(core: client.CoreV1Api, namespace: str) -> None:
+    labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
+    labels["pod-security.kubernetes.io/enforce-version"] = "latest"
+    core.patch_namespace(namespace, {"metadata": {"labels": labels}})
+
+
+def running_pods(core: client.CoreV1Api, namespace: str, release: str) -> list[client.V1Pod]:
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{INSTANCE}={release}").items
+    return [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase == "Running"
+            and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))]
+
+
+@pytest.fixture
+def other_namespace(kube_api: client.ApiClient) -> Iterator[str]:
+    """A second namespace (a watched namespace in namespaced mode, or an unwatched one)."""
+    core = client.CoreV1Api(kube_api)
+    name = f"t-chart-other-{int(time.time() * 1000) % 10**8}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"understudy.e2e/test": "true"}}})
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture
+def installed(control_plane: ControlPlane, namespace: str) -> Iterator[Callable[..., str]]:
+    """Install the chart (once per test) into `namespace`; uninstalled afterwards if still there."""
+    releases: list[str] = []
+
+    def install(release: str, *values: str) -> str:
+        done = helm(control_plane, "install", release, str(CHART), "--namespace", namespace,
+                    "--wait", "--timeout", "120s", *values)
+        releases.append(release)
+        return done.stdout + done.stderr
+
+    yield install
+    for release in releases:
+        helm(control_plane, "uninstall", release, "--namespace", namespace, "--wait", check=False)
+
+
+# ---- rendering: lint and schema ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [(), HA, ("--set", "watchNamespaces={ml,search}"), MONITORING,
+                                    (*HA, *MONITORING, "--set", "watchNamespaces={ml}", "--set", "rbac.watchCRDs=false")],
+                         ids=["default", "ha", "namespaced", "monitoring", "everything"])
+def test_helm_lint_strict(control_plane: ControlPlane, values: tuple[str, ...]) -> None:
+    done = helm(control_plane, "lint", "--strict", str(CHART), *values)
+    assert "0 chart(s) failed" in done.stdout
+    assert "[WARNING]" not in done.stdout and "[ERROR]" not in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    (("--set", "replicaCount=2"), "leaderElection"),
+    (("--set", "replicaCount=0"), "replicaCount"),
+    (("--set", "replicaCont=2"), "replicaCont"),
+    (("--set", "runAsUser=0"), "runAsUser"),
+    (("--set", "prometheus.url=prometheus:9090"), "prometheus"),
+    (("--set", "watchNamespaces={Not_A_Namespace}"), "watchNamespaces"),
+    (("--set", "metrics.service.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"), "metrics.service"),
+    ((*HA, "--set", "podDisruptionBudget.minAvailable=2"), "minAvailable"),
+    (("--set", "extraArgs={leader-election}"), "extraArgs"),
+], ids=["replicas-without-leader-election", "no-replicas", "typo", "root", "url-without-scheme",
+        "bad-namespace", "servicemonitor-without-service", "undrainable-pdb", "arg-not-a-flag"])
+def test_schema_and_templates_reject_bad_values(control_plane: ControlPlane, values: tuple[str, ...],
+                                                message: str) -> None:
+    done = helm(control_plane, "template", "understudy", str(CHART), *values, check=False)
+    assert done.returncode != 0, f"accepted {values}"
+    assert message in done.stderr, done.stderr
+
+
+def test_default_render_is_secure_and_least_privilege(control_plane: ControlPlane) -> None:
+    docs = render(control_plane, "understudy", "understudy-system")
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment",
+                     "Service", "ServiceAccount"]
+    (deployment,) = of_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert container["command"] == ["understudy", "run"]
+    assert "--identity=$(POD_NAME)" in container["args"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    assert not any(a.startswith("--namespace") or a.startswith("--lease") for a in container["args"])
+    assert "--prometheus-url=http://prometheus-operated.monitoring.svc:9090" in container["args"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "one replica without a Lease: never two at once"
+    for role in of_kind(docs, "ClusterRole"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], (role["metadata"]["name"], rule)
+            assert "secrets" not in rule["resources"]
+            assert not {"delete", "deletecollection", "update", "escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+def test_namespaced_render_has_no_cluster_wide_workload_access(control_plane: ControlPlane) -> None:
+    docs = render(control_plane, "understudy", "understudy-system", "--set", "watchNamespaces={ml,search}",
+                  "--set", "rbac.watchCRDs=false")
+    assert of_kind(docs, "ClusterRole") == [] and of_kind(docs, "ClusterRoleBinding") == []
+    assert sorted(r["metadata"]["namespace"] for r in of_kind(docs, "Role")) == ["ml", "search"]
+    assert sorted(b["metadata"]["namespace"] for b in of_kind(docs, "RoleBinding")) == ["ml", "search"]
+    (container,) = of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if a.startswith("--namespace")] == ["--namespace=ml", "--namespace=search"]
+
+
+def test_ha_render_has_lease_rbac_pdb_and_rolling_update(control_plane: ControlPlane) -> None:
+    docs = render(control_plane, "understudy", "understudy-system", *HA)
+    (deployment,) = of_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {"--leader-election", "--lease-name=understudy-leader", "--lease-namespace=understudy-system"} <= set(args)
+    (pdb,) = of_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    (lease_role,) = of_kind(docs, "Role")
+    assert lease_role["metadata"]["namespace"] == "understudy-system"
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["understudy-leader"],
+         "verbs": ["get", "update", "patch"]},
+    ]
+
+
+# ---- monitoring objects: the alerts are valid PromQL and fire when they should ----------------------------
+
+
+def test_prometheus_rules_pass_promtool_and_fire_on_their_scenarios(control_plane: ControlPlane,
+                                                                   tmp_path: Path) -> None:
+    docs = render(control_plane, "understudy", "ops", *MONITORING,
+                  "--set", "metrics.prometheusRule.fallbackActiveFor=10m",
+                  "--set", "metrics.prometheusRule.operatorDownFor=5m")
+    (rule,) = of_kind(docs, "PrometheusRule")
+    (monitor,) = of_kind(docs, "ServiceMonitor")
+    (service,) = of_kind(docs, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    (dashboard,) = of_kind(docs, "ConfigMap")
+    assert json.loads(dashboard["data"]["understudy.json"])["uid"] == "understudy-operator"
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by `make system-deps`"
+    check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts == {"UnderstudyFallbackActiveTooLong", "UnderstudyFallbackRateCreep", "UnderstudyRollbackFailed",
+                      "UnderstudyMetricsMissing", "UnderstudyOperatorDown", "UnderstudyNotEvaluating"}
+
+    job = 'job="understudy-metrics", namespace="ops"'
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                # rec falls back at minute 5 and stays there; other stays on primary.
+                {"series": f'understudy_active_tier{{{job}, policy="rec", tier="primary"}}', "values": "1x4 0x40"},
+                {"series": f'understudy_active_tier{{{job}, policy="rec", tier="distilled"}}', "values": "0x4 1x40"},
+                {"series": f'understudy_active_tier{{{job}, policy="other", tier="primary"}}', "values": "1x45"},
+                {"series": f'understudy_fallback_ratio{{{job}, policy="rec"}}', "values": "0+0.002x45"},
+                {"series": f'understudy_transitions_total{{{job}, policy="rec", reason="RollbackFailed"}}',
+                 "values": "0x20 1x25"},
+                # Every second query fails from the start.
+                {"series": f"understudy_prometheus_queries_total{{{job}}}", "values": "0+60x45"},
+                {"series": f"understudy_prometheus_query_errors_total{{{job}}}", "values": "0+30x45"},
+                # The only replica is up and evaluating until minute 20, then up but no longer evaluating,
+                # and from minute 30 it is not scraped at all.
+                {"series": f"up{{{job}}}", "values": "1x29 _x15"},
+                {"series": f"understudy_evaluation_cycle_duration_seconds_count{{{job}}}",
+                 "values": "0+60x20 1200x9 _x15"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "14m", "alertname": "UnderstudyFallbackActiveTooLong", "exp_alerts": []},
+                {"eval_time": "16m", "alertname": "UnderstudyFallbackActiveTooLong", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "ops", "policy": "rec", "tier": "distilled"},
+                    "exp_annotations": {
+                        "summary": "FallbackPolicy ops/rec has served from fallback tier distilled for more than 10m.",
+                        "description": "A fallback is a degraded mode, not a home. Check the primary's triggers with "
+                                       "`kubectl events --for fallbackpolicy/rec -n ops` and `kubectl get fbp -n ops`."},
+                }]},
+                # The ratio crosses 0.05 at minute 26 and has to stay above it for 30m.
+                {"eval_time": "40m", "alertname": "UnderstudyFallbackRateCreep", "exp_alerts": []},
+                {"eval_time": "21m", "alertname": "UnderstudyRollbackFailed", "exp_alerts": [{
+                    "exp_labels": {"severity": "critical", "namespace": "ops", "policy": "rec"},
+                    "exp_annotations": {
+                        "summary": "FallbackPolicy ops/rec exceeded its creep budget but the primary could not be "
+                                   "rolled back.",
+                        "description": "See the RollbackFailed Event of the policy for the reason (no known-good "
+                                       "revision, or the revision's ReplicaSet is gone)."},
+                }]},
+                {"eval_time": "15m", "alertname": "UnderstudyMetricsMissing", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "ops", "job": "understudy-metrics"}}]},
+                {"eval_time": "20m", "alertname": "UnderstudyNotEvaluating", "exp_alerts": []},
+                {"eval_time": "29m", "alertname": "UnderstudyNotEvaluating", "exp_alerts": [{
+                    "exp_labels": {"severity": "critical", "namespace": "ops", "job": "understudy-metrics"}}]},
+                {"eval_time": "29m", "alertname": "UnderstudyOperatorDown", "exp_alerts": []},
+                {"eval_time": "40m", "alertname": "UnderstudyOperatorDown", "exp_alerts": [{
+                    "exp_labels": {"severity": "critical"}}]},
+            ],
+        }],
+    }
+    scenario = tmp_path / "tests.yaml"
+    scenario.write_text(yaml.safe_dump(tests, sort_keys=False))
+    done = subprocess.run([promtool, "test", "rules", str(scenario)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- the API server accepts what the chart renders -------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [(), HA], ids=["default", "ha"])
+def test_rendered_objects_pass_server_side_dry_run(control_plane: ControlPlane, namespace: str,
+                                                   values: tuple[str, ...]) -> None:
+    out = helm(control_plane, "template", "understudy", str(CHART), "--namespace", namespace,
+               "--include-crds", *values).stdout
+    done = kubectl(control_plane, "apply", "--dry-run=server", "--validate=strict", "-f", "-", input=out)
+    created = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(created) == len([d for d in yaml.safe_load_all(out) if d]), done.stdout
+    assert "Warning" not in done.stderr, done.stderr
+
+
+def test_namespaced_render_passes_server_side_dry_run(control_plane: ControlPlane, namespace: str,
+                                                      other_namespace: str) -> None:
+    out = helm(control_plane, "template", "understudy", str(CHART), "--namespace", namespace,
+               "--set", f"watchNamespaces={{{other_namespace}}}").stdout
+    done = kubectl(control_plane, "apply", "--dry-run=server", "--validate=strict", "-f", "-", input=out)
+    assert f"role.rbac.authorization.k8s.io/understudy created (server dry run)" in done.stdout
+
+
+# ---- install, RBAC, upgrade, uninstall -------------------------------------------------------------------
+
+
+def test_install_in_a_restricted_namespace_is_admitted_and_running(
+    control_plane: ControlPlane, kube_api: client.ApiClient, namespace: str, installed: Callable[..., str]
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    label_restricted(core, namespace)
+    # The label is in force: a pod without the restricted settings is refused.
+    bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", "namespace": namespace},
+            "spec": {"containers": [{"name": "c", "image": "example.invalid/x:1"}]}}
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(namespace, bare, dry_run="All")
+    assert refused.value.status == 403 and "violates PodSecurity" in refused.value.body
+
+    output = installed("understudy")
+    assert "PodSecurity" not in output, output
+    assert "Next step" in output, "NOTES.txt tells the user what to do next"
+    pods = wait_for("the operator pod Running and Ready", lambda: running_pods(core, namespace, "understudy"))
+    assert len(pods) == 1
+    assert pods[0].spec.service_account_name == "understudy"
+    events = core.list_namespaced_event(namespace, field_selector="reason=FailedCreate").items
+    assert events == []
+
+
+SUFFICIENT = [
+    # (verb, resource, subresource): what the operator's code calls, in a watched namespace.
+    ("list", "fallbackpolicies.understudy.dev", None),
+    ("watch", "fallbackpolicies.understudy.dev", None),
+    ("patch", "fallbackpolicies.understudy.dev", "status"),
+    ("list", "deployments.apps", None),
+    ("watch", "deployments.apps", None),
+    ("get", "deployments.apps", None),
+    ("patch", "deployments.apps", None),
+    ("list", "replicasets.apps", None),
+    ("get", "services", None),
+    ("patch", "services", None),
+    ("get", "virtualservices.networking.istio.io", None),
+    ("patch", "virtualservices.networking.istio.io", None),
+    ("get", "httproutes.gateway.networking.k8s.io", None),
+    ("patch", "httproutes.gateway.networking.k8s.io", None),
+    ("create", "events.events.k8s.io", None),
+]
+DENIED = [
+    ("get", "secrets", None), ("list", "secrets", None), ("watch", "secrets", None),
+    ("get", "configmaps", None), ("create", "pods", None), ("create", "pods", "exec"),
+    ("delete", "deployments.apps", None), ("create", "deployments.apps", None),
+    ("update", "deployments.apps", None), ("patch", "deployments.apps", "scale"),
+    ("patch", "fallbackpolicies.understudy.dev", None), ("update", "fallbackpolicies.understudy.dev", None),
+    ("delete", "fallbackpolicies.understudy.dev", None), ("create", "fallbackpolicies.understudy.dev", None),
+    ("delete", "services", None), ("update", "virtualservices.networking.istio.io", None),
+    ("delete", "httproutes.gateway.networking.k8s.io", None), ("delete", "events.events.k8s.io", None),
+    ("create", "events", None), ("patch", "replicasets.apps", None), ("create", "leases.coordination.k8s.io", None),
+    ("create", "serviceaccounts", "token"),
+]
+
+
+def assert_rbac(cp: ControlPlane, user: str, watched: str, expect: bool) -> None:
+    wrong = [(v, r, s) for v, r, s in SUFFICIENT if can_i(cp, user, v, r, watched, s) != expect]
+    assert wrong == [], f"{user} in {watched}: expected can-i={expect} for {wrong}"
+
+
+def assert_least_privilege(cp: ControlPlane, user: str, namespace: str) -> None:
+    allowed = [(v, r, s) for v, r, s in DENIED if can_i(cp, user, v, r, namespace, s)]
+    assert allowed == [], f"{user} may do more than it needs in {namespace}: {allowed}"
+    for verb, resource in (("list", "namespaces"), ("get", "nodes"), ("create", "clusterroles.rbac.authorization.k8s.io"),
+                           ("create", "rolebindings.rbac.authorization.k8s.io"), ("impersonate", "users"),
+                           ("delete", "customresourcedefinitions.apiextensions.k8s.io"), ("list", "secrets")):
+        assert not can_i(cp, user, verb, resource, None), f"{user} can {verb} {resource} cluster-wide"
+
+
+def test_cluster_wide_rbac_is_sufficient_and_least_privilege(
+    control_plane: ControlPlane, namespace: str, other_namespace: str, installed: Callable[..., str]
+) -> None:
+    installed("understudy")
+    user = service_account(namespace, "understudy")
+    assert_rbac(control_plane, user, other_namespace, expect=True)
+    assert_least_privilege(control_plane, user, other_namespace)
+    assert_least_privilege(control_plane, user, namespace)
+    for verb in ("list", "watch"):
+        assert can_i(control_plane, user, verb, "fallbackpolicies.understudy.dev", None)
+        assert can_i(control_plane, user, verb, "customresourcedefinitions.apiextensions.k8s.io", None)
+    assert not can_i(control_plane, user, "get", "customresourcedefinitions.apiextensions.k8s.io", None)
+    # No leader election: no Lease access at all.
+    assert not can_i(control_plane, user, "get", "leases.coordination.k8s.io", namespace)
+
+
+def test_namespaced_rbac_stops_at_the_watched_namespaces(
+    control_plane: ControlPlane, kube_api: client.ApiClient, namespace: str, other_namespace: str,
+    installed: Callable[..., str]
+) -> None:
+    installed("understudy", "--set", f"watchNamespaces={{{other_namespace}}}", "--set", "rbac.watchCRDs=false")
+    user = service_account(namespace, "understudy")
+    assert_rbac(control_plane, user, other_namespace, expect=True)
+    assert_rbac(control_plane, user, namespace, expect=False)  # its own namespace is not watched
+    assert_rbac(control_plane, user, "default", expect=False)
+    assert_least_privilege(control_plane, user, other_namespace)
+    assert not can_i(control_plane, user, "list", "deployments.apps", None)
+    assert not can_i(control_plane, user, "list", "customresourcedefinitions.apiextensions.k8s.io", None)
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    mine = f"{INSTANCE}=understudy"
+    assert rbac.list_cluster_role(label_selector=mine).items == []
+    assert rbac.list_cluster_role_binding(label_selector=mine).items == []
+
+
+def test_upgrade_to_two_replicas_with_leader_election_then_uninstall_leaves_nothing(
+    control_plane: ControlPlane, kube_api: client.ApiClient, namespace: str
+) -> None:
+    core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
+    policy_rbac, rbac = client.PolicyV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
+    label_restricted(core, namespace)
+    release = "understudy"
+    user = service_account(namespace, release)
+    helm(control_plane, "install", release, str(CHART), "-n", namespace, "--wait", "--timeout", "120s")
+    assert not can_i(control_plane, user, "get", "leases.coordination.k8s.io", namespace)
+
+    done = helm(control_plane, "upgrade", release, str(CHART), "-n", namespace, *HA, "--wait", "--timeout", "120s")
+    assert "PodSecurity" not in done.stderr, done.stderr
+    wait_for("two operator pods Running and Ready", lambda: len(running_pods(core, namespace, release)) == 2)
+    args = apps.read_namespaced_deployment(release, namespace).spec.template.spec.containers[0].args
+    assert "--leader-election" in args and f"--lease-namespace={namespace}" in args
+    assert policy_rbac.read_namespaced_pod_disruption_budget(release, namespace).spec.min_available == 1
+    assert can_i(control_plane, user, "create", "leases.coordination.k8s.io", namespace)
+    for verb in ("get", "update", "patch"):
+        assert can_i(control_plane, user, verb, "leases.coordination.k8s.io/understudy-leader", namespace)
+        assert not can_i(control_plane, user, verb, "leases.coordination.k8s.io/someone-else", namespace)
+    assert not can_i(control_plane, user, "delete", "leases.coordination.k8s.io/understudy-leader", namespace)
+    assert not can_i(control_plane, user, "create", "leases.coordination.k8s.io", "default")
+
+    helm(control_plane, "uninstall", release, "-n", namespace, "--wait", "--timeout", "120s")
+    selector = f"{INSTANCE}={release}"
+
+    def leftovers() -> list[str]:
+        namespaced = (
+            ("Deployment", apps.list_namespaced_deployment), ("ReplicaSet", apps.list_namespaced_replica_set),
+            ("Pod", core.list_namespaced_pod), ("Service", core.list_namespaced_service),
+            ("ServiceAccount", core.list_namespaced_service_account), ("ConfigMap", core.list_namespaced_config_map),
+            ("PodDisruptionBudget", policy_rbac.list_namespaced_pod_disruption_budget),
+        )
+        found = [f"{kind} {o.metadata.name}" for kind, lister in namespaced
+                 for o in lister(namespace, label_selector=selector).items]
+        cluster = (("Role", rbac.list_role_for_all_namespaces), ("RoleBinding", rbac.list_role_binding_for_all_namespaces),
+                   ("ClusterRole", rbac.list_cluster_role), ("ClusterRoleBinding", rbac.list_cluster_role_binding))
+        # Other tests' releases are also called "understudy": only objects bound to this namespace count.
+        found += [f"{kind} {o.metadata.name}" for kind, lister in cluster
+                  for o in lister(label_selector=selector).items
+                  if o.metadata.namespace == namespace or namespace in o.metadata.name]
+        return found
+
+    deadline = time.monotonic() + 60
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftovers() == []
+    assert not can_i(control_plane, user, "list", "fallbackpolicies.understudy.dev", None)
+    # CRDs from crds/ are never deleted by Helm: policies survive an uninstall.
+    ext = client.ApiextensionsV1Api(kube_api)
+    assert ext.read_custom_resource_definition("fallbackpolicies.understudy.dev").metadata.name
+
+
+# ---- kubectl, as the chart's ServiceAccount ------------------------------------------------------------------
+
+
+POLICY = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "FallbackPolicy",
+    "metadata": {"name": "recommender"},
+    "spec": {
+        "primary": {"deploymentName": "recommender-large", "serviceName": "recommender-large"},
+        "fallbacks": [{"name": "distilled", "deploymentName": "recommender-small", "serviceName": "recommender-small",
+                       "degradation": {"description": "top-10 recall drops about 4 points",
+                                       "acceptedBy": "ml-product@example.com"}}],
+        "routing": {"istio": {"virtualServiceName": "recommender"}},
+        "triggers": [{"name": "errors", "errorRatio": {"above": "0.05"}}],
+    },
+}
+
+
+def test_get_fbp_shows_the_status_the_service_account_patched(
+    control_plane: ControlPlane, kube_api: client.ApiClient, namespace: str, other_namespace: str,
+    installed: Callable[..., str], tmp_path: Path
+) -> None:
+    installed("understudy", "--set", f"watchNamespaces={{{other_namespace}}}")
+    kubeconfig = write_service_account_kubeconfig(control_plane, namespace, "understudy", tmp_path / "sa.kubeconfig")
+    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(GROUP, VERSION, other_namespace, PLURAL, POLICY)
+
+    def as_operator(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**control_plane.subprocess_env(), "KUBECONFIG": str(kubeconfig)}
+        return subprocess.run([str(control_plane.kubectl), *args], env=env, input=input, capture_output=True,
+                              text=True, timeout=60)
+
+    whoami = as_operator("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+    assert whoami.stdout == service_account(namespace, "understudy"), whoami.stderr
+    status = {"status": {
+        "observedGeneration": 1, "activeTier": "distilled", "primaryWeight": 10,
+        "weights": [{"tier": "primary", "weight": 10}, {"tier": "distilled", "weight": 90}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Evaluating", "message": "evaluating",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}],
+    }}
+    patched = as_operator("patch", "fbp", "recommender", "-n", other_namespace, "--subresource=status",
+                          "--type=merge", "-p", json.dumps(status))
+    assert patched.returncode == 0, patched.stderr
+    # The same identity may not touch the spec, nor read anything outside the watched namespace.
+    denied = as_operator("patch", "fbp", "recommender", "-n", other_namespace, "--type=merge",
+                         "-p", '{"spec": {"mode": "Observe"}}')
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
+    outside = as_operator("get", "deployments", "-n", "default")
+    assert outside.returncode != 0 and "forbidden" in outside.stderr.lower(), outside.stderr
+
+    table = as_operator("get", "fbp", "-n", other_namespace)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "ACTIVE", "PRIMARY-WEIGHT", "READY", "AGE"]
+    cells = row.split()
+    assert cells[:4] == ["recommender", "distilled", "10", "True"]
+    assert re.fullmatch(r"\d+s|\d+m\d*s?", cells[4]), cells[4]
+
+
+# ---- the operator itself, as the chart's ServiceAccount ------------------------------------------------------
+
+OPERATOR = """
+import logging, sys
+from understudy.handlers import OperatorConfig, run
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+namespaces = sys.argv[3:] or None
+run(OperatorConfig(prometheus_url=sys.argv[1], query_timeout=0.5, metrics_port=None, leader_election=True,
+                   lease_name="understudy-leader", lease_namespace=sys.argv[2], identity="chart-smoke"), namespaces)
+"""
+PERMISSION_PROBLEMS = re.compile(r"forbidden|403|not enough permissions|unauthori[sz]ed", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_operator_runs_with_exactly_the_charts_permissions(
+    control_plane: ControlPlane, kube_api: client.ApiClient, namespace: str, other_namespace: str,
+    installed: Callable[..., str], tmp_path: Path, mode: str
+) -> None:
+    """kopf's watches, leader election, status writes and Events all work with the chart's RBAC alone.
+
+    The operator runs from this checkout (the pod under KWOK runs nothing), authenticated by a TokenRequest
+    token of the chart's ServiceAccount. Prometheus is a closed loopback port, so the policy's signals are
+    missing: the operator must still evaluate, write status and post its Events.
+    """
+    import sys
+
+    from e2e.harness import free_ports
+
+    extra = ("--set", f"watchNamespaces={{{other_namespace}}}") if mode == "namespaced" else ()
+    installed("understudy", *HA, *extra)
+    kubeconfig = write_service_account_kubeconfig(control_plane, namespace, "understudy", tmp_path / "sa.kubeconfig")
+    custom = client.CustomObjectsApi(kube_api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, other_namespace, PLURAL, POLICY)
+    (closed_port,) = free_ports(1)
+    argv = [sys.executable, "-c", OPERATOR, f"http://127.0.0.1:{closed_port}", namespace]
+    if mode == "namespaced":
+        argv.append(other_namespace)
+    log = tmp_path / "operator.log"
+    env = {**control_plane.subprocess_env(), "KUBECONFIG": str(kubeconfig)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        def evaluated() -> dict[str, Any] | None:
+            assert proc.poll() is None, f"operator exited:\n{log.read_text()}"
+            status = custom.get_namespaced_custom_object(GROUP, VERSION, other_namespace, PLURAL, "recommender")
+            conditions = {c["type"]: c for c in status.get("status", {}).get("conditions", [])}
+            return conditions or None
+
+        conditions = wait_for("the operator to write the policy's status", evaluated, timeout=60)
+        assert conditions["MetricsAvailable"]["status"] == "False", conditions
+        events = client.EventsV1Api(kube_api).list_namespaced_event(other_namespace).items
+        assert any(e.reporting_controller == "understudy.dev/operator" and e.reporting_instance == "chart-smoke"
+                   for e in events), [e.reason for e in events]
+        lease = client.CoordinationV1Api(kube_api).read_namespaced_lease("understudy-leader", namespace)
+        assert lease.spec.holder_identity == "chart-smoke"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    problems = [line for line in text.splitlines() if PERMISSION_PROBLEMS.search(line)]
+    if mode == "namespaced":
+        # Without cluster-wide namespace access kopf takes the given names as they are, and says so.
+        problems = [p for p in problems if "permissions to list namespaces" not in p
+                    and "permissions to watch for namespaces" not in p]
+    assert problems == [], text
