@@ -6,6 +6,7 @@ and returns the exit status, so `run` and `backtest` slot in beside `validate` w
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -71,6 +72,9 @@ def add_backtest(subparsers: Subparsers) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="timeout of each Prometheus request (default: 30)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display on stderr")
+    # Relative times such as `--start -7d` start with "-": let this parser read them as values, the way
+    # argparse already reads negative numbers (it has no option that looks like one).
+    parser._negative_number_matcher = re.compile(r"^-[0-9]")
     parser.set_defaults(func=backtest)
 
 
