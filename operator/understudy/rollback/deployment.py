@@ -11,6 +11,7 @@ The controller then records the restored template as a new revision; revision N 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,9 @@ KEPT_ANNOTATIONS = frozenset({
 """Annotations the Deployment keeps and the ReplicaSet's copy never overwrites (kubectl's annotationsToSkip)."""
 
 MAX_ATTEMPTS = 5
+BACKOFF = 0.05
+"""Seconds before the first re-read after a 409, doubled each time. The guard also trips on the
+controller's own status writes (they move the resourceVersion too), which come in bursts."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,9 @@ def current_revision(apps: AppsV1Api, namespace: str, deployment: str) -> str | 
 def rollback_to_revision(apps: AppsV1Api, namespace: str, deployment: str, revision: str) -> RollbackResult:
     """Restore revision `revision`'s pod template into the Deployment, or say why not (without writing)."""
     where = f"Deployment {namespace}/{deployment}"
-    for _ in range(MAX_ATTEMPTS):
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            time.sleep(BACKOFF * 2 ** (attempt - 1))
         try:
             current = _load(apps.read_namespaced_deployment(deployment, namespace, _preload_content=False))
         except ApiException as e:

@@ -8,6 +8,7 @@ the backend read, so the API server turns a concurrent change (a person's edit, 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -22,6 +23,8 @@ JsonPatch = list[dict[str, Any]]
 
 MAX_ATTEMPTS = 5
 """Read-modify-write attempts before giving up with reason Conflict."""
+BACKOFF = 0.05
+"""Seconds before the first re-read after a 409, doubled each time: lets a burst of writes settle."""
 
 
 class RoutingTargetError(Exception):
@@ -132,9 +135,9 @@ def read_modify_write(
     """Fetch, plan a JSON patch, and write it conditionally on the fetched resourceVersion.
 
     An empty plan means the object is already right: nothing is written. A 409 means someone changed
-    the object in between: fetch and plan again, at most MAX_ATTEMPTS times.
+    the object in between: fetch and plan again after a short backoff, at most MAX_ATTEMPTS times.
     """
-    for _ in range(MAX_ATTEMPTS):
+    for attempt in range(MAX_ATTEMPTS):
         try:
             obj = fetch()
         except ApiException as e:
@@ -149,6 +152,8 @@ def read_modify_write(
         except ApiException as e:
             if e.status != 409:
                 raise translate(e, kind, name, namespace) from e
+        if attempt + 1 < MAX_ATTEMPTS:
+            time.sleep(BACKOFF * 2**attempt)
     raise RoutingTargetError(
         "Conflict", f"{kind} {namespace}/{name} kept changing: gave up after {MAX_ATTEMPTS} conditional writes"
     )
