@@ -1,6 +1,7 @@
 """The Event recorder: the events.k8s.io/v1 shape, a note that reads on one line, and no raising."""
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -9,7 +10,7 @@ import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from understudy.audit.events import NOTE_LIMIT, EventRecorder, ObjectRef, note_for
+from understudy.audit.events import NOTE_LIMIT, EventRecorder, ObjectRef, event_name, note_for
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.reasons import REASONS, TRANSITION_REASONS, UNKNOWN_REASON, event_kind
 from understudy.engine.model import AuditRecord
@@ -46,7 +47,8 @@ def test_event_has_the_events_v1_shape() -> None:
     [(namespace, body)] = api.created
     sent = wire(body)
     assert namespace == "ml"
-    assert sent["metadata"] == {"generateName": "recommender.", "namespace": "ml"}
+    assert sent["metadata"]["namespace"] == "ml"
+    assert re.fullmatch(r"recommender\.[0-9a-f]+\.[0-9a-f]{6}", sent["metadata"]["name"])
     assert sent["regarding"] == {"apiVersion": "understudy.dev/v1alpha1", "kind": "FallbackPolicy",
                                  "name": "recommender", "namespace": "ml", "uid": REF.uid}
     assert (sent["type"], sent["reason"], sent["action"]) == ("Warning", "FallbackActivated", "Route")
@@ -116,3 +118,12 @@ def test_every_engine_reason_has_a_published_kind() -> None:
     from understudy.engine.reasons import AUDIT_REASONS
 
     assert set(AUDIT_REASONS) <= REASONS.keys()
+
+
+def test_event_names_are_valid_unique_and_fit() -> None:
+    dns_subdomain = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+    long_name = "a" * 229 + "-" + "b" * 23
+    names = {event_name(name, NOW) for name in ("recommender", long_name) for _ in range(50)}
+    assert len(names) == 100
+    for name in names:
+        assert len(name) <= 253 and dns_subdomain.fullmatch(name), name

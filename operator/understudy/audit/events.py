@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Final
@@ -28,8 +29,8 @@ API_VERSION: Final = "understudy.dev/v1alpha1"
 KIND: Final = "FallbackPolicy"
 NOTE_LIMIT: Final = 1024
 """The API server rejects a note longer than 1024 bytes."""
-_GENERATE_NAME_BASE: Final = 57
-"""generateName keeps 58 characters of the base, so `<policy>.` stays whole up to this length."""
+_NAME_BASE: Final = 230
+"""Room left for the policy's name in an Event name (at most 253) after `.<microseconds>.<random>`."""
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -85,6 +86,18 @@ def note_for(record: AuditRecord) -> str:
     return _truncate_utf8(note, NOTE_LIMIT)
 
 
+def event_name(policy_name: str, now: datetime) -> str:
+    """`<policy>.<microseconds, hex>.<random>`: sorts by time like client-go's names, unique per record.
+
+    Not generateName: events.k8s.io/v1 validates the prefix itself as a DNS subdomain, which a prefix
+    ending in "." or "-" is not. The random part keeps records of one instant (and two briefly
+    overlapping leaders) from colliding.
+    """
+    base = policy_name[:_NAME_BASE].rstrip(".-")
+    micros = int(MicroTime.of(now).timestamp() * 1_000_000)
+    return f"{base}.{micros:x}.{secrets.token_hex(3)}"
+
+
 def _truncate_utf8(text: str, limit: int) -> str:
     encoded = text.encode()
     if len(encoded) <= limit:
@@ -121,10 +134,7 @@ class EventRecorder:
         """The Event that `record` is published as (separate from posting so it can be inspected)."""
         kind = event_kind(record.reason)
         return EventsV1Event(
-            metadata=V1ObjectMeta(
-                generate_name=f"{policy_ref.name[:_GENERATE_NAME_BASE]}.",
-                namespace=policy_ref.namespace,
-            ),
+            metadata=V1ObjectMeta(name=event_name(policy_ref.name, now), namespace=policy_ref.namespace),
             regarding=V1ObjectReference(
                 api_version=policy_ref.api_version,
                 kind=policy_ref.kind,
