@@ -196,6 +196,7 @@ def expected_ml() -> dict[str, float]:
     first_breach, last_breach = SPIKE[0] + SCRAPE, SPIKE[1] + 55
     recovered = last_breach + 6 * STEP
     return {
+        "breached": (last_breach - first_breach) // STEP + 1,
         "activated": first_breach + STEP,
         "recovered": recovered,
         "restored": recovered + 60,
@@ -226,7 +227,9 @@ def test_latency_spike_is_one_fallback_and_one_restore(history_prometheus: Prome
     assert report["activations"] == 1 and report["episodes"] == 1
     assert report["transitions"] == 4
     assert report["transitionsByReason"] == {"FallbackActivated": 1, "RestoreStep": 2, "Restored": 1}
-    assert report["triggers"] == [{"tier": "primary", "trigger": "p99-latency", "trips": 1}]
+    ((tier, trigger, trips, breached),) = [tuple(t.values()) for t in report["triggers"]]
+    assert (tier, trigger, trips) == ("primary", "p99-latency", 1)
+    assert abs(breached - expect["breached"]) <= 1
     assert report["unavailableEvaluations"] == 0
 
     (activated,) = at(report, "FallbackActivated")
@@ -256,7 +259,8 @@ def test_readiness_drop_from_kube_state_metrics(history_prometheus: PrometheusSe
     report = json.loads(output)
     assert report["readiness"] == "kube-state-metrics"
     assert report["activations"] == 1
-    assert report["triggers"] == [{"tier": "primary", "trigger": "availability", "trips": 1}]
+    assert report["triggers"] == [{"tier": "primary", "trigger": "availability", "trips": 1,
+                                   "breachedEvaluations": (OUTAGE[1] - OUTAGE[0]) // STEP}]
     # ready 1/4 is read at the steps OUTAGE[0] <= t < OUTAGE[1]: trip on the second, recover 6 steps after
     assert at(report, "FallbackActivated") == [OUTAGE[0] + STEP]
     assert at(report, "TierRecovered") == [OUTAGE[1] + 5 * STEP]

@@ -38,7 +38,8 @@ def test_table_reports_outcome_tiers_triggers_and_timeline(spike) -> None:  # ty
     assert any(line.startswith("  creep budget          within budget: budget 0.1 of any 1h window") for line in lines)
     assert "  TIER       ACTIVE  TRAFFIC  SHARE" in lines
     assert "  distilled      3m    2m42s  32.7%" in lines
-    assert "  primary  p99          1" in lines
+    assert "  TIER     TRIGGER  TRIPS  BREACHED" in lines
+    assert "  primary  p99          1        20" in lines
     timeline = lines[lines.index("Timeline") + 1:]
     assert [line.split()[1] for line in timeline] == [
         "TierTripped", "FallbackActivated", "TierRecovered", "RestoreStep", "RestoreStep", "Restored"]
@@ -48,7 +49,7 @@ def test_table_reports_outcome_tiers_triggers_and_timeline(spike) -> None:  # ty
 
 def test_table_of_a_quiet_history_says_so() -> None:
     text = table(summarise(replay(POLICY, history(10), STEP)), CONTEXT)
-    assert "Triggers fired (tier trips)\n  none\n" in text
+    assert "Triggers (trips, and evaluations past the threshold)\n  none breached\n" in text
     assert "no decision recorded" in text
 
 
@@ -57,7 +58,7 @@ def test_json_is_complete_and_serialisable(spike) -> None:  # type: ignore[no-un
     assert report["policy"] == {"namespace": "ml", "name": "recommender"}
     assert report["readiness"] == "assumed" and report["notes"] == ["a caveat"]
     assert (report["activations"], report["episodes"], report["transitions"]) == (1, 1, 4)
-    assert report["triggers"] == [{"tier": "primary", "trigger": "p99", "trips": 1}]
+    assert report["triggers"] == [{"tier": "primary", "trigger": "p99", "trips": 1, "breachedEvaluations": 20}]
     assert sum(t["trafficShare"] for t in report["tiers"]) == pytest.approx(1.0)
     assert report["creep"]["exceeded"] is False and report["creep"]["exceededAt"] == []
     tripped = report["timeline"][0]

@@ -72,7 +72,7 @@ def test_one_spike_is_one_activation_and_a_stepwise_restore() -> None:
     assert summary.activations == 1 and summary.episodes == 1
     assert summary.transitions == 4
     assert summary.transitions_by_reason == {"FallbackActivated": 1, "RestoreStep": 2, "Restored": 1}
-    assert summary.triggers == (TriggerCount("primary", "p99", 1),)
+    assert summary.triggers == (TriggerCount("primary", "p99", trips=1, breached=20),)
     assert times(summary.timeline, "TierTripped") == [21]
     assert times(summary.timeline, "FallbackActivated") == [21]
     assert times(summary.timeline, "TierRecovered") == [45]
@@ -90,7 +90,14 @@ def test_one_spike_is_one_activation_and_a_stepwise_restore() -> None:
 def test_two_spikes_are_two_episodes_and_eight_flaps() -> None:
     summary = summarise(replay(POLICY, history(200, slow=set(range(20, 30)) | set(range(100, 110))), STEP))
     assert (summary.activations, summary.episodes, summary.transitions) == (2, 2, 8)
-    assert summary.triggers == (TriggerCount("primary", "p99", 2),)
+    assert summary.triggers == (TriggerCount("primary", "p99", trips=2, breached=20),)
+
+
+def test_near_miss_breaches_without_a_trip() -> None:
+    """Single breached evaluations never reach tripAfter=2: nothing moves, but the report shows them."""
+    summary = summarise(replay(POLICY, history(100, slow={10, 30, 50}), STEP))
+    assert (summary.activations, summary.transitions) == (0, 0)
+    assert summary.triggers == (TriggerCount("primary", "p99", trips=0, breached=3),)
 
 
 def test_breach_during_restore_aborts_it_and_counts_as_a_flap() -> None:
@@ -100,7 +107,7 @@ def test_breach_during_restore_aborts_it_and_counts_as_a_flap() -> None:
     assert times(summary.timeline, "TierTripped") == [21, 46]
     assert times(summary.timeline, "RestoreAborted") == [51]
     assert summary.transitions_by_reason["RestoreAborted"] == 1
-    assert summary.triggers == (TriggerCount("primary", "p99", 2),)
+    assert summary.triggers == (TriggerCount("primary", "p99", trips=2, breached=21),)
     assert summary.episodes == 1  # the primary never had all traffic back in between
 
 

@@ -101,9 +101,10 @@ def table(summary: Summary, context: Context) -> str:
             for t in s.tiers
         ], right=(1, 2, 3)),
         "",
-        "Triggers fired (tier trips)",
-        *(_columns([["TIER", "TRIGGER", "TRIPS"]] + [[t.tier, t.trigger, str(t.trips)] for t in s.triggers],
-                   right=(2,)) if s.triggers else ["  none"]),
+        "Triggers (trips, and evaluations past the threshold)",
+        *(_columns([["TIER", "TRIGGER", "TRIPS", "BREACHED"]]
+                   + [[t.tier, t.trigger, str(t.trips), str(t.breached)] for t in s.triggers],
+                   right=(2, 3)) if s.triggers else ["  none breached"]),
         "",
         "Timeline",
         *(_columns([[when(e.at), e.record.reason, e.record.message] for e in s.timeline])
@@ -131,7 +132,8 @@ def to_json(summary: Summary, context: Context) -> dict[str, Any]:
              "trafficShare": t.traffic_seconds / total if total else 0.0}
             for t in s.tiers
         ],
-        "triggers": [{"tier": t.tier, "trigger": t.trigger, "trips": t.trips} for t in s.triggers],
+        "triggers": [{"tier": t.tier, "trigger": t.trigger, "trips": t.trips, "breachedEvaluations": t.breached}
+                     for t in s.triggers],
         "creep": {
             "fallbackRatio": s.fallback_ratio,
             "maxFallbackRatio": s.creep_max_ratio,

@@ -98,11 +98,14 @@ def replay(policy: Policy, history: Iterable[tuple[float, Samples]], step: float
             result.signals[(tier, trigger)].append(reading.value if ok and reading else None)
         result.events.extend(Event(at, record) for record in decision.audit)
         result.unavailable += not decision.metrics_available
-        off = sum(b.off_primary_ms for b in state.creep_buckets)
-        observed = sum(b.observed_ms for b in state.creep_buckets)
-        ratio = off / max(observed, window_ms)
-        if ratio > result.peak_window_ratio:
-            result.peak_window_ratio, result.peak_at = ratio, at
+        # Off-primary time only grows after a step that left the primary some traffic short; skipping the
+        # sums otherwise keeps a quiet week cheap.
+        if len(result.weights) > 1 and result.weights[-2][0] < 100:
+            off = sum(b.off_primary_ms for b in state.creep_buckets)
+            observed = sum(b.observed_ms for b in state.creep_buckets)
+            ratio = off / max(observed, window_ms)
+            if ratio > result.peak_window_ratio:
+                result.peak_window_ratio, result.peak_at = ratio, at
         result.last = decision
     return result
 
@@ -121,6 +124,9 @@ class TriggerCount:
     tier: str
     trigger: str
     trips: int
+    """Times the trigger tripped the tier (TierTripped)."""
+    breached: int
+    """Evaluations whose reading was past the threshold: more than trips x tripAfter shows near misses."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,9 @@ def summarise(result: Replay) -> Summary:
     trips = Counter((e.record.tier or "", e.record.trigger or "") for e in result.events
                     if e.record.reason == reasons.TIER_TRIPPED)
     exceeded_at = tuple(e.at for e in result.events if e.record.reason == reasons.CREEP_BUDGET_EXCEEDED)
-    order = {n: k for k, n in enumerate(names)}
+    trigger_of = {t.name: t for t in result.policy.triggers}
+    breached = {key: sum(1 for v in values if v is not None and trigger_of[key[1]].breached_by(v))
+                for key, values in result.signals.items()}
     return Summary(
         start=result.times[0] if result.times else 0.0,
         end=result.times[-1] if result.times else 0.0,
@@ -179,8 +187,9 @@ def summarise(result: Replay) -> Summary:
         transitions=sum(1 for before, after in pairs if before != after),
         transitions_by_reason=dict(sorted(by_reason.items())),
         tiers=tuple(TierTime(n, active[n], traffic[k]) for k, n in enumerate(names)),
-        triggers=tuple(TriggerCount(t, g, c) for (t, g), c in
-                       sorted(trips.items(), key=lambda kv: (order.get(kv[0][0], len(names)), kv[0][1]))),
+        triggers=tuple(TriggerCount(tier, trigger, trips[(tier, trigger)], breached.get((tier, trigger), 0))
+                       for tier in names for trigger in trigger_of
+                       if trips[(tier, trigger)] or breached.get((tier, trigger), 0)),
         fallback_ratio=(total - traffic[0]) / total if total else 0.0,
         creep_max_ratio=result.policy.creep_max_ratio,
         creep_window=result.policy.creep_window,
