@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from understudy.api import FallbackPolicySpec, to_engine_policy
 from understudy.api.durations import parse_duration
-from understudy.api.models import API_VERSION, KIND
+from understudy.api.models import API_VERSION, DurationUnit
 from understudy.audit.events import EventRecorder, ObjectRef
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, status_patch
@@ -110,6 +110,7 @@ def compile_policy(snapshot: PolicySnapshot) -> Compiled:
         workload_label=signals.workload_label,
         namespace_label=signals.namespace_label,
         response_code_label=signals.response_code_label,
+        duration_in_seconds=signals.duration_unit is DurationUnit.SECONDS,
         min_requests=signals.min_requests,
     )
     target = Target(

@@ -57,6 +57,9 @@ class MetricNames:
     workload_label: str = "destination_workload"
     namespace_label: str = "destination_workload_namespace"
     response_code_label: str = "response_code"
+    duration_in_seconds: bool = False
+    """The duration histogram counts seconds (vLLM, KServe) rather than Istio's milliseconds; latency
+    readings are scaled to milliseconds in the query, so thresholds keep one unit."""
     min_requests: int = 20
     """Requests in the window below which latency and error triggers read INSUFFICIENT, unless the trigger
     sets its own `min_requests`."""
@@ -179,7 +182,8 @@ def _render(group: _Group, matchers: str) -> str:
         total = f"sum by ({by}) (rate({_selector(m.requests_metric, matchers)}[{w}]))"
         return f"(sum by ({by}) (rate({errors}[{w}])) or 0 * {total}) / {total}"
     bucket = _selector(f"{m.duration_metric}_bucket", matchers)
-    return f"histogram_quantile({group.quantile!r}, sum by (le, {by}) (rate({bucket}[{w}])))"
+    quantile = f"histogram_quantile({group.quantile!r}, sum by (le, {by}) (rate({bucket}[{w}])))"
+    return f"1000 * {quantile}" if m.duration_in_seconds else quantile
 
 
 @lru_cache(maxsize=1024)
