@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from understudy.backtest.render import Context, ProgressLine, plot, span, table, to_json, when
-from understudy.backtest.replay import replay, summarise
+from understudy.backtest.replay import Replay, replay, summarise
 from understudy.cli import backtest, build_parser
 from tests.corpus import VALID
 from tests.unit.test_backtest_replay import POLICY, STEP, history
@@ -17,7 +17,7 @@ CONTEXT = Context("ml", "recommender", "http://127.0.0.1:9090", 5, False, ("a ca
 
 
 @pytest.fixture(scope="module")
-def spike():  # type: ignore[no-untyped-def]
+def spike() -> Replay:
     return replay(POLICY, history(100, slow=set(range(20, 40))), STEP)
 
 
@@ -27,7 +27,7 @@ def test_when_and_span() -> None:
     assert [span(s) for s in (0, 5, 0.5, 90, 3600, 93784)] == ["0s", "5s", "0.5s", "1m30s", "1h", "1d2h3m4s"]
 
 
-def test_table_reports_outcome_tiers_triggers_and_timeline(spike) -> None:  # type: ignore[no-untyped-def]
+def test_table_reports_outcome_tiers_triggers_and_timeline(spike: Replay) -> None:
     text = table(summarise(spike), CONTEXT)
     lines = text.splitlines()
     assert lines[0] == "Backtest of FallbackPolicy ml/recommender"
@@ -53,7 +53,7 @@ def test_table_of_a_quiet_history_says_so() -> None:
     assert "no decision recorded" in text
 
 
-def test_json_is_complete_and_serialisable(spike) -> None:  # type: ignore[no-untyped-def]
+def test_json_is_complete_and_serialisable(spike: Replay) -> None:
     report = json.loads(json.dumps(to_json(summarise(spike), CONTEXT)))
     assert report["policy"] == {"namespace": "ml", "name": "recommender"}
     assert report["readiness"] == "assumed" and report["notes"] == ["a caveat"]
@@ -68,7 +68,7 @@ def test_json_is_complete_and_serialisable(spike) -> None:  # type: ignore[no-un
     assert report["timeline"][1]["fromTier"] == "primary" and report["timeline"][1]["toTier"] == "distilled"
 
 
-def test_plot_writes_a_png(spike, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_plot_writes_a_png(spike: Replay, tmp_path: Path) -> None:
     out = tmp_path / "plot.png"
     plot(spike, CONTEXT, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

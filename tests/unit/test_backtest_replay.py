@@ -1,9 +1,10 @@
 """The backtest's replay and summary on synthetic Samples, where every answer is known in advance."""
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 
-from understudy.backtest.replay import TierTime, TriggerCount, backtest_policy, replay, summarise
+from understudy.backtest.replay import Event, TierTime, TriggerCount, backtest_policy, replay, summarise
 from understudy.engine import (
     INSUFFICIENT,
     MISSING,
@@ -46,13 +47,16 @@ def samples(p99: float | Reading = 100.0, errors: float | Reading = 0.0) -> Samp
     })
 
 
-def history(steps: int, slow: set[int] = frozenset(), **at: Samples) -> list[tuple[float, Samples]]:
-    """Healthy steps, slow (p99 400 ms) at the given indexes, or any Samples given as at["i<n>"]."""
-    return [(T0 + i * STEP, at.get(f"i{i}", samples(400.0 if i in slow else 100.0))) for i in range(steps)]
+def history(steps: int, slow: Collection[int] = (), at: Mapping[int, Samples] | None = None,
+            ) -> list[tuple[float, Samples]]:
+    """Healthy steps, slow (p99 400 ms) at the indexes in `slow`, or the Samples given in `at`."""
+    given = at or {}
+    return [(T0 + i * STEP, given.get(i, samples(400.0 if i in slow else 100.0))) for i in range(steps)]
 
 
-def times(result_summary_events: object, reason: str) -> list[float]:
-    return [(e.at - T0) / STEP for e in result_summary_events if e.record.reason == reason]  # type: ignore[attr-defined]
+def times(events: Iterable[Event], reason: str) -> list[float]:
+    """The step indexes at which `reason` was recorded."""
+    return [(e.at - T0) / STEP for e in events if e.record.reason == reason]
 
 
 def test_healthy_history_changes_nothing() -> None:
@@ -121,8 +125,7 @@ def test_creep_budget_exceeded_when_time_off_primary_passes_the_budget() -> None
 
 
 def test_missing_data_is_counted_and_never_read_as_healthy() -> None:
-    gaps = {f"i{i}": samples(MISSING) for i in range(10, 15)}
-    result = replay(POLICY, history(30, **gaps), STEP)
+    result = replay(POLICY, history(30, at={i: samples(MISSING) for i in range(10, 15)}), STEP)
     summary = summarise(result)
     assert summary.unavailable_evaluations == 5
     assert times(summary.timeline, "MetricsMissing") == [10]
@@ -131,7 +134,7 @@ def test_missing_data_is_counted_and_never_read_as_healthy() -> None:
 
 
 def test_signals_keep_values_and_blank_what_cannot_be_judged() -> None:
-    result = replay(POLICY, history(3, i1=samples(INSUFFICIENT, 0.5)), STEP)
+    result = replay(POLICY, history(3, at={1: samples(INSUFFICIENT, 0.5)}), STEP)
     assert result.signals[("primary", "p99")] == [100.0, None, 100.0]
     assert result.signals[("primary", "errors")] == [0.0, 0.5, 0.0]
     assert result.signals[("distilled", "p99")] == [80.0, 80.0, 80.0]

@@ -205,8 +205,8 @@ def plot(result: Replay, context: Context, path: str | Path) -> None:
         weights.legend(handles=shaded, loc="lower left", fontsize=8, frameon=False, ncol=len(shaded))
     weights.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=timezone.utc))
     weights.set_xlabel("time (UTC)", fontsize=9)
-    start, end = (when(result.times[0]), when(result.times[-1])) if result.times else ("", "")
-    fig.suptitle(f"Backtest of {context.namespace}/{context.name}: {start} .. {end}, step {span(result.step)}",
+    first_at, last_at = (when(result.times[0]), when(result.times[-1])) if result.times else ("", "")
+    fig.suptitle(f"Backtest of {context.namespace}/{context.name}: {first_at} .. {last_at}, step {span(result.step)}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

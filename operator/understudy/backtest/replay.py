@@ -160,7 +160,7 @@ class Summary:
 def summarise(result: Replay) -> Summary:
     """The numbers a person asks of a backtest, from one replay."""
     names = result.policy.tier_names
-    active: Counter[str] = Counter()
+    active = dict.fromkeys(names, 0.0)
     traffic = [0.0] * len(names)
     for i in range(1, len(result.times)):
         dt = result.times[i] - result.times[i - 1]
