@@ -15,6 +15,7 @@ from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
 from understudy.engine.model import Tier
 from understudy.routing import (
     GatewayAPITarget,
+    IstioBackend,
     IstioTarget,
     RoutingTargetError,
     ServiceTarget,
@@ -231,6 +232,14 @@ def test_istio_refusals(
             call()
         assert err.value.reason == reason
     assert get_vs(kube_api, namespace)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+def test_istio_missing_api_is_target_not_found(kube_api: ApiClient, namespace: str) -> None:
+    """An API version the server does not serve (as when the CRD is not installed) says so in the message."""
+    with pytest.raises(RoutingTargetError) as err:
+        IstioBackend(kube_api, IstioTarget("recommender", "default"), TIERS, version="v9").read(namespace)
+    assert err.value.reason == "TargetNotFound"
+    assert "CRD installed" in err.value.message
 
 
 def test_weights_must_name_every_tier_and_sum_to_100(kube_api: ApiClient, namespace: str, vs: dict[str, Any]) -> None:

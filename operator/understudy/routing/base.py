@@ -116,12 +116,26 @@ def translate(error: ApiException, kind: str, name: str, namespace: str) -> Exce
     """The API error a person can act on, as a RoutingTargetError; anything else unchanged."""
     where = f"{kind} {namespace}/{name}"
     if error.status == 404:
+        # a missing object comes with a Status; a missing API (CRD not installed) with a bare 404 page
+        if _server_message(error) is None:
+            return RoutingTargetError(
+                "TargetNotFound", f"the API server does not serve the {kind} API at all (is its CRD installed?)"
+            )
         return RoutingTargetError("TargetNotFound", f"{where} does not exist")
+    said = _server_message(error) or error.reason
     if error.status == 403:
-        return RoutingTargetError("Forbidden", f"the operator may not access {where}: {error.reason}")
+        return RoutingTargetError("Forbidden", f"the operator may not access {where}: {said}")
     if error.status == 422:
-        return RoutingTargetError("Invalid", f"the API server rejected the change to {where}: {error.body}")
+        return RoutingTargetError("Invalid", f"the API server rejected the change to {where}: {said}")
     return error
+
+
+def _server_message(error: ApiException) -> str | None:
+    """The `message` of the API server's Status body; None when the body is no Status."""
+    try:
+        return str(json.loads(error.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def read_modify_write(
