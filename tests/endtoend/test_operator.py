@@ -60,8 +60,8 @@ def test_chain_moves_down_on_breaches_and_restores_step_by_step(make_scenario: C
     first = next(h for h in history if h["reason"] == "FallbackActivated")
     assert (first["fromTier"], first["toTier"], first["trigger"]) == ("primary", "distilled", "p99-latency")
     assert float(first["observed"]) > 200 and first["threshold"] == "200"
-    events = sc.reasons()
-    assert "FallbackActivated" in events and "Restored" in events
+    events = wait_until(lambda: "Restored" in (r := sc.reasons()) and r, 10, "a Restored Event")
+    assert "FallbackActivated" in events
     assert sc.condition("FallbackActive")["status"] == "False"  # type: ignore[index]
 
 
@@ -77,8 +77,9 @@ def test_other_backends_fall_back_and_restore(make_scenario: Callable[..., Scena
     assert {"FallbackActivated", "Restored"} <= set(sc.reasons())
 
 
-def test_prometheus_outage_holds_routing(make_scenario: Callable[..., Scenario],
-                                         private_prometheus: PrometheusServer) -> None:
+def test_prometheus_outage_holds_routing(private_prometheus: PrometheusServer,
+                                         make_scenario: Callable[..., Scenario]) -> None:
+    # private_prometheus comes first so that it is torn down after the scenario that scrapes it.
     sc = _started(make_scenario, private_prometheus)
     sc.wait_for_weights(ALL_PRIMARY)
     private_prometheus.stop()
@@ -96,7 +97,7 @@ def test_prometheus_outage_holds_routing(make_scenario: Callable[..., Scenario],
     sc.inject("primary")
     wait_until(lambda: (c := sc.condition("MetricsAvailable")) and c["status"] == "True", 60,
                "MetricsAvailable=True after Prometheus is back")
-    assert "MetricsRestored" in sc.reasons()
+    wait_until(lambda: "MetricsRestored" in sc.reasons(), 10, "a MetricsRestored Event")
 
 
 def test_observe_mode_audits_but_never_routes(make_scenario: Callable[..., Scenario],
@@ -153,7 +154,8 @@ def test_operator_killed_mid_restore_converges_without_duplicates(make_scenario:
     sc.wait_for_weights(ALL_PRIMARY, timeout=60)
     history = [h["reason"] for h in sc.status()["history"]]
     assert history.count("RestoreStep") == 1 and history.count("Restored") == 1, history
-    events = sc.reasons()
+    # Events follow the status write that records the decision; give the last one a moment.
+    events = wait_until(lambda: "Restored" in (r := sc.reasons()) and r, 10, "a Restored Event")
     assert events.count("RestoreStep") == 1 and events.count("Restored") == 1, events
 
 
