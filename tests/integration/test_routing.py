@@ -97,7 +97,9 @@ def virtual_service(namespace: str) -> dict[str, Any]:
 
 @pytest.fixture
 def vs(kube_api: ApiClient, namespace: str) -> dict[str, Any]:
-    return CustomObjectsApi(kube_api).create_namespaced_custom_object(*ISTIO[:2], namespace, ISTIO[2], virtual_service(namespace))
+    return CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        *ISTIO[:2], namespace, ISTIO[2], virtual_service(namespace)
+    )
 
 
 def get_vs(kube_api: ApiClient, namespace: str) -> dict[str, Any]:
@@ -146,7 +148,9 @@ def test_istio_keeps_a_persons_edit_to_another_route(kube_api: ApiClient, namesp
     assert backend.read(namespace) == ON_PRIMARY
 
 
-def test_istio_concurrent_change_is_detected_and_retried(kube_api: ApiClient, namespace: str, vs: dict[str, Any]) -> None:
+def test_istio_concurrent_change_is_detected_and_retried(
+    kube_api: ApiClient, namespace: str, vs: dict[str, Any]
+) -> None:
     """A person edits another route between our read and our write: 409, re-read, and both changes stand."""
     def person_edits() -> None:
         CustomObjectsApi(kube_api).patch_namespaced_custom_object(
@@ -287,7 +291,9 @@ def service_state(kube_api: ApiClient, namespace: str) -> tuple[dict[str, str], 
     return svc.spec.selector, svc.metadata.resource_version
 
 
-def test_service_switches_selector_and_reads_it_back(kube_api: ApiClient, namespace: str, service: dict[str, Any]) -> None:
+def test_service_switches_selector_and_reads_it_back(
+    kube_api: ApiClient, namespace: str, service: dict[str, Any]
+) -> None:
     backend = backend_for(kube_api, ServiceTarget("recommender"), TIERS)
     assert backend.read(namespace) == ON_PRIMARY
 
@@ -397,7 +403,8 @@ def test_gateway_moves_weights_and_reads_them_back(kube_api: ApiClient, namespac
 def test_gateway_reads_relative_weights_as_percent(kube_api: ApiClient, namespace: str, route: dict[str, Any]) -> None:
     CustomObjectsApi(kube_api).patch_namespaced_custom_object(
         *GATEWAY[:2], namespace, GATEWAY[2], "recommender",
-        [{"op": "replace", "path": f"/spec/rules/1/backendRefs/{j}/weight", "value": w} for j, w in enumerate((3, 1, 0))],
+        [{"op": "replace", "path": f"/spec/rules/1/backendRefs/{j}/weight", "value": w}
+         for j, w in enumerate((3, 1, 0))],
         _content_type=JSON_PATCH,
     )
     assert backend_for(kube_api, GatewayAPITarget("recommender", 1), TIERS).read(namespace) == (

@@ -114,14 +114,17 @@ def _load(response: Any) -> dict[str, Any]:
     return json.loads(response.data)
 
 
-def _replica_set_of(apps: AppsV1Api, namespace: str, deployment: dict[str, Any], revision: str) -> dict[str, Any] | None:
+def _replica_set_of(
+    apps: AppsV1Api, namespace: str, deployment: dict[str, Any], revision: str
+) -> dict[str, Any] | None:
     """The ReplicaSet controlled by `deployment` whose revision annotation is `revision`, if any."""
     match_labels = deployment["spec"].get("selector", {}).get("matchLabels") or {}
     selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
     listing = _load(apps.list_namespaced_replica_set(namespace, label_selector=selector, _preload_content=False))
     uid = deployment["metadata"]["uid"]
     for rs in listing.get("items", []):
-        owned = any(ref.get("controller") and ref.get("uid") == uid for ref in rs["metadata"].get("ownerReferences", []))
+        refs = rs["metadata"].get("ownerReferences", [])
+        owned = any(ref.get("controller") and ref.get("uid") == uid for ref in refs)
         if owned and (rs["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION) == revision:
             return rs
     return None

@@ -107,7 +107,8 @@ class GatewayAPIBackend:
             if tier is None:
                 raise RoutingTargetError(
                     "DestinationUnknown",
-                    f"{where} rule {rule} sends to {ref.get('kind', 'Service')} {ref.get('name')!r}, which is no tier's Service",
+                    f"{where} rule {rule} sends to {ref.get('kind', 'Service')} {ref.get('name')!r}, "
+                    "which is no tier's Service",
                 )
             if tier.name in placed:
                 raise RoutingTargetError(

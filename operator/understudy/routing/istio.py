@@ -80,7 +80,8 @@ class IstioBackend:
             primary_host = destinations[placed[PRIMARY]]["destination"]["host"]
             primary_service = self._primary.service
             for tier in missing:
-                host = tier.service + primary_host[len(primary_service):] if primary_host != primary_service else tier.service
+                suffix = primary_host[len(primary_service):] if primary_host != primary_service else ""
+                host = tier.service + suffix
                 ops.append({
                     "op": "add",
                     "path": pointer("spec", "http", index, "route", "-"),

@@ -82,11 +82,14 @@ class ServiceBackend:
         labels: dict[str, dict[str, str]] = {}
         for tier in self._tiers:
             try:
-                deployment = load(self._apps.read_namespaced_deployment(tier.deployment, namespace, _preload_content=False))
+                deployment = load(
+                    self._apps.read_namespaced_deployment(tier.deployment, namespace, _preload_content=False)
+                )
             except ApiException as e:
                 if e.status == 404:
                     raise RoutingTargetError(
-                        "SelectorUnknown", f"tier {tier.name!r}: Deployment {namespace}/{tier.deployment} does not exist"
+                        "SelectorUnknown",
+                        f"tier {tier.name!r}: Deployment {namespace}/{tier.deployment} does not exist",
                     ) from e
                 raise translate(e, "Deployment", tier.deployment, namespace) from e
             selector = deployment.get("spec", {}).get("selector", {})
