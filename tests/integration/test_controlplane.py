@@ -234,3 +234,22 @@ def test_rbac_and_pod_security_are_enforced(
         core.create_namespaced_pod(namespace, pod)
     assert err.value.status == 403
     assert "PodSecurity" in err.value.body
+
+
+def test_env_file_is_sourceable_and_extendable(control_plane: ControlPlane, tmp_path: Path) -> None:
+    import subprocess
+
+    from e2e.harness import update_env_file
+
+    env_file = control_plane.write_env()
+    assert env_file is not None and "PROMETHEUS_URL" in env_file.read_text()  # the placeholder
+    copy = tmp_path / "env"
+    copy.write_text(env_file.read_text())
+    # Another harness (separate process) adds its line without losing ours.
+    update_env_file({"PROMETHEUS_URL": "http://127.0.0.1:9090"}, copy)
+    script = f'. {copy} && kubectl get nodes -o name && helm version --short && echo "$PROMETHEUS_URL"'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}).stdout.split()
+    assert out[0] == f"node/{control_plane.node_names[0]}"
+    assert out[1].startswith(control_plane.toolchain.versions["HELM_VERSION"])
+    assert out[2] == "http://127.0.0.1:9090"
