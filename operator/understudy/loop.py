@@ -14,6 +14,7 @@ Order of effects for one decision, chosen so that a crash or a second leader can
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 
 from understudy.api import FallbackPolicySpec, to_engine_policy
 from understudy.api.durations import parse_duration
-from understudy.api.models import API_VERSION, DurationUnit
+from understudy.api.models import API_VERSION, Capacity, DurationUnit
 from understudy.audit.events import EventRecorder, ObjectRef
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, status_patch
@@ -97,6 +98,8 @@ class Compiled:
     target: Target
     interval: float
     routing: RoutingTarget
+    capacities: Mapping[str, Capacity]
+    """Fallback tiers with a stated capacity, by tier name."""
 
 
 def compile_policy(snapshot: PolicySnapshot) -> Compiled:
@@ -113,6 +116,7 @@ def compile_policy(snapshot: PolicySnapshot) -> Compiled:
         duration_in_seconds=signals.duration_unit is DurationUnit.SECONDS,
         min_requests=signals.min_requests,
     )
+    capacities = {f.name: f.capacity for f in spec.fallbacks if f.capacity is not None}
     target = Target(
         key=(snapshot.namespace, snapshot.name),
         namespace=snapshot.namespace,
@@ -120,6 +124,7 @@ def compile_policy(snapshot: PolicySnapshot) -> Compiled:
         metrics=metrics,
         window=parse_duration(spec.evaluation.window),
         prometheus_url=signals.prometheus_url or None,
+        needs_load=bool(capacities),
     )
     routing: RoutingTarget
     if spec.routing.istio is not None:
@@ -129,7 +134,7 @@ def compile_policy(snapshot: PolicySnapshot) -> Compiled:
     else:
         assert spec.routing.gateway_api is not None  # the CRD and the models demand exactly one backend
         routing = GatewayAPITarget(spec.routing.gateway_api.http_route_name, spec.routing.gateway_api.rule_index)
-    return Compiled(spec, policy, target, parse_duration(spec.evaluation.interval), routing)
+    return Compiled(spec, policy, target, parse_duration(spec.evaluation.interval), routing, capacities)
 
 
 @dataclass
@@ -208,12 +213,13 @@ class Evaluator:
             ready = {k: (d.ready, d.desired) for k, d in deployments.items()}
             before = self.reader.stats.queries_sent
             errors_before = self.reader.stats.query_errors
-            samples = self.reader.read([rt.compiled.target for _, rt in valid if rt.compiled], ready)
+            readout = self.reader.read_all([rt.compiled.target for _, rt in valid if rt.compiled], ready)
             report.queries = self.reader.stats.queries_sent - before
             self.metrics.prometheus_queries.inc(report.queries)
             self.metrics.prometheus_query_errors.inc(self.reader.stats.query_errors - errors_before)
             for key, rt in valid:
-                self._evaluate(key, rt, policies[key], samples.get(key, Samples({})), deployments, now, report)
+                self._evaluate(key, rt, policies[key], readout.samples.get(key, Samples({})),
+                               readout.loads.get(key), deployments, now, report)
         report.seconds = time.monotonic() - started
         self.metrics.cycle_duration.observe(report.seconds)
         return report
@@ -288,6 +294,7 @@ class Evaluator:
         rt: Runtime,
         snap: PolicySnapshot,
         samples: Samples,
+        load: float | None,
         deployments: Mapping[tuple[str, str], DeploymentSnapshot],
         now: float,
         report: CycleReport,
@@ -297,9 +304,15 @@ class Evaluator:
         policy = rt.compiled.policy
         if rt.frozen:
             policy = replace(policy, paused=True)
+        if rt.compiled.capacities:
+            samples = replace(samples, capacity=_capacity(rt.compiled, snap.namespace, load, deployments))
         decision = decide(policy, samples, rt.state, now)
         primary = deployments.get((snap.namespace, policy.tiers[0].deployment))
         shell_records: list[AuditRecord] = []
+        scaled: list[dict[str, Any]] | None = None
+        if rt.compiled.capacities:
+            scaled, scale_records = self._scale(rt, snap, decision, load, deployments)
+            shell_records += scale_records
         if any(r.reason == "CreepBudgetExceeded" for r in decision.audit):
             shell_records += self._on_creep(rt, snap, decision)
         if rt.frozen and not decision.creep_exceeded:
@@ -319,6 +332,8 @@ class Evaluator:
                               engine=engine_status if checkpoint else None)
         if revision is not None:
             status["primaryRevision"] = revision
+        if scaled is not None:
+            status["scaledTiers"] = scaled
         if not self._write_status(key, rt, snap, status, report):
             return  # someone else moved the policy on: forget this decision, reload next cycle
         if checkpoint:
@@ -391,6 +406,46 @@ class Evaluator:
         rt.resource_version = body["metadata"]["resourceVersion"]
         return True
 
+    def _scale(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, load: float | None,
+               deployments: Mapping[tuple[str, str], DeploymentSnapshot],
+               ) -> tuple[list[dict[str, Any]], list[AuditRecord]]:
+        """Scale a skipped fallback up so it can take over, and back once traffic has left it.
+
+        Returns the new status.scaledTiers (the replica counts to return to) and what to audit.
+        """
+        assert rt.compiled is not None
+        scaled = {e["tier"]: int(e["replicas"]) for e in rt.status.get("scaledTiers") or []}
+        records: list[AuditRecord] = []
+        weights = dict(decision.weights)
+        settled = decision.active_tier == PRIMARY and decision.state.restore_tier is None
+        for tier, tier_state in zip(rt.compiled.policy.tiers, decision.state.tiers):
+            capacity = rt.compiled.capacities.get(tier.name)
+            current = deployments.get((snap.namespace, tier.deployment))
+            if capacity is None or current is None or not capacity.scale_on_activate:
+                continue
+            if tier_state.capacity_short and load is not None:
+                wanted = min(capacity.max_replicas or current.desired, math.ceil(load / capacity.requests_per_replica))
+                if wanted > current.desired:
+                    records.append(self._set_replicas("ScaledUp", snap.namespace, tier.name, tier.deployment, wanted,
+                                                      f"to carry {load:.1f} requests/s at "
+                                                      f"{capacity.requests_per_replica} per replica"))
+                    scaled.setdefault(tier.name, current.desired)
+            elif tier.name in scaled and settled and weights.get(tier.name, 0) == 0:
+                original = scaled.pop(tier.name)
+                records.append(self._set_replicas("ScaledDown", snap.namespace, tier.name, tier.deployment, original,
+                                                  "traffic is back on the primary"))
+        return [{"tier": t, "replicas": r} for t, r in scaled.items()], records
+
+    def _set_replicas(self, reason: str, namespace: str, tier: str, deployment: str, replicas: int,
+                      why: str) -> AuditRecord:
+        try:
+            self._apps.patch_namespaced_deployment(deployment, namespace, {"spec": {"replicas": replicas}})
+        except ApiException as err:
+            return AuditRecord(reason="ScaleFailed", tier=tier,
+                               message=f"could not scale {deployment} to {replicas} replicas: {err.reason}")
+        self.metrics.api_write("Deployment")
+        return AuditRecord(reason=reason, tier=tier, message=f"scaled {deployment} to {replicas} replicas, {why}")
+
     def _on_creep(self, rt: Runtime, snap: PolicySnapshot, decision: Decision) -> list[AuditRecord]:
         """Act on a creep verdict, once per episode, as the policy's creep.action says."""
         assert rt.compiled is not None
@@ -436,6 +491,24 @@ class Evaluator:
             self.recorder.record(ObjectRef(snap.name, snap.namespace, snap.uid),
                                  AuditRecord(reason="InvalidPolicy", message=rt.invalid or ""),
                                  datetime.fromtimestamp(now, timezone.utc))
+
+
+def _capacity(compiled: Compiled, namespace: str, load: float | None,
+              deployments: Mapping[tuple[str, str], DeploymentSnapshot]) -> dict[str, bool]:
+    """Whether each fallback with a stated capacity could carry the whole load on its ready replicas.
+
+    An unknown load (no request series, Prometheus down) blocks nobody: missing data is handled by the
+    triggers, and refusing every fallback for want of a number would be the rash choice.
+    """
+    fits: dict[str, bool] = {}
+    for tier in compiled.policy.tiers:
+        capacity = compiled.capacities.get(tier.name)
+        if capacity is None or load is None:
+            continue
+        current = deployments.get((namespace, tier.deployment))
+        ready = current.ready if current else 0
+        fits[tier.name] = ready * capacity.requests_per_replica >= load
+    return fits
 
 
 def _essential(engine_status: Any) -> dict[str, Any] | None:

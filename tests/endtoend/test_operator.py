@@ -188,3 +188,60 @@ def test_a_broken_policy_reports_itself_and_leaves_neighbours_alone(make_scenari
                        "broken Ready=False")
     assert ready["reason"] == "TargetNotFound" and "no-such-route" in ready["message"]
     assert "RoutingFailed" in sc.reasons("broken")
+
+
+def test_two_replicas_elect_one_leader_and_the_standby_takes_over(make_scenario: Callable[..., Scenario],
+                                                                  prometheus: PrometheusServer) -> None:
+    sc = make_scenario(prometheus)
+    sc.start_traffic()
+    lease = ("--leader-election", "--lease-namespace", sc.namespace, "--lease-name", "understudy")
+    first = sc.start_operator(*lease, "--identity", "replica-a")
+    sc.start_operator(*lease, "--identity", "replica-b")
+    sc.apply_policy(sc.policy(evaluation={"restoreSteps": [100]}))
+    _ready(sc)
+    coordination = client.CoordinationV1Api(sc.api)
+    holder = wait_until(lambda: coordination.read_namespaced_lease("understudy", sc.namespace).spec.holder_identity,
+                        30, "a Lease holder")
+    leader = first if holder == "replica-a" else sc.operators[1]
+
+    sc.inject("primary", **FAILING)
+    sc.wait_for_weights(ON_DISTILLED, timeout=30)
+    wait_until(lambda: "FallbackActivated" in sc.reasons(), 10, "a FallbackActivated Event")
+    assert sc.reasons().count("FallbackActivated") == 1, "only the leader acts"
+
+    leader.kill()
+    standby = "replica-b" if holder == "replica-a" else "replica-a"
+    wait_until(lambda: coordination.read_namespaced_lease("understudy", sc.namespace).spec.holder_identity
+               == standby, 45, "the standby to take the Lease")
+    sc.inject("primary")
+    sc.wait_for_weights(ALL_PRIMARY, timeout=60)
+    restored = wait_until(lambda: "Restored" in (r := sc.reasons()) and r, 10, "a Restored Event")
+    assert restored.count("FallbackActivated") == 1 and restored.count("Restored") == 1, restored
+
+
+def test_a_fallback_too_small_is_skipped_scaled_up_then_scaled_back(make_scenario: Callable[..., Scenario],
+                                                                    prometheus: PrometheusServer) -> None:
+    sc = make_scenario(prometheus)
+    sc.start_traffic(rate=40)
+    sc.start_operator()
+    policy = sc.policy(evaluation={"restoreSteps": [100], "recoverAfter": 3})
+    policy["spec"]["fallbacks"][0]["capacity"] = {"requestsPerReplica": 5, "scaleOnActivate": True,
+                                                  "maxReplicas": 12}
+    sc.apply_policy(policy)
+    _ready(sc)
+    apps = client.AppsV1Api(sc.api)
+
+    sc.inject("primary", **FAILING)
+    # two replicas carry 10 requests/s, not 40: distilled is skipped, and scaled up to take over
+    wait_until(lambda: "CapacityInsufficient" in sc.reasons(), 30, "a CapacityInsufficient Event")
+    wait_until(lambda: (apps.read_namespaced_deployment("recommender-small", sc.namespace).spec.replicas or 0) >= 7,
+               30, "distilled scaled up to carry the load")
+    assert "ScaledUp" in sc.reasons()
+    sc.wait_for_weights(ON_DISTILLED, timeout=60)
+
+    sc.inject("primary")
+    sc.wait_for_weights(ALL_PRIMARY, timeout=60)
+    wait_until(lambda: apps.read_namespaced_deployment("recommender-small", sc.namespace).spec.replicas == 2,
+               30, "distilled scaled back to its 2 replicas")
+    wait_until(lambda: "ScaledDown" in sc.reasons(), 10, "a ScaledDown Event")
+    assert not sc.status().get("scaledTiers")

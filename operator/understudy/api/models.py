@@ -384,6 +384,11 @@ class HistoryEntry(_Status):
     message: Annotated[str, Field(max_length=1024)]
 
 
+class ScaledTier(_Status):
+    tier: Annotated[str, Field(max_length=63)]
+    replicas: Annotated[int, Field(ge=0)]
+
+
 class PrimaryRevision(_Status):
     revision: Annotated[str, Field(max_length=20, pattern=r"^[0-9]+$")]
     since: str
@@ -403,6 +408,7 @@ class FallbackPolicyStatus(_Status):
     conditions: Annotated[list[Condition], Field(max_length=16)] | None = None
     fallback_ratio: Annotated[str, Field(max_length=16, pattern=DECIMAL)] | None = None
     last_known_good_revision: Annotated[str, Field(max_length=20, pattern=r"^[0-9]+$")] | None = None
+    scaled_tiers: Annotated[list[ScaledTier], Field(max_length=8)] | None = None
     primary_revision: PrimaryRevision | None = None
     history: Annotated[list[HistoryEntry], Field(max_length=HISTORY_LIMIT)] | None = None
     engine: dict[str, Any] | None = None

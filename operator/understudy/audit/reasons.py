@@ -46,6 +46,9 @@ REASONS: Final[dict[str, EventKind]] = {
     # From the shell: what happened when a decision met the cluster.
     "RoutingFailed": EventKind(WARNING, "Route"),
     "RoutingRestored": EventKind(NORMAL, "Route"),
+    "ScaledUp": EventKind(NORMAL, "Scale"),
+    "ScaledDown": EventKind(NORMAL, "Scale"),
+    "ScaleFailed": EventKind(WARNING, "Scale"),
     "Frozen": EventKind(WARNING, "Freeze"),
     "RolledBack": EventKind(NORMAL, "Rollback"),
     "RollbackFailed": EventKind(WARNING, "Rollback"),

@@ -21,7 +21,7 @@ series yet (see `_unseen_but_running`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import lru_cache
 from string import Template
@@ -77,6 +77,8 @@ class Target:
     """The rate() window of the built-in signals, in seconds."""
     prometheus_url: str | None = None
     """A per-policy Prometheus; None means the reader's default."""
+    needs_load: bool = False
+    """Also read the target's total request rate (a fallback has a capacity to check)."""
 
 
 class _Shape(str, Enum):
@@ -128,6 +130,18 @@ class QueryPlan:
 
     queries: tuple[str, ...]
     bindings: Mapping[Hashable, Mapping[str, Mapping[str, _Binding]]]
+    loads: Mapping[Hashable, _LoadBinding] = field(default_factory=dict)
+    """Per target, where its total request rate comes from (for the capacity check)."""
+
+
+@dataclass(frozen=True)
+class _LoadBinding:
+    """The request-count series of every tier of one target: their sum over the window is its load."""
+
+    query: str
+    labels: tuple[str, str]
+    series: tuple[tuple[str, str], ...]
+    window: float
 
 
 def promql_duration(seconds: float) -> str:
@@ -227,6 +241,11 @@ def plan_queries(
                     if builtin[1] is not None:
                         members.setdefault(builtin[1], set()).add(series)
                 planned.append((target, tier, trigger, builtin))
+    load_groups: dict[Hashable, _Group] = {}
+    for target in (t for t in targets if t.needs_load):
+        group = _Group(_Shape.REQUESTS, replace(target.metrics, min_requests=0), promql_duration(target.window))
+        members.setdefault(group, set()).update((target.namespace, t.deployment) for t in target.policy.tiers)
+        load_groups[target.key] = group
     rendered = {g: _render(g, _matchers(g.metrics, s, max_matcher_chars)) for g, s in members.items()}
 
     queries = set(rendered.values())
@@ -250,7 +269,17 @@ def plan_queries(
             binding = _CustomBinding(render_custom(trigger.promql, target.namespace, tier))
             queries.add(binding.query)
         bindings[target.key][tier.name][trigger.name] = binding
-    return QueryPlan(queries=tuple(sorted(queries)), bindings=bindings)
+    loads = {
+        t.key: _LoadBinding(
+            query=rendered[load_groups[t.key]],
+            labels=(t.metrics.namespace_label, t.metrics.workload_label),
+            series=tuple((t.namespace, tier.deployment) for tier in t.policy.tiers),
+            window=t.window,
+        )
+        for t in targets
+        if t.needs_load
+    }
+    return QueryPlan(queries=tuple(sorted(queries)), bindings=bindings, loads=loads)
 
 
 def _number(raw: Any) -> float | None:
@@ -354,3 +383,17 @@ def map_results(
         )
         for key, tiers in plan.bindings.items()
     }
+
+
+def map_loads(plan: QueryPlan, results: Mapping[str, QueryResult]) -> dict[Hashable, float | None]:
+    """Requests per second each target receives across all its tiers; None when it cannot be known.
+
+    A failed query, or no request series for any tier, is unknown rather than zero: a capacity check
+    must not conclude that a fallback can carry a load nobody measured.
+    """
+    loads: dict[Hashable, float | None] = {}
+    for key, binding in plan.loads.items():
+        indexed = _by_series(results.get(binding.query), binding.labels)
+        values = [v for v in (indexed.get(s) for s in binding.series) if v is not None]
+        loads[key] = sum(values) / binding.window if values and results.get(binding.query) is not None else None
+    return loads

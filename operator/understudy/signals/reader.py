@@ -25,6 +25,7 @@ from understudy.signals.promql import (
     QueryResult,
     ReadyReplicas,
     Target,
+    map_loads,
     map_results,
     plan_queries,
 )
@@ -42,6 +43,13 @@ class ReaderStats:
     last_cycle_queries: int = 0
     last_cycle_errors: int = 0
     last_cycle_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Readout:
+    samples: dict[Hashable, Samples]
+    loads: dict[Hashable, float | None]
+    """Requests per second per target over its window, summed across its tiers (None: unknown)."""
 
 
 class SignalReader:
@@ -94,7 +102,11 @@ class SignalReader:
     def read(
         self, targets: Iterable[Target], ready: ReadyReplicas, at: float | None = None
     ) -> dict[Hashable, Samples]:
-        """Readings of every target; never raises for Prometheus trouble, which reads as MISSING.
+        """Readings of every target; see `read_all`."""
+        return self.read_all(targets, ready, at).samples
+
+    def read_all(self, targets: Iterable[Target], ready: ReadyReplicas, at: float | None = None) -> Readout:
+        """Readings and loads of every target; never raises for Prometheus trouble, which reads as MISSING.
 
         Target keys must be unique across the call. `ready` should hold every tier's Deployment (see
         `map_results`). `at` evaluates every query at one instant (Unix
@@ -126,8 +138,10 @@ class SignalReader:
             results[url][q] = result
 
         samples: dict[Hashable, Samples] = {}
+        loads: dict[Hashable, float | None] = {}
         for url, plan in plans.items():
             samples.update(map_results(plan, results[url], ready))
+            loads.update(map_loads(plan, results[url]))
         with self._lock:
             previous = self._stats
             self._stats = ReaderStats(
@@ -138,7 +152,7 @@ class SignalReader:
                 last_cycle_errors=errors,
                 last_cycle_seconds=time.monotonic() - started,
             )
-        return samples
+        return Readout(samples, loads)
 
     def close(self) -> None:
         """Stop the worker threads and close every HTTP session."""
