@@ -59,6 +59,21 @@ class Timeline:
         self._thread.join(timeout=5)
 
 
+def run_story(sc: Scenario, spike_seconds: float) -> None:
+    """A latency spike on the primary, held for a while, then recovery; narrated by a Timeline."""
+    with Timeline(sc) as timeline:
+        wait_until(lambda: (c := sc.condition("Ready")) and c["status"] == "True", 180, "policy Ready")
+        time.sleep(4)
+        timeline.say("inject    primary model answers 400ms slower")
+        sc.inject("primary", latency_ms=400)
+        wait_until(lambda: sc.routed_weights().get("distilled") == 100, 60, "fallback to distilled")
+        time.sleep(spike_seconds)
+        timeline.say("inject    primary model recovers")
+        sc.inject("primary")
+        wait_until(lambda: sc.routed_weights().get("primary") == 100, 120, "restore to primary")
+        time.sleep(2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--spike-seconds", type=float, default=25.0)
@@ -80,17 +95,11 @@ def main() -> int:
             sc.apply_policy(policy)
             print("Applied FallbackPolicy ml/recommender: p99 latency above 200ms or errors above 10% trip a tier.")
             print()
-            with Timeline(sc) as timeline:
-                wait_until(lambda: (c := sc.condition("Ready")) and c["status"] == "True", 60, "policy Ready")
-                time.sleep(4)
-                timeline.say("inject    primary model answers 400ms slower")
-                sc.inject("primary", latency_ms=400)
-                wait_until(lambda: sc.routed_weights().get("distilled") == 100, 60, "fallback to distilled")
-                time.sleep(args.spike_seconds)
-                timeline.say("inject    primary model recovers")
-                sc.inject("primary")
-                wait_until(lambda: sc.routed_weights().get("primary") == 100, 120, "restore to primary")
-                time.sleep(2)
+            try:
+                run_story(sc, args.spike_seconds)
+            except AssertionError as err:
+                print(f"\nThe demo did not go as expected: {err}\n--- operator log ---\n{sc.operator_logs()}")
+                return 1
             print()
             print("$ kubectl get fallbackpolicies -n ml")
             print(cp.run_kubectl("get", "fallbackpolicies", "-n", NAMESPACE).stdout)

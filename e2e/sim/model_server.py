@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,10 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Predicting from request threads makes scikit-learn warn, once per prediction, that its joblib
+# configuration does not follow into worker threads; the models here run with n_jobs=1, so it is noise.
+warnings.filterwarnings("ignore", message=".*sklearn.utils.parallel.delayed.*")
 
 __all__ = [
     "ENVOY_DEFAULT_BUCKETS_MS",
@@ -208,6 +213,12 @@ class _Server(ThreadingHTTPServer):
         self.sim = sim
         self.role = role
         super().__init__(addr, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (a scrape or request timeout on a busy machine) is not a server error."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
