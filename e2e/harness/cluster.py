@@ -26,7 +26,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +200,8 @@ class Pki:
         # Real component identities, so bootstrap RBAC (not system:masters) authorises them.
         self._leaf("controller-manager", "/CN=system:kube-controller-manager", "clientAuth")
         self._leaf("scheduler", "/CN=system:kube-scheduler", "clientAuth")
+        # The aggregation layer's identity; also lets components find a request-header CA (quiet logs).
+        self._leaf("front-proxy-client", "/CN=front-proxy-client", "clientAuth")
         _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=self.dir)
         _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=self.dir)
         for key in self.dir.glob("*.key"):
@@ -553,6 +554,11 @@ class ControlPlane:
             f"--advertise-address={ADVERTISE_ADDRESS}",
             f"--tls-cert-file={pki.path('apiserver.crt')}", f"--tls-private-key-file={pki.path('apiserver.key')}",
             f"--client-ca-file={ca}",
+            f"--requestheader-client-ca-file={ca}", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki.path('front-proxy-client.crt')}",
+            f"--proxy-client-key-file={pki.path('front-proxy-client.key')}",
             f"--service-account-key-file={pki.path('sa.pub')}",
             f"--service-account-signing-key-file={pki.path('sa.key')}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -695,14 +701,8 @@ class ControlPlane:
         with contextlib.closing(self.api_client()) as api:
             ext = client.ApiextensionsV1Api(api)
             t0 = time.monotonic()
-
-            def create(doc: dict[str, Any]) -> None:
-                # _preload_content=False: turning a huge schema back into client models costs seconds.
-                ext.create_custom_resource_definition(doc, _preload_content=False).data  # noqa: B018 - drain
-
-            # Each create makes the API server rebuild OpenAPI for the new schema; overlap them.
-            with ThreadPoolExecutor(max_workers=len(docs) or 1) as pool:
-                list(pool.map(create, docs))
+            for doc in docs:
+                self._create_crd(ext, doc)
             self.timings["CRD create"] = round(time.monotonic() - t0, 2)
 
             def established() -> bool:
@@ -715,6 +715,28 @@ class ControlPlane:
                 return True
 
             self._wait("CRDs Established", established, "kube-apiserver")
+
+    def _create_crd(self, ext: Any, doc: dict[str, Any], attempts: int = 5) -> None:
+        """Create one CRD; a busy API server can time out (504) while rebuilding OpenAPI, so retry.
+
+        One at a time on purpose: concurrent creates on a loaded 2-core machine hit the request timeout.
+        """
+        from kubernetes.client.rest import ApiException
+
+        for attempt in range(1, attempts + 1):
+            try:
+                # _preload_content=False: turning a huge schema back into client models costs seconds.
+                ext.create_custom_resource_definition(doc, _preload_content=False).data  # noqa: B018 - drain
+                return
+            except ApiException as err:
+                if err.status == 409:  # an earlier attempt landed after all
+                    return
+                if attempt == attempts or (err.status or 0) < 429:
+                    raise ControlPlaneError(
+                        f"creating CRD {doc['metadata']['name']} failed: {err.status} {err.reason}; "
+                        f"log {self.log_dir / 'kube-apiserver.log'}:\n{tail(self.log_dir / 'kube-apiserver.log')}"
+                    ) from err
+            time.sleep(attempt)
 
     # ---- internals -----------------------------------------------------------------------------
 
