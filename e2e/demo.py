@@ -64,8 +64,8 @@ def run_story(sc: Scenario, spike_seconds: float) -> None:
     with Timeline(sc) as timeline:
         wait_until(lambda: (c := sc.condition("Ready")) and c["status"] == "True", 180, "policy Ready")
         time.sleep(4)
-        timeline.say("inject    primary model answers 400ms slower")
-        sc.inject("primary", latency_ms=400)
+        timeline.say("inject    primary model answers 2.5 s slower")
+        sc.inject("primary", latency_ms=2500)
         wait_until(lambda: sc.routed_weights().get("distilled") == 100, 60, "fallback to distilled")
         time.sleep(spike_seconds)
         timeline.say("inject    primary model recovers")
@@ -93,7 +93,7 @@ def main() -> int:
             sc.start_operator()
             policy = sc.policy(evaluation={"recoverAfter": 5, "restoreSteps": [10, 50, 100], "minDwell": "4s"})
             sc.apply_policy(policy)
-            print("Applied FallbackPolicy ml/recommender: p99 latency above 200ms or errors above 10% trip a tier.")
+            print("Applied FallbackPolicy ml/recommender: p99 latency above 1s or errors above 10% trip a tier.")
             print()
             try:
                 run_story(sc, args.spike_seconds)

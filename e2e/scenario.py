@@ -207,7 +207,10 @@ class Scenario:
     # -- the policy -----------------------------------------------------------------------------------
 
     def policy(self, name: str = "recommender", **spec_overrides: Any) -> dict[str, Any]:
-        """A FallbackPolicy over the three tiers, tuned for tests: 1 s evaluations, short windows."""
+        """A FallbackPolicy over the three tiers, tuned for tests: 1 s evaluations, short windows.
+
+        The latency limit is generous (1 s) because a shared two-core machine running a control plane can
+        itself push a healthy model's p99 past a few hundred milliseconds."""
         routing = {
             "istio": {"istio": {"virtualServiceName": ROUTING_NAME, "routeName": ROUTE}},
             "service": {"service": {"name": ROUTING_NAME}},
@@ -223,7 +226,7 @@ class Scenario:
                 for t in fallbacks],
             "routing": routing,
             "triggers": [
-                {"name": "p99-latency", "latency": {"quantile": "0.99", "above": "200ms"}},
+                {"name": "p99-latency", "latency": {"quantile": "0.99", "above": "1s"}},
                 {"name": "errors", "errorRatio": {"above": "0.1"}},
             ],
             "signals": {"minRequests": 5},
