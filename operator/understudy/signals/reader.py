@@ -73,6 +73,7 @@ class SignalReader:
         self._clients: list[PrometheusConnect] = []
         self._lock = threading.Lock()
         self._stats = ReaderStats()
+        self._failing: set[str] = set()
 
     @property
     def stats(self) -> ReaderStats:
@@ -94,10 +95,19 @@ class SignalReader:
             params["time"] = f"{at:.3f}"
         try:
             result: list[Any] = self._client(url).custom_query(promql, params=params, timeout=self.timeout)
-            return result
         except Exception as exc:  # unreachable, timeout, HTTP or PromQL error: all read as MISSING
-            _LOG.warning("Prometheus query failed at %s: %s", url, exc)
+            # One warning per outage of a Prometheus, not one per query and cycle.
+            with self._lock:
+                first = url not in self._failing
+                self._failing.add(url)
+            _LOG.log(logging.WARNING if first else logging.DEBUG, "Prometheus query failed at %s: %s",
+                     url, str(exc)[:300])
             return None
+        with self._lock:
+            if url in self._failing:
+                self._failing.discard(url)
+                _LOG.warning("Prometheus at %s answers again", url)
+        return result
 
     def read(
         self, targets: Iterable[Target], ready: ReadyReplicas, at: float | None = None
