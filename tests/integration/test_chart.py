@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -21,7 +22,10 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from understudy.cli import build_parser
+
 from e2e.harness import ControlPlane
+from e2e.harness.cluster import free_ports
 from e2e.harness.serviceaccount import write_service_account_kubeconfig
 
 pytestmark = pytest.mark.cluster
@@ -152,8 +156,10 @@ def test_helm_lint_strict(control_plane: ControlPlane, values: tuple[str, ...]) 
     (("--set", "metrics.service.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"), "metrics.service"),
     ((*HA, "--set", "podDisruptionBudget.minAvailable=2"), "minAvailable"),
     (("--set", "extraArgs={leader-election}"), "extraArgs"),
+    (("--set", "prometheus.queryTimeout=0.0"), "queryTimeout"),
 ], ids=["replicas-without-leader-election", "no-replicas", "typo", "root", "url-without-scheme",
-        "bad-namespace", "servicemonitor-without-service", "undrainable-pdb", "arg-not-a-flag"])
+        "bad-namespace", "servicemonitor-without-service", "undrainable-pdb", "arg-not-a-flag",
+        "zero-timeout-string"])
 def test_schema_and_templates_reject_bad_values(control_plane: ControlPlane, values: tuple[str, ...],
                                                 message: str) -> None:
     done = helm(control_plane, "template", "understudy", str(CHART), *values, check=False)
@@ -217,6 +223,33 @@ def test_ha_render_has_lease_rbac_pdb_and_rolling_update(control_plane: ControlP
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["understudy-leader"],
          "verbs": ["get", "update", "patch"]},
     ]
+
+
+NAMESPACED = ("--set", "watchNamespaces={ml,search}", "--set", "prometheus.queryTimeout=0.5")
+
+
+@pytest.mark.parametrize("values", [(), HA, NAMESPACED], ids=["default", "ha", "namespaced"])
+def test_rendered_command_line_is_what_understudy_run_accepts(control_plane: ControlPlane,
+                                                             values: tuple[str, ...]) -> None:
+    (deployment,) = of_kind(render(control_plane, "understudy", "understudy-system", *values), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    rendered = yaml.safe_load(helm(control_plane, "show", "values", str(CHART)).stdout)
+    assert args.command == "run"
+    assert args.prometheus_url == rendered["prometheus"]["url"]
+    assert args.metrics_port == rendered["metrics"]["port"] and args.liveness_port == rendered["liveness"]["port"]
+    assert args.identity == "$(POD_NAME)"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": args.metrics_port, "healthz": args.liveness_port}
+    if values == HA:
+        assert args.leader_election and (args.lease_name, args.lease_namespace) == ("understudy-leader",
+                                                                                   "understudy-system")
+    else:
+        assert not args.leader_election
+    if "watchNamespaces={ml,search}" in values:
+        assert args.namespace == ["ml", "search"] and args.query_timeout == 0.5
+    else:
+        assert args.namespace == [] and args.query_timeout == 2.0
 
 
 # ---- monitoring objects: the alerts are valid PromQL and fire when they should ----------------------------
@@ -563,14 +596,6 @@ def test_get_fbp_shows_the_status_the_service_account_patched(
 
 # ---- the operator itself, as the chart's ServiceAccount ------------------------------------------------------
 
-OPERATOR = """
-import logging, sys
-from understudy.handlers import OperatorConfig, run
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-namespaces = sys.argv[3:] or None
-run(OperatorConfig(prometheus_url=sys.argv[1], query_timeout=0.5, metrics_port=None, leader_election=True,
-                   lease_name="understudy-leader", lease_namespace=sys.argv[2], identity="chart-smoke"), namespaces)
-"""
 PERMISSION_PROBLEMS = re.compile(r"forbidden|403|not enough permissions|unauthori[sz]ed", re.IGNORECASE)
 
 
@@ -581,23 +606,27 @@ def test_operator_runs_with_exactly_the_charts_permissions(
 ) -> None:
     """kopf's watches, leader election, status writes and Events all work with the chart's RBAC alone.
 
-    The operator runs from this checkout (the pod under KWOK runs nothing), authenticated by a TokenRequest
-    token of the chart's ServiceAccount. Prometheus is a closed loopback port, so the policy's signals are
-    missing: the operator must still evaluate, write status and post its Events.
+    The operator runs from this checkout with the installed Deployment's command line (the pod under KWOK
+    runs nothing), authenticated by a TokenRequest token of the chart's ServiceAccount. Prometheus is a
+    closed loopback port, so the policy's signals are missing: the operator must still evaluate, write
+    status and post its Events.
     """
-    import sys
-
-    from e2e.harness.cluster import free_ports
-
     extra = ("--set", f"watchNamespaces={{{other_namespace}}}") if mode == "namespaced" else ()
     installed("understudy", *HA, *extra)
     kubeconfig = write_service_account_kubeconfig(control_plane, namespace, "understudy", tmp_path / "sa.kubeconfig")
     custom = client.CustomObjectsApi(kube_api)
     custom.create_namespaced_custom_object(GROUP, VERSION, other_namespace, PLURAL, POLICY)
+    # The installed container's command line, with what only a pod has replaced: its name, and ports that
+    # would listen on every interface (turned off here; tests stay on loopback).
+    deployment = client.AppsV1Api(kube_api).read_namespaced_deployment("understudy", namespace)
+    (container,) = deployment.spec.template.spec.containers
     (closed_port,) = free_ports(1)
-    argv = [sys.executable, "-c", OPERATOR, f"http://127.0.0.1:{closed_port}", namespace]
-    if mode == "namespaced":
-        argv.append(other_namespace)
+    replacements = {"--prometheus-url=": f"http://127.0.0.1:{closed_port}", "--metrics-port=": "0",
+                    "--liveness-port=": "0", "--identity=": "chart-smoke"}
+    args = [next((flag + value for flag, value in replacements.items() if arg.startswith(flag)), arg)
+            for arg in container.args]
+    assert container.command == ["understudy", "run"]
+    argv = [str(Path(sys.executable).parent / "understudy"), "run", *args]
     log = tmp_path / "operator.log"
     env = {**control_plane.subprocess_env(), "KUBECONFIG": str(kubeconfig)}
     with open(log, "w") as out:
