@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_validate(subparsers)
     add_backtest(subparsers)
     add_run(subparsers)
+    add_report(subparsers)
     return parser
 
 
@@ -83,6 +84,67 @@ def backtest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from understudy.backtest.command import run  # imported here: `validate` needs none of its dependencies
 
     return run(args, out or sys.stdout, sys.stderr)
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+
+def _name_matching(pattern: str, what: str) -> Any:
+    """An argparse type that accepts only a Prometheus name, so no flag can change the PromQL around it."""
+    def check(text: str) -> str:
+        if not re.fullmatch(pattern, text):
+            raise argparse.ArgumentTypeError(f"not a Prometheus {what}: {text!r}")
+        return text
+    return check
+
+
+def _quantile(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError("quantile must be strictly between 0 and 1")
+    return value
+
+
+def add_report(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="how a FallbackPolicy has fared: activations, time in fallback, latency, quality, creep",
+        description=(
+            "Read a FallbackPolicy's status from the API server (KUBECONFIG, like kubectl) and its tiers' metrics "
+            "from Prometheus, and report over a window: fallback activations, time in fallback, latency gained "
+            "while in fallback, mean prediction confidence per tier, creep budget used, the last known good "
+            "revision, the last drill, and the fallback share per request segment."
+        ),
+    )
+    parser.add_argument("name", metavar="NAME", help="the FallbackPolicy")
+    parser.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's, else default)")
+    parser.add_argument("--prometheus", metavar="URL",
+                        help="Prometheus base URL (default: the policy's spec.signals.prometheusURL)")
+    parser.add_argument("--since", default="24h", metavar="DURATION", help="window length, e.g. 7d (default: 24h)")
+    parser.add_argument("--end", default="now", metavar="TIME",
+                        help="end of the window: RFC 3339, Unix seconds, now, or relative like -1h (default: now)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--segment-label", type=_name_matching(r"[a-zA-Z_][a-zA-Z0-9_]*", "label name"),
+                        metavar="LABEL", help="a label of the request metric to break the fallback share down by")
+    parser.add_argument("--confidence-metric", default="model_prediction_confidence",
+                        type=_name_matching(r"[a-zA-Z_:][a-zA-Z0-9_:]*", "metric name"), metavar="METRIC",
+                        help="histogram of prediction confidence, labelled workload and namespace "
+                             "(default: model_prediction_confidence)")
+    parser.add_argument("--quantile", type=_quantile, default=0.99, help="latency quantile (default: 0.99)")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="timeout of each Prometheus request (default: 30)")
+    parser._negative_number_matcher = re.compile(r"^-[0-9]")  # `--end -1h`, as in backtest
+    parser.set_defaults(func=report)
+
+
+def report(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Print the report; exit 1 when the policy or Prometheus cannot be read, 2 for bad arguments."""
+    from understudy.report.command import run as run_report  # kubernetes is imported only when needed
+
+    return run_report(args, out or sys.stdout, sys.stderr)
+
+
+# ---- end of report -------------------------------------------------------------------------------
 
 
 # ---- validate ------------------------------------------------------------------------------------
