@@ -15,12 +15,12 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -244,22 +244,14 @@ def render_env(values: Mapping[str, str], extra: Mapping[str, str]) -> str:
         if key == "PATH":
             lines.append(f'export PATH="{value}:$PATH"')
         else:
-            lines.append(f"export {key}={_shell_quote(value)}")
+            lines.append(f"export {key}={shlex.quote(value)}")
     if "PROMETHEUS_URL" not in extra and "PROMETHEUS_URL" not in values:
         lines.append("# export PROMETHEUS_URL=  (written by the Prometheus harness via write_env)")
     return "\n".join(lines) + "\n"
 
 
-def _shell_quote(value: str) -> str:
-    import shlex
-
-    return shlex.quote(value)
-
-
 def update_env_file(extra: Mapping[str, str], path: Path = DEFAULT_ENV_FILE) -> None:
     """Merge `export KEY=VALUE` lines into an existing env file (for harnesses in another process)."""
-    import shlex
-
     values: dict[str, str] = {}
     path_prefix: str | None = None
     if path.exists():
@@ -296,7 +288,7 @@ class Component:
         return self.proc.poll() is None
 
 
-def stop_pgroup(pid: int, timeout: float = 10.0, is_ours: Any = None) -> None:
+def stop_pgroup(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM the process group led by pid, then SIGKILL whatever is left after timeout."""
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -899,6 +891,3 @@ __all__ = [
     "ControlPlane", "ControlPlaneError", "Toolchain", "load_versions", "cache_dir", "update_env_file",
     "up", "down", "read_state", "detached_alive", "free_ports",
 ]
-
-if __name__ == "__main__":  # pragma: no cover - use `python -m e2e.harness`
-    sys.exit("use: python -m e2e.harness up|down|status")
