@@ -304,7 +304,9 @@ class TrafficGenerator:
     """Open-loop load at ``rate`` req/s, split as ``source`` says, bounded in count and time.
 
     ``backends`` maps backend names (as the source reports them) to simulator base URLs.
-    Requests to names missing from ``backends`` or with no weight anywhere count as ``<unrouted>``.
+    A weighted destination missing from ``backends`` still gets its share, recorded as status 0
+    without a request (like Envoy answering "no healthy upstream"), so proportions stay honest;
+    when nothing has weight, requests count under ``<unrouted>``.
     """
 
     def __init__(
@@ -366,8 +368,7 @@ class TrafficGenerator:
                 return
             self._snapshot = RouteSnapshot(snap.version, weights)
             if old is None or dict(old.weights) != weights:
-                routable = {k: w for k, w in weights.items() if k in self.backends}
-                self._picker = SmoothWeightedRoundRobin(routable)
+                self._picker = SmoothWeightedRoundRobin(weights)
                 self._stats.route_changes.append(
                     RouteChange(time.time(), time.monotonic(), snap.version, weights)
                 )
@@ -435,8 +436,11 @@ class TrafficGenerator:
                     if backend not in stats.first_request_at:
                         stats.first_request_at[backend] = time.time()
                         stats.first_request_monotonic[backend] = mono
-                if backend != UNROUTED:
+                if backend in self.backends:
                     self._pool.submit(self._send, backend)
+                elif backend != UNROUTED:
+                    with self._lock:
+                        self._stats.statuses.setdefault(backend, Counter())[0] += 1
                 n += 1
         finally:
             self._pool.shutdown(wait=True)

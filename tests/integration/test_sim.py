@@ -25,6 +25,7 @@ from e2e.sim.model_server import ModelServer, ModelServerProcess, spawn_model_se
 from e2e.sim.traffic import (
     HTTPRouteSource,
     ServiceSelectorSource,
+    SmoothWeightedRoundRobin,
     StaticSource,
     TrafficGenerator,
     TrafficStats,
@@ -256,6 +257,31 @@ def test_prometheus_outage_and_restart_keep_port_and_data(private_prometheus: Pr
         count_before = float(before[0]["value"][1])
         after = prom.wait_for(samples, lambda r: bool(r) and float(r[0]["value"][1]) > count_before + 2, timeout=30)
         assert float(after[0]["value"][1]) > count_before
+
+
+# -- the generator's own choices --------------------------------------------------------------------
+
+
+def test_smooth_wrr_is_exact_per_cycle_and_interleaved() -> None:
+    picker = SmoothWeightedRoundRobin({"primary": 70, "fallback-1": 30, "off": 0})
+    picks = [picker.pick() for _ in range(1000)]
+    assert picks.count("primary") == 700 and picks.count("fallback-1") == 300
+    assert "off" not in picks
+    # Interleaved, not bursty: any 10 consecutive picks hold exactly 7 and 3.
+    assert all(picks[i : i + 10].count("primary") == 7 for i in range(0, 990, 10))
+    assert SmoothWeightedRoundRobin({"a": 0}).pick() is None
+
+
+def test_unmapped_destination_keeps_its_share_as_failures() -> None:
+    with ModelServer("primary", _sim_namespace(), "baseline") as sim:
+        stats = TrafficGenerator(
+            StaticSource({"primary.ns.svc.cluster.local": 1, "ghost": 1}), {"primary": sim.url},
+            rate=200, max_requests=100,
+        ).run()
+        nothing = TrafficGenerator(StaticSource({}), {"primary": sim.url}, rate=200, max_requests=10).run()
+    assert dict(stats.sent) == {"primary": 50, "ghost": 50}
+    assert stats.statuses == {"primary": {200: 50}, "ghost": {0: 50}}
+    assert dict(nothing.sent) == {"<unrouted>": 10}
 
 
 # -- traffic that follows routing objects in a real API server -----------------------------------
