@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import replace
 from typing import Any, Mapping, TextIO
@@ -46,10 +47,11 @@ def _kubernetes(namespace: str | None) -> tuple[Any, str]:
     from kubernetes import config
     from kubernetes.config.config_exception import ConfigException
 
+    path = os.environ.get("KUBECONFIG") or None  # read now: the library reads it once, at import
     try:
-        api = config.new_client_from_config()
+        api = config.new_client_from_config(config_file=path)
         if namespace is None:
-            _, active = config.list_kube_config_contexts()
+            _, active = config.list_kube_config_contexts(config_file=path)
             namespace = (active or {}).get("context", {}).get("namespace")
     except (ConfigException, OSError) as kube_error:
         try:

@@ -84,7 +84,7 @@ def table(r: Report, prometheus: str | None) -> str:
         ]),
         "",
         "Per tier",
-        *_columns([["TIER", "DEPLOYMENT", "TIME", "SHARE", p, "REQUESTS", "CONFIDENCE", "PREDICTIONS"]] + [
+        *_columns([["TIER", "DEPLOYMENT", "TIME", "SHARE", p, "REQS THEN", "CONFIDENCE", "PREDICTIONS"]] + [
             [t.tier, t.deployment, span(t.seconds) if t.seconds is not None else UNKNOWN, _pct(t.share),
              _ms(t.latency_ms), f"{t.latency_requests:.0f}",
              UNKNOWN if t.confidence is None else f"{t.confidence:.3f}", f"{t.predictions:.0f}"]
