@@ -38,7 +38,9 @@ def _started(make_scenario: Callable[..., Scenario], prometheus: PrometheusServe
 
 def test_chain_moves_down_on_breaches_and_restores_step_by_step(make_scenario: Callable[..., Scenario],
                                                                  prometheus: PrometheusServer) -> None:
-    sc = _started(make_scenario, prometheus, evaluation={"recoverAfter": 8})
+    # recoverAfter is long enough that the idle, still-broken primary is not probed before the second
+    # fallback is reached: a probe would take all traffic back while distilled fails (see the engine).
+    sc = _started(make_scenario, prometheus, evaluation={"recoverAfter": 30})
     sc.wait_for_weights(ALL_PRIMARY)
 
     sc.inject("primary", **SLOW)
@@ -51,7 +53,7 @@ def test_chain_moves_down_on_breaches_and_restores_step_by_step(make_scenario: C
 
     sc.inject("primary")
     sc.inject("distilled")
-    sc.wait_for_weights(ALL_PRIMARY, timeout=90)
+    sc.wait_for_weights(ALL_PRIMARY, timeout=120)
 
     history = sc.status()["history"]
     reasons = [h["reason"] for h in history]
