@@ -436,3 +436,19 @@ def test_inconsistent_status_restarts_routing_but_keeps_health() -> None:
     broken = dataclasses.replace(state, weights=(("primary", 0), ("distilled", 60), ("popular", 0)))
     d = decide(POLICY, obs(primary={"p99": 400.0}), broken, 60.0)
     assert d.weights == (("primary", 0), ("distilled", 100), ("popular", 0)) and d.changed
+
+
+def test_an_idle_recovered_primary_is_not_handed_everything_when_the_fallback_fails() -> None:
+    # The primary trips at 15 and then gets no traffic: its readings are inconclusive, which lets it
+    # "recover" at 30 (so a restore can probe it). Distilled trips at 40; at 45 (minDwell) traffic goes
+    # down the chain to popular, not all at once to the unproven primary.
+    def samples(t: float) -> Samples:
+        idle = {"p99": INSUFFICIENT, "errors": INSUFFICIENT}
+        if t < 10:
+            return obs()
+        return obs(primary={"p99": 400.0} if t < 20 else idle, distilled={"errors": 0.5} if t >= 35 else {})
+
+    steps = run(POLICY, 0, 50, samples)
+    assert "TierRecovered" in {r for s in steps for r in s.reasons}
+    assert moves(steps) == [(15, w(0, 100, 0)), (45, w(0, 0, 100))]
+    assert at(steps, 45).decision.audit[-1].to_tier == "popular"

@@ -439,8 +439,10 @@ def _transition(plan: _Plan, routing: _Routing, tiers: list[TierState], evals: t
     """At most one move per evaluation, chosen in this order:
 
     - no tier fit to serve: everything on the whenAllBreached tier;
-    - the anchor tier itself unfit: everything on the best fit tier at once, even a better one, because a
-      gradual restore only protects a healthy anchor and this one is known bad;
+    - the anchor tier itself unfit: everything at once on the next fit tier down the chain, or, when none
+      below is fit, on the best fit tier above. Down first, because a better tier that has been idle since
+      it tripped has no evidence of health (idle tiers read as clear so that a restore can probe them):
+      it gets traffic back through the restore steps, not all at once in the middle of an incident;
     - a restore under way: abort it if the better tier became unfit, else take the next step when the
       better tier was clear in this very evaluation (inconclusive or missing data waits);
     - a better tier is fit: start restoring to it (the first step is the probe). A restore in progress
@@ -450,7 +452,8 @@ def _transition(plan: _Plan, routing: _Routing, tiers: list[TierState], evals: t
     if first is None:
         _move_all(plan, routing, plan.last_resort, tiers, evals, capacity, now_ms)
     elif not eligible[c]:
-        _move_all(plan, routing, first, tiers, evals, capacity, now_ms)
+        below = next((i for i in range(c + 1, len(eligible)) if eligible[i]), first)
+        _move_all(plan, routing, below, tiers, evals, capacity, now_ms)
     elif t is not None:
         if not eligible[t]:
             _move_all(plan, routing, c, tiers, evals, capacity, now_ms)
