@@ -38,9 +38,7 @@ def _started(make_scenario: Callable[..., Scenario], prometheus: PrometheusServe
 
 def test_chain_moves_down_on_breaches_and_restores_step_by_step(make_scenario: Callable[..., Scenario],
                                                                  prometheus: PrometheusServer) -> None:
-    # recoverAfter is long enough that the idle, still-broken primary is not probed before the second
-    # fallback is reached: a probe would take all traffic back while distilled fails (see the engine).
-    sc = _started(make_scenario, prometheus, evaluation={"recoverAfter": 30})
+    sc = _started(make_scenario, prometheus, evaluation={"recoverAfter": 8})
     sc.wait_for_weights(ALL_PRIMARY)
 
     sc.inject("primary", **SLOW)
