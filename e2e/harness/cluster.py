@@ -637,6 +637,7 @@ class ControlPlane:
             "env_file": str(self.env_file) if self.env_file else None,
             "pids": {c.name: c.proc.pid for c in self.components},
             "startup_seconds": round(self.startup_seconds, 2),
+            "timings": self.timings,
         }
         self.components.clear()
         return state
