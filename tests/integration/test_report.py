@@ -205,6 +205,7 @@ def test_report_of_a_policy_with_one_fallback_episode(
     assert "'request_segment' not found on istio_requests_total" in doc["segments"]["note"]
 
     text = report(control_plane, namespace, prometheus)
+    print(text.stdout)  # shown by pytest when an assertion below fails, or with -s
     assert text.returncode == 0, text.stderr
     assert "1 FallbackActivated (from status.history)" in text.stdout
     assert "no drill on record" in text.stdout

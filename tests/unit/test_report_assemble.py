@@ -190,7 +190,8 @@ def test_truncated_history_is_a_lower_bound_unless_prometheus_counted() -> None:
     status = {**STATUS, "history": full_history()}
     alone = assemble(inputs(status), ANSWERS)
     assert (alone.activations.count, alone.activations.lower_bound) == (10, True)
-    assert alone.covered_seconds == 4600 - 1500 and alone.notes  # the time before the oldest entry is unknown
+    assert alone.covered_seconds == 4600 - 1500  # the time before the oldest entry is unknown
+    assert any("time per tier covers only the last 3100s" in n for n in alone.notes), alone.notes
     counted = assemble(inputs(status), {**ANSWERS, "activations": [vec(12.2)]})
     assert (counted.activations.count, counted.activations.source, counted.activations.lower_bound) == (
         12, "prometheus", False)
@@ -207,6 +208,7 @@ def test_no_history_means_the_active_tier_served_all_window_since_creation() -> 
     assert [(p.tier, p.start - START) for p in serving_periods(inputs(status, created=START + 600))] == [
         ("distilled", 600)]
     assert r.fallback_seconds == 3000 and r.covered_seconds == 3000
+    assert r.notes == ("the policy was created 600s into the window: time per tier covers its lifetime only",)
     assert r.creep_budget_used == pytest.approx(2.0)
     assert r.last_known_good_revision is None
 

@@ -496,8 +496,12 @@ def assemble(inputs: ReportInputs, answers: Mapping[str, QueryAnswer]) -> Report
         seconds = {}
         for p in periods:
             seconds[p.tier] = seconds.get(p.tier, 0.0) + p.seconds
-        if covered < window - 1:
-            notes.append(f"status.history covers only the last {covered:.0f}s of the window")
+        if inputs.created is not None and inputs.created > inputs.start:
+            notes.append(f"the policy was created {inputs.created - inputs.start:.0f}s into the window: "
+                         "time per tier covers its lifetime only")
+        if not history_complete(inputs):
+            notes.append(f"status.history keeps the last {HISTORY_LIMIT} transitions: time per tier covers "
+                         f"only the last {covered:.0f}s of the window")
     else:
         time_source, covered, seconds = "unknown", 0.0, {}
     fallback_seconds = sum(v for t, v in seconds.items() if t != PRIMARY) if seconds else None

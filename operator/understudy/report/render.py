@@ -6,10 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from understudy.backtest.render import _columns, span, when
+from understudy.backtest.render import _columns, when
+from understudy.backtest.render import span as _span
 from understudy.report.assemble import Report
 
 UNKNOWN = "-"
+
+
+def span(seconds: float) -> str:
+    """A duration to the whole second: a report's window ends at a fractional now."""
+    return _span(round(seconds))
 
 
 def _ms(value: float | None) -> str:
