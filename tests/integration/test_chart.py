@@ -61,7 +61,8 @@ def helm(cp: ControlPlane, *args: str, check: bool = True) -> subprocess.Complet
     return done
 
 
-def kubectl(cp: ControlPlane, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def kubectl(cp: ControlPlane, *args: str, input: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
     done = cp.run_kubectl(*args, input=input, check=False, timeout=120)
     if check and done.returncode != 0:
         pytest.fail(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -138,7 +139,8 @@ def installed(control_plane: ControlPlane, namespace: str) -> Iterator[Callable[
 
 
 @pytest.mark.parametrize("values", [(), HA, ("--set", "watchNamespaces={ml,search}"), MONITORING,
-                                    (*HA, *MONITORING, "--set", "watchNamespaces={ml}", "--set", "rbac.kopfObservers=false")],
+                                    (*HA, *MONITORING, "--set", "watchNamespaces={ml}",
+                                     "--set", "rbac.kopfObservers=false")],
                          ids=["default", "ha", "namespaced", "monitoring", "everything"])
 def test_helm_lint_strict(control_plane: ControlPlane, values: tuple[str, ...]) -> None:
     done = helm(control_plane, "lint", "--strict", str(CHART), *values)
@@ -308,7 +310,8 @@ def test_prometheus_rules_pass_promtool_and_fire_on_their_scenarios(control_plan
                     "exp_annotations": {
                         "summary": "FallbackPolicy ops/rec has served from fallback tier distilled for more than 10m.",
                         "description": "A fallback is a degraded mode, not a home. Check the primary's triggers with "
-                                       "`kubectl events --for fallbackpolicy/rec -n ops` and `kubectl get fbp -n ops`."},
+                                       "`kubectl events --for fallbackpolicy/rec -n ops` and "
+                                       "`kubectl get fbp -n ops`."},
                 }]},
                 # The ratio crosses 0.05 at minute 26 and has to stay above it for 30m.
                 {"eval_time": "40m", "alertname": "UnderstudyFallbackRateCreep", "exp_alerts": []},
@@ -358,7 +361,8 @@ def test_prometheus_rules_pass_promtool_and_fire_on_their_scenarios(control_plan
 # ---- the API server accepts what the chart renders -------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [(), HA], ids=["default", "ha"])
+@pytest.mark.parametrize("values", [(), (*HA, "--set", "metrics.grafanaDashboard.enabled=true")],
+                         ids=["default", "ha-with-dashboard"])
 def test_rendered_objects_pass_server_side_dry_run(control_plane: ControlPlane, namespace: str,
                                                    values: tuple[str, ...]) -> None:
     out = helm(control_plane, "template", "understudy", str(CHART), "--namespace", namespace,
@@ -442,7 +446,8 @@ def assert_rbac(cp: ControlPlane, user: str, watched: str, expect: bool) -> None
 def assert_least_privilege(cp: ControlPlane, user: str, namespace: str) -> None:
     allowed = [(v, r, s) for v, r, s in DENIED if can_i(cp, user, v, r, namespace, s)]
     assert allowed == [], f"{user} may do more than it needs in {namespace}: {allowed}"
-    for verb, resource in (("list", "namespaces"), ("get", "nodes"), ("create", "clusterroles.rbac.authorization.k8s.io"),
+    for verb, resource in (("list", "namespaces"), ("get", "nodes"),
+                           ("create", "clusterroles.rbac.authorization.k8s.io"),
                            ("create", "rolebindings.rbac.authorization.k8s.io"), ("impersonate", "users"),
                            ("delete", "customresourcedefinitions.apiextensions.k8s.io"), ("list", "secrets")):
         assert not can_i(cp, user, verb, resource, None), f"{user} can {verb} {resource} cluster-wide"
@@ -518,7 +523,8 @@ def test_upgrade_to_two_replicas_with_leader_election_then_uninstall_leaves_noth
         )
         found = [f"{kind} {o.metadata.name}" for kind, lister in namespaced
                  for o in lister(namespace, label_selector=selector).items]
-        cluster = (("Role", rbac.list_role_for_all_namespaces), ("RoleBinding", rbac.list_role_binding_for_all_namespaces),
+        cluster = (("Role", rbac.list_role_for_all_namespaces),
+                   ("RoleBinding", rbac.list_role_binding_for_all_namespaces),
                    ("ClusterRole", rbac.list_cluster_role), ("ClusterRoleBinding", rbac.list_cluster_role_binding))
         # Other tests' releases are also called "understudy": only objects bound to this namespace count.
         found += [f"{kind} {o.metadata.name}" for kind, lister in cluster

@@ -29,7 +29,8 @@ def closed(schema: dict[str, Any]) -> bool:
     return schema.get("type") == "object" and schema.get("additionalProperties") is False and "properties" in schema
 
 
-def leaves(values: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any, dict[str, Any]]]:
+def leaves(values: dict[str, Any], schema: dict[str, Any],
+           prefix: str = "") -> Iterator[tuple[str, Any, dict[str, Any]]]:
     for key, value in values.items():
         sub = schema.get("properties", {}).get(key)
         path = prefix + key
@@ -72,7 +73,8 @@ def test_default_matches_its_schema_type(path: str, value: Any, sub: dict[str, A
 def test_schema_is_closed_everywhere() -> None:
     """A typo in a value name (replicaCont) must be an error, not silently ignored."""
     def walk(schema: dict[str, Any], where: str) -> Iterator[str]:
-        if schema.get("type") == "object" and "properties" in schema and schema.get("additionalProperties") is not False:
+        if (schema.get("type") == "object" and "properties" in schema
+                and schema.get("additionalProperties") is not False):
             yield where
         for key, sub in schema.get("properties", {}).items():
             if key != "global":
