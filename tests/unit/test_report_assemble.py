@@ -169,12 +169,23 @@ def test_no_fallback_in_the_window_means_no_latency_figure() -> None:
     assert "latency_during:0" not in plan_queries(inputs(quiet))
 
 
-def test_prometheus_time_per_tier_wins_over_history() -> None:
-    answers = {**ANSWERS, "active_tier": [vec(0.75, tier="primary"), vec(0.25, tier="distilled")]}
+def test_complete_history_wins_over_the_sampled_active_tier_gauge() -> None:
+    answers = {**ANSWERS, "active_tier": [vec(0.75, tier="primary"), vec(0.25, tier="distilled")],
+               "active_tier_since": [vec(START)]}
     r = assemble(inputs(), answers)
-    assert r.time_source == "prometheus"
-    assert r.fallback_seconds == pytest.approx(900)
-    assert [t.seconds for t in r.tiers] == [pytest.approx(2700), pytest.approx(900)]
+    assert (r.time_source, r.fallback_seconds) == ("status.history", 800)
+
+
+def test_a_truncated_history_is_filled_in_by_the_active_tier_gauge_over_the_time_it_covers() -> None:
+    answers = {**ANSWERS, "active_tier": [vec(0.75, tier="primary"), vec(0.25, tier="distilled")],
+               "active_tier_since": [vec(START + 600)]}  # the operator was first scraped 10 min in
+    r = assemble(inputs({**STATUS, "history": full_history()}), answers)
+    assert (r.time_source, r.covered_seconds) == ("prometheus", 3000)
+    assert r.fallback_seconds == pytest.approx(750)
+    assert [t.seconds for t in r.tiers] == [pytest.approx(2250), pytest.approx(750)]
+    assert "the operator's metrics cover only the last 3000s of the window" in r.notes
+    assert plan_queries(inputs())["active_tier_since"].promql == (
+        'min(min_over_time(timestamp(understudy_active_tier{namespace="ml", policy="recommender"})[3600s:4s]))')
 
 
 def full_history() -> list[dict[str, Any]]:

@@ -272,6 +272,11 @@ def _selector(inputs: ReportInputs, metric: str, tiers: Sequence[TierRef], extra
     return f"{metric}{{{', '.join(matchers)}}}"
 
 
+def _subquery_step(inputs: ReportInputs) -> str:
+    """About a thousand points over the window, never finer than a second."""
+    return promql_duration(max(1.0, round((inputs.end - inputs.start) / 1000)))
+
+
 def plan_queries(inputs: ReportInputs) -> dict[str, Query]:
     """Every PromQL query the report needs, by key; `assemble` reads the answers under the same keys."""
     m = inputs.metrics
@@ -282,6 +287,10 @@ def plan_queries(inputs: ReportInputs) -> dict[str, Query]:
         "activations": Query(
             f'sum(increase({TRANSITIONS_METRIC}{{{policy}, reason="{ACTIVATED}"}}[{window}]))', end),
         "active_tier": Query(f"avg by (tier) (avg_over_time({ACTIVE_TIER_METRIC}{{{policy}}}[{window}]))", end),
+        # The first sample of the window: the shares above are of the time since then, not of the window.
+        "active_tier_since": Query(
+            f"min(min_over_time(timestamp({ACTIVE_TIER_METRIC}{{{policy}}})[{window}:{_subquery_step(inputs)}]))",
+            end),
     }
     c = inputs.confidence_metric
     confidence = (f'{inputs.confidence_namespace_label}="{_string(inputs.namespace)}", '
@@ -485,11 +494,16 @@ def assemble(inputs: ReportInputs, answers: Mapping[str, QueryAnswer]) -> Report
     window = inputs.end - inputs.start
 
     shares = {t: v for t, v in _by_label(answers.get("active_tier"), "tier").items() if t}
+    since = _scalar(answers.get("active_tier_since"))
     periods = serving_periods(inputs)
+    complete = history_complete(inputs)
     seconds: dict[str, float]
-    if shares:
-        time_source, covered = "prometheus", window
-        seconds = {t: v * window for t, v in shares.items()}
+    if shares and since is not None and not (complete and periods):
+        # A complete history is exact; the operator's gauge is sampled, so it only fills in a truncated one.
+        time_source, covered = "prometheus", inputs.end - max(inputs.start, since)
+        seconds = {t: v * covered for t, v in shares.items()}
+        if covered < window - 1:
+            notes.append(f"the operator's metrics cover only the last {covered:.0f}s of the window")
     elif periods:
         time_source = "status.history"
         covered = sum(p.seconds for p in periods)
@@ -499,7 +513,7 @@ def assemble(inputs: ReportInputs, answers: Mapping[str, QueryAnswer]) -> Report
         if inputs.created is not None and inputs.created > inputs.start:
             notes.append(f"the policy was created {inputs.created - inputs.start:.0f}s into the window: "
                          "time per tier covers its lifetime only")
-        if not history_complete(inputs):
+        if not complete:
             notes.append(f"status.history keeps the last {HISTORY_LIMIT} transitions: time per tier covers "
                          f"only the last {covered:.0f}s of the window")
     else:
