@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from e2e.bench.common import fmt, machine_line, median
-from e2e.bench.mesh import MeshExporter, fleet_policy
+from e2e.bench.mesh import GROUPS, MeshExporter, fleet_policy
 
 CONCURRENCY = 4
 NAMESPACE = "bench-scale"
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     sizes = tuple(int(a) for a in args) or (100, 1000, 5000)
     try:
-        with PrometheusServer() as prometheus, MeshExporter(NAMESPACE, 100, PREFIX) as exporter:
+        with PrometheusServer() as prometheus, MeshExporter(NAMESPACE, GROUPS, PREFIX) as exporter:
             prometheus.add_target(exporter.url)
             prometheus.wait_for_targets_up([exporter.url])
             time.sleep(3)  # a few scrapes, so rate() has samples

@@ -21,6 +21,8 @@ BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 CUMULATIVE = (0.0, 0.0, 0.05, 0.30, 0.80, 0.985, 0.998, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 MEAN_MS = 22.0
 TIER_SUFFIXES = ("large", "small", "base")
+GROUPS = 30
+"""Workload groups the scale and batching benchmarks use: their names fit the batched queries' matchers."""
 
 
 @dataclass(frozen=True)
