@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -600,6 +601,22 @@ def test_get_fbp_shows_the_status_the_service_account_patched(
     assert re.fullmatch(r"\d+s|\d+m\d*s?", cells[4]), cells[4]
 
 
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+    except OSError:  # not listening yet
+        return ""
+
+
+def parse_exposition(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples of the Prometheus text format, keyed by name and sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 # ---- the operator itself, as the chart's ServiceAccount ------------------------------------------------------
 
 PERMISSION_PROBLEMS = re.compile(r"forbidden|403|not enough permissions|unauthori[sz]ed", re.IGNORECASE)
@@ -626,13 +643,13 @@ def test_operator_runs_with_exactly_the_charts_permissions(
     # would listen on every interface (turned off here; tests stay on loopback).
     deployment = client.AppsV1Api(kube_api).read_namespaced_deployment("understudy", namespace)
     (container,) = deployment.spec.template.spec.containers
-    (closed_port,) = free_ports(1)
-    replacements = {"--prometheus-url=": f"http://127.0.0.1:{closed_port}", "--metrics-port=": "0",
+    closed_port, metrics_port = free_ports(2)
+    replacements = {"--prometheus-url=": f"http://127.0.0.1:{closed_port}", "--metrics-port=": str(metrics_port),
                     "--liveness-port=": "0", "--identity=": "chart-smoke"}
     args = [next((flag + value for flag, value in replacements.items() if arg.startswith(flag)), arg)
             for arg in container.args]
     assert container.command == ["understudy", "run"]
-    argv = [str(Path(sys.executable).parent / "understudy"), "run", *args]
+    argv = [str(Path(sys.executable).parent / "understudy"), "run", *args, "--metrics-address=127.0.0.1"]
     log = tmp_path / "operator.log"
     env = {**control_plane.subprocess_env(), "KUBECONFIG": str(kubeconfig)}
     with open(log, "w") as out:
@@ -656,6 +673,15 @@ def test_operator_runs_with_exactly_the_charts_permissions(
         assert "MetricsMissing" in wait_for("the operator's audit Events", audit_events, timeout=30)
         lease = client.CoordinationV1Api(kube_api).read_namespaced_lease("understudy-leader", namespace)
         assert lease.spec.holder_identity == "chart-smoke"
+        # The series the PrometheusRule and the dashboard are written against, from the operator itself.
+        exposition = wait_for("the policy's series on /metrics", lambda: (
+            lambda text: text if 'policy="recommender"' in text else None)(scrape(metrics_port)), timeout=30)
+        samples = parse_exposition(exposition)
+        assert samples[("understudy_active_tier", (("namespace", other_namespace), ("policy", "recommender"),
+                                                    ("tier", "primary")))] == 1
+        assert ("understudy_fallback_ratio", (("namespace", other_namespace), ("policy", "recommender"))) in samples
+        assert samples[("understudy_prometheus_query_errors_total", ())] > 0
+        assert samples[("understudy_evaluation_cycle_duration_seconds_count", ())] > 0
     finally:
         proc.terminate()
         try:
