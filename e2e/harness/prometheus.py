@@ -8,6 +8,7 @@ the port and the TSDB, which lets a test simulate a monitoring outage and recove
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +38,25 @@ class PrometheusError(RuntimeError):
 
 class PrometheusUnavailable(PrometheusError):
     """Nothing answered: Prometheus is stopped or not listening (e.g. a simulated outage)."""
+
+
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A preexec hook so the child gets SIGTERM if this process dies without cleaning up.
+
+    Linux ties PR_SET_PDEATHSIG to the forking *thread*, so it is only used from the main thread
+    (a worker thread ending would otherwise stop a server that is still wanted).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only makes the call
+    except OSError:
+        return None
+
+    def hook() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return hook
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -147,6 +167,7 @@ class PrometheusServer:
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
                 start_new_session=True,
+                preexec_fn=_parent_death_hook(),
             )
             self._wait_ready()
         except BaseException:

@@ -23,6 +23,7 @@ Run as a process: ``python -m e2e.sim.model_server --workload W --namespace NS -
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import fcntl
 import json
@@ -34,7 +35,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -621,6 +622,24 @@ class ModelServerProcess:
         self.stop()
 
 
+def _parent_death_hook() -> Callable[[], None] | None:
+    """preexec hook: SIGTERM the simulator if the process that spawned it dies without stopping it.
+
+    Only from the main thread, because Linux ties PR_SET_PDEATHSIG to the forking thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+    def hook() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return hook
+
+
 def spawn_model_server(
     workload: str,
     namespace: str = "default",
@@ -644,7 +663,7 @@ def spawn_model_server(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        text=True, env=env, cwd=root,
+        text=True, env=env, cwd=root, preexec_fn=_parent_death_hook(),
     )
     lines: list[str] = []
 
