@@ -35,6 +35,11 @@ fi
 BUILT=0
 REUSED=0
 
+# Scratch outputs live next to the final binaries (same filesystem, so mv is atomic); an interrupted
+# run must not leave them behind.
+cleanup_scratch() { rm -rf "${BIN_ROOT}"/.gobin.* "${BIN_ROOT}"/.*.tmp.* 2>/dev/null || true; }
+trap cleanup_scratch EXIT
+
 # cached NAME VERSION -> 0 when the binary is already in the cache.
 cached() {
   local out="${BIN_ROOT}/$1-$2/$1"
@@ -59,7 +64,7 @@ install_binary() {
 go_build() {
   local name="$1" version="$2" moddir="$3" pkg="$4" ldflags="$5"
   local tmp start
-  tmp="$(mktemp "${BIN_ROOT}/.${name}.XXXXXX")"
+  tmp="$(mktemp "${BIN_ROOT}/.${name}.tmp.XXXXXX")"
   start=$(date +%s)
   log "building ${name} ${version} from ${pkg}"
   (cd "${moddir}" && go build -trimpath -ldflags "-s -w ${ldflags}" -o "${tmp}" "${pkg}")
