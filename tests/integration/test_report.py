@@ -6,6 +6,10 @@ known moments of that traffic. The report, run as a separate `understudy` proces
 kubectl, must find: the one activation of its window (an older one lies outside), the time in fallback,
 each tier's mean confidence as the models themselves compute it, a positive latency gain, the creep
 budget used, the last known good revision, no drill, and no segment label on the simulators' metrics.
+
+A second test scrapes the operator's own metrics (the real `OperatorMetrics`) and a request counter with a
+segment label, with a history truncated at 20 entries: the activation count and the time per tier must then
+come from Prometheus, and the fallback share per segment from the labelled counter.
 """
 from __future__ import annotations
 
@@ -25,10 +29,13 @@ from typing import Any
 import numpy as np
 import pytest
 from kubernetes import client
+from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from e2e.harness.cluster import ControlPlane
-from e2e.harness.prometheus import PrometheusServer
+from e2e.harness.prometheus import PrometheusServer, free_port
 from e2e.sim.model_server import ModelServer
+from understudy.audit.metrics import OperatorMetrics
+from understudy.engine.model import AuditRecord
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "understudy.dev_fallbackpolicies.yaml"
 GROUP, VERSION, PLURAL = "understudy.dev", "v1alpha1", "fallbackpolicies"
@@ -218,3 +225,103 @@ def test_report_of_a_missing_policy_fails(control_plane: ControlPlane, namespace
     done = report(control_plane, namespace, prometheus)
     assert done.returncode == 1
     assert f"fallbackpolicy {namespace}/{NAME} not found" in done.stderr
+
+
+ACTIVATED = AuditRecord("FallbackActivated", "p99 over 250ms", tier="primary", from_tier="primary",
+                        to_tier="distilled")
+RESTORED = AuditRecord("Restored", "all traffic back", tier="primary", from_tier="distilled", to_tier="primary")
+PER_STEP = {("mobile", PRIMARY): 30, ("mobile", FALLBACK): 10, ("web", PRIMARY): 10, ("web", FALLBACK): 0}
+"""Requests per step and segment: mobile's fallback share is 10 / 40, web's 0, all segments' 10 / 50."""
+
+
+@pytest.fixture
+def exporters(prometheus: PrometheusServer) -> Iterator[tuple[OperatorMetrics, Counter]]:
+    """The operator's metrics and a segment-labelled request counter on loopback, scraped; closed after."""
+    operator = OperatorMetrics()
+    segments = CollectorRegistry()
+    requests = Counter("istio_requests", "Requests by segment (a mesh with a request_segment label).",
+                       ["destination_workload", "destination_workload_namespace", "request_segment"],
+                       registry=segments)
+    with ExitStack() as stack:
+        urls = []
+        for registry in (operator.registry, segments):
+            port = free_port()
+            if registry is operator.registry:
+                server, thread = operator.serve(port, "127.0.0.1")
+            else:
+                server, thread = start_http_server(port, "127.0.0.1", registry=registry)
+            stack.callback(thread.join, 5)
+            stack.callback(server.server_close)
+            stack.callback(server.shutdown)
+            urls.append(f"http://127.0.0.1:{port}/metrics")
+            stack.enter_context(prometheus.target(urls[-1]))
+        prometheus.wait_for_targets_up(urls, timeout=60)
+        yield operator, requests
+
+
+def truncated_history(now: float) -> list[dict[str, Any]]:
+    """20 entries (the limit), the oldest inside the window: only the last one is an activation."""
+    entries = [{"time": rfc3339(now - 60 + i), "fromTier": "primary", "toTier": "primary",
+                "reason": "Paused" if i % 2 == 0 else "Resumed", "message": "override"} for i in range(19)]
+    entries.append({"time": rfc3339(now - 30), "fromTier": "primary", "toTier": "distilled",
+                    "reason": "FallbackActivated", "message": "p99 over 250ms"})
+    return entries
+
+
+def test_report_reads_the_operators_metrics_and_the_segment_label(
+        control_plane: ControlPlane, kube_api: Any, namespace: str, report_crd: None,
+        prometheus: PrometheusServer, exporters: tuple[OperatorMetrics, Counter]) -> None:
+    operator, requests = exporters
+    custom = client.CustomObjectsApi(kube_api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, policy_body(namespace))
+    tiers = ("primary", "distilled")
+    for segment, workload in PER_STEP:
+        requests.labels(workload, namespace, segment)  # every series born at zero, so increase() sees it all
+    operator.observe_policy(namespace, NAME, tiers, "primary", 0.0)
+    prometheus.wait_for(f'understudy_active_tier{{namespace="{namespace}", tier="primary"}} == 1', timeout=30)
+    prometheus.wait_for(f'istio_requests_total{{destination_workload_namespace="{namespace}"}}',
+                        lambda r: len(r) == len(PER_STEP), timeout=30)
+
+    # The first activation creates the counter at 1, which increase() cannot see: wait until it is scraped,
+    # then three more episodes. Prometheus counts 3 (a little more with extrapolation); the history, 1.
+    operator.observe_policy(namespace, NAME, tiers, "distilled", 0.0, [ACTIVATED])
+    prometheus.wait_for(f'understudy_transitions_total{{namespace="{namespace}", reason="FallbackActivated"}}',
+                        timeout=30)
+    for step in range(12):
+        for (segment, workload), n in PER_STEP.items():
+            requests.labels(workload, namespace, segment).inc(n)
+        if step in (1, 5, 9):
+            operator.observe_policy(namespace, NAME, tiers, "primary", 0.0, [RESTORED])
+        if step in (3, 7, 11):
+            operator.observe_policy(namespace, NAME, tiers, "distilled", 0.0, [ACTIVATED])
+        time.sleep(1.2)
+    prometheus.wait_for(
+        f'sum(understudy_transitions_total{{namespace="{namespace}", reason="FallbackActivated"}}) == 4', timeout=30)
+    time.sleep(2)
+
+    now = time.time()
+    custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, NAME,
+        {"status": {"activeTier": "distilled", "history": truncated_history(now)}})
+
+    done = report(control_plane, namespace, prometheus, "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    activations = doc["activations"]
+    assert activations["fromHistory"] == 1
+    assert activations["source"] == "prometheus" and activations["lowerBound"] is False
+    assert 3 <= activations["fromPrometheus"] <= 4 and activations["count"] == activations["fromPrometheus"]
+
+    in_fallback = doc["timeInFallback"]
+    assert in_fallback["source"] == "prometheus"
+    assert 10 <= in_fallback["coveredSeconds"] <= 300, in_fallback
+    share = in_fallback["seconds"] / in_fallback["coveredSeconds"]
+    assert 0.2 <= share <= 0.8, in_fallback  # about half of the scraped time was spent on distilled
+
+    segments = doc["segments"]
+    assert segments["found"] is True and segments["label"] == "request_segment"
+    assert segments["overallShare"] == pytest.approx(10 / 50, abs=0.02)
+    by_value = {s["value"]: s for s in segments["segments"]}
+    assert set(by_value) == {"mobile", "web"}
+    assert by_value["mobile"]["share"] == pytest.approx(10 / 40, abs=0.02)
+    assert by_value["web"]["share"] == 0.0 and by_value["web"]["requests"] > 0
