@@ -281,7 +281,11 @@ def test_prometheus_rules_pass_promtool_and_fire_on_their_scenarios(control_plan
     assert alerts == {"UnderstudyFallbackActiveTooLong", "UnderstudyFallbackRateCreep", "UnderstudyRollbackFailed",
                       "UnderstudyMetricsMissing", "UnderstudyOperatorDown", "UnderstudyNotEvaluating"}
 
+    # honorLabels keeps the per-policy series' own namespace (the policy's, "ml"); the operator's series
+    # carry the target's namespace (the release's, "ops").
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     job = 'job="understudy-metrics", namespace="ops"'
+    policy = 'job="understudy-metrics", namespace="ml"'
     tests = {
         "rule_files": [str(rules)],
         "evaluation_interval": "1m",
@@ -289,11 +293,11 @@ def test_prometheus_rules_pass_promtool_and_fire_on_their_scenarios(control_plan
             "interval": "1m",
             "input_series": [
                 # rec falls back at minute 5 and stays there; other stays on primary.
-                {"series": f'understudy_active_tier{{{job}, policy="rec", tier="primary"}}', "values": "1x4 0x40"},
-                {"series": f'understudy_active_tier{{{job}, policy="rec", tier="distilled"}}', "values": "0x4 1x40"},
-                {"series": f'understudy_active_tier{{{job}, policy="other", tier="primary"}}', "values": "1x45"},
-                {"series": f'understudy_fallback_ratio{{{job}, policy="rec"}}', "values": "0+0.002x45"},
-                {"series": f'understudy_transitions_total{{{job}, policy="rec", reason="RollbackFailed"}}',
+                {"series": f'understudy_active_tier{{{policy}, policy="rec", tier="primary"}}', "values": "1x4 0x40"},
+                {"series": f'understudy_active_tier{{{policy}, policy="rec", tier="distilled"}}', "values": "0x4 1x40"},
+                {"series": f'understudy_active_tier{{{policy}, policy="other", tier="primary"}}', "values": "1x45"},
+                {"series": f'understudy_fallback_ratio{{{policy}, policy="rec"}}', "values": "0+0.002x45"},
+                {"series": f'understudy_transitions_total{{{policy}, policy="rec", reason="RollbackFailed"}}',
                  "values": "0x20 1x25"},
                 # Every second query fails from the start.
                 {"series": f"understudy_prometheus_queries_total{{{job}}}", "values": "0+60x45"},
@@ -307,19 +311,19 @@ def test_prometheus_rules_pass_promtool_and_fire_on_their_scenarios(control_plan
             "alert_rule_test": [
                 {"eval_time": "14m", "alertname": "UnderstudyFallbackActiveTooLong", "exp_alerts": []},
                 {"eval_time": "16m", "alertname": "UnderstudyFallbackActiveTooLong", "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "namespace": "ops", "policy": "rec", "tier": "distilled"},
+                    "exp_labels": {"severity": "warning", "namespace": "ml", "policy": "rec", "tier": "distilled"},
                     "exp_annotations": {
-                        "summary": "FallbackPolicy ops/rec has served from fallback tier distilled for more than 10m.",
+                        "summary": "FallbackPolicy ml/rec has served from fallback tier distilled for more than 10m.",
                         "description": "A fallback is a degraded mode, not a home. Check the primary's triggers with "
-                                       "`kubectl events --for fallbackpolicy/rec -n ops` and "
-                                       "`kubectl get fbp -n ops`."},
+                                       "`kubectl events --for fallbackpolicy/rec -n ml` and "
+                                       "`kubectl get fbp -n ml`."},
                 }]},
                 # The ratio crosses 0.05 at minute 26 and has to stay above it for 30m.
                 {"eval_time": "40m", "alertname": "UnderstudyFallbackRateCreep", "exp_alerts": []},
                 {"eval_time": "21m", "alertname": "UnderstudyRollbackFailed", "exp_alerts": [{
-                    "exp_labels": {"severity": "critical", "namespace": "ops", "policy": "rec"},
+                    "exp_labels": {"severity": "critical", "namespace": "ml", "policy": "rec"},
                     "exp_annotations": {
-                        "summary": "FallbackPolicy ops/rec exceeded its creep budget but the primary could not be "
+                        "summary": "FallbackPolicy ml/rec exceeded its creep budget but the primary could not be "
                                    "rolled back.",
                         "description": "See the RollbackFailed Event of the policy for the reason (no known-good "
                                        "revision, or the revision's ReplicaSet is gone)."},
