@@ -16,7 +16,8 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from understudy.api.durations import parse_duration
-from understudy.engine.model import PRIMARY
+from understudy.engine.model import PRIMARY, CreepAction, Mode
+from understudy.engine.model import MissingData as OnMissingData
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -130,22 +131,6 @@ class _Status(BaseModel):
     """Base of the status's models: tolerant of fields a newer operator may have written."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
-
-
-class Mode(str, Enum):
-    ENFORCE = "Enforce"
-    OBSERVE = "Observe"
-
-
-class OnMissingData(str, Enum):
-    HOLD = "Hold"
-    FALLBACK = "Fallback"
-
-
-class CreepAction(str, Enum):
-    ROLLBACK_PRIMARY = "RollbackPrimary"
-    FREEZE = "Freeze"
-    ALERT = "Alert"
 
 
 class DurationUnit(str, Enum):
