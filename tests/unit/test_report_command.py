@@ -1,0 +1,68 @@
+"""`understudy report`'s exit statuses and partial reports, with the API read replaced by a known object."""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+
+from e2e.harness.prometheus import free_port
+from tests.unit.test_report_assemble import STATUS, T0
+from understudy.cli import build_parser
+from understudy.report import command
+
+POLICY: dict[str, Any] = {
+    "apiVersion": "understudy.dev/v1alpha1", "kind": "FallbackPolicy",
+    "metadata": {"name": "recommender", "namespace": "ml", "creationTimestamp": "2026-01-04T00:00:00Z"},
+    "spec": {
+        "primary": {"deploymentName": "rec-large", "serviceName": "rec-large"},
+        "fallbacks": [{"name": "distilled", "deploymentName": "rec-small", "serviceName": "rec-small",
+                       "degradation": {"description": "smaller model", "acceptedBy": "ml-product@example.com"}}],
+        "routing": {"service": {"name": "recommender"}},
+        "triggers": [{"name": "errors", "errorRatio": {"above": "0.05"}}],
+        "creep": {"maxFallbackRatio": "0.20"},
+    },
+    "status": STATUS,
+}
+
+
+def run(monkeypatch: pytest.MonkeyPatch, policy: dict[str, Any], *flags: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(command, "read_policy", lambda name, namespace: policy)
+    args = build_parser().parse_args(["report", "recommender", "-n", "ml", "--since", "1h",
+                                      "--end", str(T0 + 4600), *flags])
+    out, err = io.StringIO(), io.StringIO()
+    status = command.run(args, out, err, now=T0 + 5000)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_without_prometheus_the_status_figures_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    status, out, err = run(monkeypatch, POLICY, "--json")
+    assert status == 0, err
+    doc = json.loads(out)
+    assert doc["prometheus"] is None
+    assert doc["notes"][0].startswith("no Prometheus")
+    assert doc["activations"]["count"] == 1
+    assert doc["creep"]["budgetUsed"] == pytest.approx(0.05 / 0.20)
+    assert doc["latency"]["gainedMs"] is None and doc["tiers"][0]["meanConfidence"] is None
+
+
+def test_unreachable_prometheus_is_exit_1_with_a_partial_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    status, out, err = run(monkeypatch, POLICY, "--prometheus", nowhere, "--timeout", "2")
+    assert status == 1
+    assert "query failed at " + nowhere in err
+    assert "note: Prometheus failed, figures that need it are unknown" in out
+    assert "1 FallbackActivated (from status.history)" in out
+
+
+def test_a_spec_the_models_reject_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = {**POLICY, "spec": {**POLICY["spec"], "triggers": []}}
+    status, out, err = run(monkeypatch, broken)
+    assert status == 2 and out == ""
+    assert "the spec is invalid" in err
+
+
+def test_a_bad_window_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    status, _, err = run(monkeypatch, POLICY, "--since", "yesterday")
+    assert status == 2 and "not a duration" in err
