@@ -114,7 +114,7 @@ class MeshExporter:
 
 
 def fleet_policy(name: str, namespace: str, prefix: str, group: int, interval: str = "5s",
-                 virtual_service: str | None = None) -> dict[str, Any]:
+                 virtual_service: str | None = None, trip_after: int = 2, recover_after: int = 6) -> dict[str, Any]:
     """A FallbackPolicy over group `group` of the synthetic mesh: two built-in triggers, Istio routing."""
     large, small, base = group_workloads(prefix, group)
     return {
@@ -131,7 +131,7 @@ def fleet_policy(name: str, namespace: str, prefix: str, group: int, interval: s
                 {"name": "p99-latency", "latency": {"quantile": "0.99", "above": "200ms"}},
                 {"name": "errors", "errorRatio": {"above": "0.05"}},
             ],
-            "evaluation": {"interval": interval, "window": "1m", "tripAfter": 2, "recoverAfter": 6,
+            "evaluation": {"interval": interval, "window": "1m", "tripAfter": trip_after, "recoverAfter": recover_after,
                            "restoreSteps": [10, 50, 100], "minDwell": "30s"},
             "creep": {"maxFallbackRatio": "0.10", "window": "24h", "action": "Alert"},
         },

@@ -28,6 +28,8 @@ class Phase:
     report: Any
     top: list[tuple[str, float, float]] = field(default_factory=list)
     """(function at file:line, seconds of own time, share of the phase's wall time)"""
+    inclusive: list[tuple[str, float, float]] = field(default_factory=list)
+    """The same for the operator's own functions, callees included (pyinstrument only)."""
     tree: str = ""
 
 
@@ -57,19 +59,35 @@ def _snapshots(api: Any, namespace: str) -> dict[Any, Any]:
         spec=o.get("spec") or {}, status=o.get("status") or {}) for o in items}
 
 
-def _pyinstrument_top(session: Any, wall: float, limit: int) -> list[tuple[str, float, float]]:
+def _identity(frame: Any) -> str:
+    return f"{frame.function} ({frame.file_path_short}:{frame.line_no})"
+
+
+def _pyinstrument_top(session: Any, wall: float, limit: int) -> tuple[list[tuple[str, float, float]],
+                                                                      list[tuple[str, float, float]]]:
+    """Own time per function (pyinstrument's synthetic `[self]` leaves credited to their parent), and
+    inclusive time per operator function (`understudy/...`), recursion counted once."""
     own: dict[str, float] = defaultdict(float)
-    stack = [session.root_frame()]
+    inclusive: dict[str, float] = defaultdict(float)
+    stack: list[tuple[Any, frozenset[str]]] = [(session.root_frame(), frozenset())]
     while stack:
-        frame = stack.pop()
+        frame, above = stack.pop()
         if frame is None:
             continue
-        stack.extend(frame.children)
-        if frame.children and frame.total_self_time == 0:
+        if frame.is_synthetic:
+            if frame.parent is not None:
+                own[_identity(frame.parent)] += frame.time
             continue
-        own[f"{frame.function} ({frame.file_path_short}:{frame.line_no})"] += frame.total_self_time
-    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:limit]
-    return [(name, seconds, seconds / wall if wall else 0.0) for name, seconds in ranked]
+        ident = _identity(frame)
+        if "understudy/" in (frame.file_path_short or "") and ident not in above:
+            inclusive[ident] += frame.time
+        stack.extend((child, above | {ident}) for child in frame.children)
+
+    def ranked(table: dict[str, float]) -> list[tuple[str, float, float]]:
+        rows = sorted(table.items(), key=lambda kv: -kv[1])[:limit]
+        return [(name, seconds, seconds / wall if wall else 0.0) for name, seconds in rows]
+
+    return ranked(own), ranked(inclusive)
 
 
 def _cprofile_top(profile: cProfile.Profile, wall: float, limit: int) -> list[tuple[str, float, float]]:
@@ -116,7 +134,7 @@ def run(st: Stack, namespace: str, warm_cycles: int = 2, limit: int = 12) -> Pro
                 report = evaluator.cycle(snapshots, {}, at)
                 wall = time.perf_counter() - t0
                 session = prof.stop()
-                top = _pyinstrument_top(session, wall, limit)
+                top, inclusive = _pyinstrument_top(session, wall, limit)
                 tree = prof.output_text(unicode=False, color=False, show_all=False)
             else:
                 cp = cProfile.Profile()
@@ -125,14 +143,16 @@ def run(st: Stack, namespace: str, warm_cycles: int = 2, limit: int = 12) -> Pro
                 report = evaluator.cycle(snapshots, {}, at)
                 cp.disable()
                 wall = time.perf_counter() - t0
-                top, tree = _cprofile_top(cp, wall, limit), ""
-            phase = Phase(name, wall, report, top, tree)
+                top, inclusive, tree = _cprofile_top(cp, wall, limit), [], ""
+            phase = Phase(name, wall, report, top=top, inclusive=inclusive, tree=tree)
             result.phases.append(phase)
             result.say(f"  {name}: {wall:.2f} s wall; {report.evaluated} evaluated, {report.queries} queries, "
                        f"{report.status_writes} status writes, {report.routing_writes} routing writes, "
                        f"{report.events} events")
             for fn, seconds, share in top[:8]:
-                result.say(f"      {share * 100:5.1f}%  {seconds:6.3f} s  {fn}")
+                result.say(f"      own {share * 100:5.1f}%  {seconds:6.3f} s  {fn}")
+            for fn, seconds, share in inclusive[:10]:
+                result.say(f"      incl {share * 100:5.1f}%  {seconds:6.3f} s  {fn}")
         return result
     finally:
         reader.close()
