@@ -66,13 +66,15 @@ class OperatorProcess:
     """`understudy run` in its own process group, logging to a file; killable like a pod."""
 
     def __init__(self, cp: ControlPlane, prometheus_url: str, namespace: str, log_path: Path,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), kubeconfig: Path | None = None) -> None:
         self.metrics_port = free_port()
         self.log_path = log_path
         self._argv = [sys.executable, "-m", "understudy", "run", "--prometheus-url", prometheus_url,
                       "--namespace", namespace, "--metrics-port", str(self.metrics_port),
                       "--metrics-address", "127.0.0.1", "--query-timeout", "1", *extra_args]
         self._env = cp.subprocess_env()
+        if kubeconfig is not None:  # e.g. a ServiceAccount's, so the operator gets exactly its RBAC
+            self._env["KUBECONFIG"] = str(kubeconfig)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
@@ -263,9 +265,10 @@ class Scenario:
         self.traffic.start()
         return self.traffic
 
-    def start_operator(self, *extra_args: str) -> OperatorProcess:
+    def start_operator(self, *extra_args: str, kubeconfig: Path | None = None) -> OperatorProcess:
         log = self.workdir / f"operator-{len(self.operators)}.log"
-        op = OperatorProcess(self.cp, self.prometheus.url, self.namespace, log, tuple(extra_args)).start()
+        op = OperatorProcess(self.cp, self.prometheus.url, self.namespace, log, tuple(extra_args),
+                             kubeconfig).start()
         self.operators.append(op)
         return op
 

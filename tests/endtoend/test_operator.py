@@ -5,12 +5,16 @@ Each test reads as a story: a fault is injected into a model server, Prometheus 
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 from kubernetes import client
 
+from e2e.harness.cluster import ControlPlane
 from e2e.harness.prometheus import PrometheusServer
+from e2e.harness.serviceaccount import write_service_account_kubeconfig
 from e2e.scenario import Scenario, wait_until
 
 SLOW = {"latency_ms": 2500}
@@ -245,3 +249,30 @@ def test_a_fallback_too_small_is_skipped_scaled_up_then_scaled_back(make_scenari
                30, "distilled scaled back to its 2 replicas")
     wait_until(lambda: "ScaledDown" in sc.reasons(), 10, "a ScaledDown Event")
     assert not sc.status().get("scaledTiers")
+
+
+def test_the_charts_service_account_is_enough_for_a_full_failover(
+        make_scenario: Callable[..., Scenario], prometheus: PrometheusServer, control_plane: ControlPlane,
+        tmp_path: Path) -> None:
+    sc = make_scenario(prometheus)
+    system = f"{sc.namespace}-sys"
+    chart = Path(__file__).resolve().parents[2] / "charts" / "understudy"
+    control_plane.run_helm("install", "understudy", str(chart), "-n", system, "--create-namespace",
+                           "--set", f"watchNamespaces={{{sc.namespace}}}", "--wait=false")
+    try:
+        kubeconfig = write_service_account_kubeconfig(control_plane, system, "understudy", tmp_path / "sa")
+        sc.start_traffic()
+        operator = sc.start_operator(kubeconfig=kubeconfig)
+        sc.apply_policy(sc.policy(evaluation={"restoreSteps": [100]}))
+        _ready(sc)
+        sc.inject("primary", **FAILING)
+        sc.wait_for_weights(ON_DISTILLED, timeout=30)
+        sc.inject("primary")
+        sc.wait_for_weights(ALL_PRIMARY, timeout=60)
+        wait_until(lambda: {"FallbackActivated", "Restored"} <= set(sc.reasons()), 10, "the audit Events")
+        denied = [line for line in operator.log_tail(2000).splitlines()
+                  if re.search(r"forbidden|403|unauthori[sz]ed", line, re.IGNORECASE)]
+        assert denied == []
+    finally:
+        control_plane.run_helm("uninstall", "understudy", "-n", system, check=False)
+        control_plane.run_kubectl("delete", "namespace", system, "--wait=false", check=False)
