@@ -240,7 +240,7 @@ def test_a_fallback_too_small_is_skipped_scaled_up_then_scaled_back(make_scenari
     wait_until(lambda: "CapacityInsufficient" in sc.reasons(), 30, "a CapacityInsufficient Event")
     wait_until(lambda: (apps.read_namespaced_deployment("recommender-small", sc.namespace).spec.replicas or 0) >= 7,
                30, "distilled scaled up to carry the load")
-    assert "ScaledUp" in sc.reasons()
+    wait_until(lambda: "ScaledUp" in sc.reasons(), 10, "a ScaledUp Event")
     sc.wait_for_weights(ON_DISTILLED, timeout=60)
 
     sc.inject("primary")

@@ -372,7 +372,10 @@ def test_rendered_objects_pass_server_side_dry_run(control_plane: ControlPlane, 
                                                    values: tuple[str, ...]) -> None:
     out = helm(control_plane, "template", "understudy", str(CHART), "--namespace", namespace,
                "--include-crds", *values).stdout
-    done = kubectl(control_plane, "apply", "--dry-run=server", "--validate=strict", "-f", "-", input=out)
+    # Server-side apply: the CRD may already exist from other tests, created without kubectl's
+    # last-applied annotation, which a client-side apply would warn about.
+    done = kubectl(control_plane, "apply", "--server-side", "--force-conflicts", "--dry-run=server",
+                   "--validate=strict", "-f", "-", input=out)
     created = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(created) == len([d for d in yaml.safe_load_all(out) if d]), done.stdout
     assert "Warning" not in done.stderr, done.stderr
