@@ -206,7 +206,7 @@ class Evaluator:
         report.due = len(due)
         valid = [(k, r) for k, r in due if r.compiled is not None]
         for key, rt in due:
-            rt.next_due = max(rt.next_due + (rt.compiled.interval if rt.compiled else 30.0), now)
+            rt.next_due = schedule_next(rt.next_due, rt.compiled.interval if rt.compiled else 30.0, now)
             if rt.compiled is None:
                 self._report_invalid(key, rt, policies[key], now, report)
         if valid:
@@ -491,6 +491,15 @@ class Evaluator:
             self.recorder.record(ObjectRef(snap.name, snap.namespace, snap.uid),
                                  AuditRecord(reason="InvalidPolicy", message=rt.invalid or ""),
                                  datetime.fromtimestamp(now, timezone.utc))
+
+
+def schedule_next(due: float, interval: float, now: float) -> float:
+    """Keep a policy's cadence, but never schedule into the past.
+
+    A late or new policy waits a full interval rather than being evaluated twice in a row, which the
+    engine would count as two evaluations towards tripAfter.
+    """
+    return due + interval if due + interval > now else now + interval
 
 
 def _capacity(compiled: Compiled, namespace: str, load: float | None,
