@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -60,7 +61,14 @@ def policy_index(namespace: str, name: str, uid: str, meta: Any, body: Any, **_:
         resource_version=str(meta.get("resourceVersion") or ""),
         spec=copy.deepcopy(dict(body.get("spec") or {})),
         status=copy.deepcopy(dict(body.get("status") or {})),
+        created=_epoch(meta.get("creationTimestamp")),
     )}
+
+
+def _epoch(stamp: Any) -> float:
+    if not stamp:
+        return 0.0
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
 
 
 @kopf.index("apps", "v1", "deployments")

@@ -29,7 +29,7 @@ from understudy.api.durations import parse_duration
 from understudy.api.models import API_VERSION, Capacity, DurationUnit
 from understudy.audit.events import EventRecorder, ObjectRef
 from understudy.audit.metrics import OperatorMetrics
-from understudy.audit.status import build_status, status_patch
+from understudy.audit.status import build_status, format_time, status_patch
 from understudy.engine import (
     PRIMARY,
     AuditRecord,
@@ -43,6 +43,7 @@ from understudy.engine import (
     state_from_status,
     state_to_status,
 )
+from understudy.engine.drills import Drill, DrillOutcome, DrillRun, DrillStep, step_drills
 from understudy.rollback.deployment import rollback_to_revision
 from understudy.routing import (
     GatewayAPITarget,
@@ -78,6 +79,8 @@ class PolicySnapshot:
     resource_version: str
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
+    created: float = 0.0
+    """metadata.creationTimestamp as epoch seconds: a drill's first period counts from it."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class Compiled:
     routing: RoutingTarget
     capacities: Mapping[str, Capacity]
     """Fallback tiers with a stated capacity, by tier name."""
+    drills: tuple[Drill, ...] = ()
 
 
 def compile_policy(snapshot: PolicySnapshot) -> Compiled:
@@ -134,7 +138,9 @@ def compile_policy(snapshot: PolicySnapshot) -> Compiled:
     else:
         assert spec.routing.gateway_api is not None  # the CRD and the models demand exactly one backend
         routing = GatewayAPITarget(spec.routing.gateway_api.http_route_name, spec.routing.gateway_api.rule_index)
-    return Compiled(spec, policy, target, parse_duration(spec.evaluation.interval), routing, capacities)
+    drills = tuple(Drill(d.tier, parse_duration(d.every), parse_duration(d.duration), d.share)
+                   for d in spec.drills or ())
+    return Compiled(spec, policy, target, parse_duration(spec.evaluation.interval), routing, capacities, drills)
 
 
 @dataclass
@@ -317,6 +323,8 @@ class Evaluator:
             shell_records += self._on_creep(rt, snap, decision)
         if rt.frozen and not decision.creep_exceeded:
             rt.frozen = False
+        drill = self._drill(rt, snap, policy, decision, samples, now)
+        shell_records += drill.audit
         decision = replace(decision, audit=decision.audit + tuple(shell_records))
 
         moment = datetime.fromtimestamp(now, timezone.utc)
@@ -334,13 +342,15 @@ class Evaluator:
             status["primaryRevision"] = revision
         if scaled is not None:
             status["scaledTiers"] = scaled
+        _record_drill(rt.status, status, drill, moment)
         if not self._write_status(key, rt, snap, status, report):
             return  # someone else moved the policy on: forget this decision, reload next cycle
         if checkpoint:
             rt.persisted_essential, rt.last_checkpoint = essential, now
         rt.state = decision.state
 
-        routing_records = self._route(rt, snap, decision, report)
+        routed = replace(decision, weights=drill.weights) if drill.weights else decision
+        routing_records = self._route(rt, snap, routed, report)
         if routing_records:
             retry = build_status(rt.status, replace(decision, audit=tuple(routing_records)), rt.generation,
                                  moment, self._ready(rt), None)
@@ -351,6 +361,18 @@ class Evaluator:
             report.events += 1
         self.metrics.observe_policy(snap.namespace, snap.name, policy.tier_names, decision.active_tier,
                                     decision.fallback_ratio, (*decision.audit, *routing_records))
+
+    @staticmethod
+    def _drill(rt: Runtime, snap: PolicySnapshot, policy: Policy, decision: Decision, samples: Samples,
+               now: float) -> DrillStep:
+        assert rt.compiled is not None
+        if not rt.compiled.drills and not rt.status.get("drill"):
+            return DrillStep(None, None, None, ())
+        running = rt.status.get("drill")
+        run = None if not running else DrillRun(running["tier"], int(running["share"]),
+                                                _epoch(running["startedAt"]), _epoch(running["endsAt"]))
+        last = {o["tier"]: _epoch(o["time"]) for o in rt.status.get("lastDrills") or []}
+        return step_drills(rt.compiled.drills, policy, decision, samples, run, last, snap.created, now)
 
     def _ready(self, rt: Runtime) -> tuple[bool, str, str]:
         if rt.routing_error is not None:
@@ -491,6 +513,35 @@ class Evaluator:
             self.recorder.record(ObjectRef(snap.name, snap.namespace, snap.uid),
                                  AuditRecord(reason="InvalidPolicy", message=rt.invalid or ""),
                                  datetime.fromtimestamp(now, timezone.utc))
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _record_drill(previous: Mapping[str, Any], status: dict[str, Any], step: DrillStep, moment: datetime) -> None:
+    """status.drill (the drill in progress), status.lastDrills and the LastDrillPassed condition."""
+    if step.running is not None:
+        status["drill"] = {"tier": step.running.tier, "share": step.running.share,
+                           "startedAt": format_time(datetime.fromtimestamp(step.running.started, timezone.utc)),
+                           "endsAt": format_time(datetime.fromtimestamp(step.running.ends, timezone.utc))}
+    elif previous.get("drill"):
+        status["drill"] = None  # a merge patch null removes it
+    outcome: DrillOutcome | None = step.outcome
+    if outcome is None:
+        return
+    stamp = format_time(datetime.fromtimestamp(outcome.time, timezone.utc))
+    entry = {"tier": outcome.tier, "time": stamp, "result": outcome.result, "message": outcome.message[:1024]}
+    status["lastDrills"] = [*(o for o in previous.get("lastDrills") or [] if o.get("tier") != outcome.tier), entry]
+    if outcome.result in ("Passed", "Failed"):
+        passed = outcome.result == "Passed"
+        before = next((c for c in status["conditions"] if c["type"] == "LastDrillPassed"), None)
+        condition = {"type": "LastDrillPassed", "status": "True" if passed else "False",
+                     "reason": "DrillPassed" if passed else "DrillFailed", "message": entry["message"],
+                     "lastTransitionTime": stamp if not before or before["status"] != ("True" if passed else "False")
+                     else before["lastTransitionTime"],
+                     "observedGeneration": status["observedGeneration"]}
+        status["conditions"] = [*(c for c in status["conditions"] if c["type"] != "LastDrillPassed"), condition]
 
 
 def schedule_next(due: float, interval: float, now: float) -> float:

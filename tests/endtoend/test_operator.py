@@ -276,3 +276,29 @@ def test_the_charts_service_account_is_enough_for_a_full_failover(
     finally:
         control_plane.run_helm("uninstall", "understudy", "-n", system, check=False)
         control_plane.run_kubectl("delete", "namespace", system, "--wait=false", check=False)
+
+
+def test_drills_exercise_a_fallback_fail_fast_and_wait_out_a_real_fallback(
+        make_scenario: Callable[..., Scenario], prometheus: PrometheusServer) -> None:
+    drill = {"tier": "distilled", "every": "15s", "duration": "8s", "share": 20}
+    sc = _started(make_scenario, prometheus, drills=[drill], evaluation={"restoreSteps": [100]})
+    drilling = {"primary": 80, "distilled": 20, "popular-items": 0}
+
+    sc.wait_for_weights(drilling, timeout=60)
+    wait_until(lambda: "DrillPassed" in sc.reasons(), 40, "a passed drill")
+    sc.wait_for_weights(ALL_PRIMARY, timeout=10)
+    assert sc.condition("LastDrillPassed")["status"] == "True"  # type: ignore[index]
+
+    sc.inject("distilled", **FAILING)
+    sc.wait_for_weights(drilling, timeout=60)
+    wait_until(lambda: "DrillFailed" in sc.reasons(), 30, "a failed drill")
+    sc.wait_for_weights(ALL_PRIMARY, timeout=10)  # a failing drill never leaves traffic on the fallback
+    failed = sc.condition("LastDrillPassed")
+    assert failed is not None and failed["status"] == "False" and "errors" in failed["message"]
+    assert any(d["result"] == "Failed" for d in sc.status()["lastDrills"])
+
+    sc.inject("distilled")
+    sc.inject("primary", **FAILING)
+    sc.wait_for_weights(ON_DISTILLED, timeout=30)
+    wait_until(lambda: "DrillSkipped" in sc.reasons(), 40, "a drill skipped during a real fallback")
+    assert sc.routed_weights() == ON_DISTILLED

@@ -285,6 +285,19 @@ class Creep(_Spec):
     action: CreepAction = CreepAction.ALERT
 
 
+class Drill(_Spec):
+    tier: TierName
+    every: PositiveDuration
+    duration: PositiveDuration
+    share: Annotated[int, Field(ge=1, le=50)] = 10
+
+    @model_validator(mode="after")
+    def _shorter_than_period(self) -> Drill:
+        if parse_duration(self.duration) >= parse_duration(self.every):
+            raise rule_error("a drill's duration must be shorter than its period (every)")
+        return self
+
+
 class Override(_Spec):
     pin_tier: TierName | None = None
     paused: bool = False
@@ -301,6 +314,7 @@ class FallbackPolicySpec(_Spec):
     signals: Signals = Field(default_factory=Signals)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     creep: Creep = Field(default_factory=Creep)
+    drills: Annotated[list[Drill], Field(max_length=4)] | None = None
     override: Override | None = None
 
     @property
@@ -333,6 +347,9 @@ class FallbackPolicySpec(_Spec):
             raise rule_error(f"evaluation.whenAllBreached must name a tier of this policy {which}")
         if self.override and self.override.pin_tier is not None and self.override.pin_tier not in tiers:
             raise rule_error(f"override.pinTier must name a tier of this policy {which}")
+        if any(d.tier not in tiers - {PRIMARY} for d in self.drills or ()):
+            raise rule_error(
+                "drills[].tier must name a fallback of this policy (a drill exercises a fallback, not the primary)")
         return self
 
 
@@ -369,6 +386,27 @@ class HistoryEntry(_Status):
     message: Annotated[str, Field(max_length=1024)]
 
 
+class DrillRun(_Status):
+    tier: Annotated[str, Field(max_length=63)]
+    share: Annotated[int, Field(ge=1, le=50)]
+    started_at: str
+    ends_at: str
+
+
+class DrillResult(str, Enum):
+    PASSED = "Passed"
+    FAILED = "Failed"
+    ABORTED = "Aborted"
+    SKIPPED = "Skipped"
+
+
+class DrillOutcome(_Status):
+    tier: Annotated[str, Field(max_length=63)]
+    time: str
+    result: DrillResult
+    message: Annotated[str, Field(max_length=1024)]
+
+
 class ScaledTier(_Status):
     tier: Annotated[str, Field(max_length=63)]
     replicas: Annotated[int, Field(ge=0)]
@@ -393,6 +431,8 @@ class FallbackPolicyStatus(_Status):
     conditions: Annotated[list[Condition], Field(max_length=16)] | None = None
     fallback_ratio: Annotated[str, Field(max_length=16, pattern=DECIMAL)] | None = None
     last_known_good_revision: Annotated[str, Field(max_length=20, pattern=r"^[0-9]+$")] | None = None
+    drill: DrillRun | None = None
+    last_drills: Annotated[list[DrillOutcome], Field(max_length=8)] | None = None
     scaled_tiers: Annotated[list[ScaledTier], Field(max_length=8)] | None = None
     primary_revision: PrimaryRevision | None = None
     history: Annotated[list[HistoryEntry], Field(max_length=HISTORY_LIMIT)] | None = None

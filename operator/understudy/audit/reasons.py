@@ -53,6 +53,11 @@ REASONS: Final[dict[str, EventKind]] = {
     "RolledBack": EventKind(NORMAL, "Rollback"),
     "RollbackFailed": EventKind(WARNING, "Rollback"),
     "InvalidPolicy": EventKind(WARNING, "Validate"),
+    "DrillStarted": EventKind(NORMAL, "Drill"),
+    "DrillPassed": EventKind(NORMAL, "Drill"),
+    "DrillFailed": EventKind(WARNING, "Drill"),
+    "DrillAborted": EventKind(NORMAL, "Drill"),
+    "DrillSkipped": EventKind(NORMAL, "Drill"),
 }
 """Every reason -> (type, action). Warning marks a degradation or a failure to act."""
 

@@ -557,6 +557,15 @@ def assemble(inputs: ReportInputs, answers: Mapping[str, QueryAnswer]) -> Report
         time_source=time_source, covered_seconds=covered, fallback_seconds=fallback_seconds,
         tiers=tuple(tiers), latency=latency, fallback_ratio=ratio, max_fallback_ratio=inputs.max_fallback_ratio,
         creep_window=inputs.creep_window, creep_budget_used=used,
-        last_known_good_revision=status.get("lastKnownGoodRevision"), last_drill=NO_DRILL,
+        last_known_good_revision=status.get("lastKnownGoodRevision"), last_drill=_last_drill(status),
         segments=_segments(inputs, answers), conditions=conditions, notes=tuple(notes),
     )
+
+
+def _last_drill(status: Mapping[str, Any]) -> str:
+    """The most recent drill outcome recorded in status.lastDrills, in one line."""
+    outcomes = sorted(status.get("lastDrills") or (), key=lambda o: str(o.get("time", "")))
+    if not outcomes:
+        return NO_DRILL
+    last = outcomes[-1]
+    return f"{last.get('result')} at {last.get('time')} ({last.get('tier')}): {last.get('message')}"
