@@ -100,6 +100,28 @@ def _goal_rows(rows: list[tuple[str, bool, str]]) -> str:
     return "\n".join(out)
 
 
+def summary(results: dict[str, Any], total: float) -> list[tuple[str, bool, str]]:
+    rows: list[tuple[str, bool, str]] = []
+    r = results.get("reaction")
+    if r is not None:
+        _, p99, _ = r.stat("breach: visible scrape -> routing")
+        _, p99_req, _ = r.stat("breach: visible scrape -> first request to fallback")
+        rows.append(("reaction: breach visible in a scrape -> new weights, p99 <= 2.5 s", p99 <= 2.5,
+                     f"{p99:.2f} s (first request to the fallback: {p99_req:.2f} s)"))
+    b = results.get("batching")
+    if b is not None and b.sizes:
+        big = max(b.sizes, key=lambda x: x.policies)
+        rows.append((f"batched reading beats one query per trigger per policy ({big.policies:,} policies)",
+                     big.ours_queries < big.base_queries,
+                     f"{big.ours_queries:.0f} vs {big.base_queries:,.0f} queries, "
+                     f"{big.base_seconds / max(big.ours_seconds, 1e-9):.0f}x less wall time"))
+    s = results.get("scale")
+    if s is not None:
+        rows += [(f"scale: {goal}", ok, measured) for goal, ok, measured in scale.goals(s)]
+    rows.append(("`make bench` in under 20 minutes", total <= 20 * 60, f"{total / 60:.1f} min on this machine"))
+    return rows
+
+
 def render(results: dict[str, Any], failures: dict[str, str], m0: dict[str, Any], m1: dict[str, Any],
            started: float, total: float, args: argparse.Namespace) -> str:
     when = datetime.fromtimestamp(started, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -123,6 +145,9 @@ def render(results: dict[str, Any], failures: dict[str, str], m0: dict[str, Any]
         out += ["Time per benchmark: " + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items()) + ".", ""]
     if failures:
         out += ["**Could not run:** " + "; ".join(f"{k}: {v}" for k, v in failures.items()), ""]
+    out += ["## Goals", "", _goal_rows(summary(results, total)), "",
+            "Details, method and the figures behind each line follow; what the profile and the runs point at in "
+            "other modules is at the end.", ""]
 
     out += ["## 1. Reaction time", ""]
     r = results.get("reaction")
@@ -166,7 +191,12 @@ def render(results: dict[str, Any], failures: dict[str, str], m0: dict[str, Any]
             "Restores are not held to that bound: the recovery first has to leave the rate() window (about "
             "`window` minus one scrape: see *visible scrape -> signal crossing* for restores), then one "
             "evaluation (recoverAfter 1) and the writes. *signal crossing -> routing* is the operator's own "
-            "share in both directions.",
+            "share in both directions: the wait for its next evaluation plus query, status write and "
+            "VirtualService write. Scrapes and evaluations both tick every second, so the phase between them "
+            "is fixed for a whole run (it drifts only slowly): one run sees evaluations land just after each "
+            "scrape (signal crossing -> routing near 0.3 s), another just before (near 1.0 s). The goal's "
+            "bound covers the worst phase; the first round also pays one extra scrape, because the primary's "
+            "5xx series appears only with its first error and rate() needs two samples of it.",
             "",
         ]
     else:
@@ -255,34 +285,60 @@ def render(results: dict[str, Any], failures: dict[str, str], m0: dict[str, Any]
 
 FINDINGS = """## Findings for other modules
 
-These are reported, not fixed here (the fixes belong to `engine`, `loop` and `handlers`).
+Reported here, not fixed: the fixes belong to `engine`, `signals`, `audit`, `loop` and `handlers`. Figures
+quoted are from the tables above (this run).
 
-1. **Every new policy costs `recoverAfter` status writes, not one** (engine state, `engine/decide.py`
-   `_update_tier`; written by `loop.Evaluator._evaluate`). A healthy, untripped tier's `clearStreak` climbs by one
-   per evaluation until it reaches `recoverAfter`; `clearStreak` is part of the "essential" engine state
-   (`loop._essential` drops only `lastEvaluationMs` and `creepBuckets`), so each step is a checkpoint and a status
-   write. Evidence: five fresh policies evaluated in-process five times gave 5 status writes per cycle, each patch
-   only `status.engine.tiers[*].clearStreak` 1 -> 2 -> 3 -> 4 -> 5 (plus the accounting keys that ride along). With
-   `recoverAfter: 6` (the default) a fleet of 5,000 new policies costs 30,000 status writes, all serial in one
-   loop. Steady state is reached after `recoverAfter` intervals, after which writes do stop. Suggested fix: count
-   `clearStreak` only while the tier is tripped (it decides nothing otherwise), i.e. in `_update_tier` keep
-   `clear = 0` for an untripped tier that is not on probation; or leave `clearStreak` of untripped tiers out of
-   `_essential`.
-2. **Status writes are serial inside the cycle.** Warm-up at N new policies is N (x `recoverAfter`) sequential
-   PATCHes in `Evaluator._write_status` (tens of ms each on a loaded machine: see the profile's cold and steady
-   cycles, where `_write_status` is nearly all of the wall time whenever it writes). While such a cycle runs no
-   other policy is evaluated, so reaction time for every policy degrades to the length of that cycle. Suggested
-   fix: evaluate everything first, then send the writes of one cycle through a small thread pool (ordering per
-   policy is kept: status, then routing, then Events), or bound the writes per cycle and carry the rest over.
-3. **A fresh runtime reads every routing object once** (`rt.routed = None` forces an `apply`, which GETs the
-   VirtualService): an operator restart at 5,000 policies costs 5,000 GETs in its first cycle (reads, not
-   writes). Acceptable, but it belongs in the same worker pool as (2).
-4. **A Prometheus hiccup costs a write and an Event per policy, twice.** When a batched query fails (a timeout
-   on a busy Prometheus), every policy it serves flips `MetricsAvailable` and posts `MetricsMissing`, then
-   `MetricsRestored` on the next good cycle: at 5,000 policies, 10,000 status writes and 10,000 Events for one
-   slow query. Seen in a trial run with the 1 s query timeout under load. Suggested fix: hold a
-   failed *batched* read for one more cycle before declaring data missing (a query-level grace, not a
-   per-policy one), or raise the default timeout for the latency histogram query.
+1. **Every new policy costs `recoverAfter` status writes, not one.** `engine/decide.py` `_update_tier` counts
+   `clearStreak` up to `recoverAfter` on every healthy evaluation, tripped or not; `clearStreak` is part of the
+   "essential" engine state (`loop._essential` leaves out only `lastEvaluationMs` and `creepBuckets`), so every
+   step is a checkpoint and a status write in `loop.Evaluator._evaluate`. Evidence: the 100 policies with
+   `recoverAfter: 6` took 600 status writes to warm up, the 900 with `recoverAfter: 1` took 900 (scale table);
+   in-process, five fresh policies evaluated five times wrote 5 statuses per cycle, each patch only
+   `engine.tiers[*].clearStreak` 1 -> 2 -> 3 -> 4 -> 5 (with the accounting keys riding along). Steady state
+   does arrive after `recoverAfter` intervals (0 writes in every steady window). Suggested fix: keep
+   `clearStreak` at 0 for a tier that is neither tripped nor on probation (it decides nothing there), or leave
+   the streaks of untripped tiers out of `_essential`.
+2. **Status writes are serial inside one cycle, and slow at scale.** Warm-up writes are sequential PATCHes in
+   `Evaluator._write_status`: 900 took 36 s at 1,000 policies, 4,000 took 755 s at 5,000 (about 190 ms each,
+   against about 36 ms each for 200 policies in an in-process trial); cycles lasted 20-40 s meanwhile, so no policy was
+   evaluated more often than that: during a warm-up or a mass event, reaction time degrades to the length of
+   the cycle. Why a write got 5x slower at 5,000 policies was not isolated (candidates: the operator's own
+   kopf watch handling of each written object competing for the GIL with the evaluation thread; API-server
+   validation of the status). Suggested fix: decide for every due policy first, then send the cycle's writes
+   through a small thread pool (per policy the order stays status -> routing -> Events), and cap the writes
+   per cycle so evaluation keeps its interval. This warm-up is also what keeps `make bench` over its 20-minute
+   budget.
+3. **Steady-state CPU at 5,000 policies is 2.8 s per 5 s interval** (goal 1 s). The profile of a steady cycle
+   (no writes) names three costs in the operator's own code:
+   - `signals.promql.plan_queries` re-plans every policy every cycle: 21-42% of the cycle, most of it
+     `_Group.__hash__` (a frozen dataclass holding `MetricNames`, hashed field by field for every tier x trigger
+     of every policy: `members.setdefault(...)`, `rendered[group]`) and the `_builtin` lru_cache key hashing
+     `Trigger`. Suggested fix: plan once per policy generation (keep each target's groups and series in
+     `loop.Compiled`) and only merge per cycle; or give `_Group` a cached hash.
+   - `audit.status.build_status` (14-20%), of which `_without_nulls` is 9-12%: it walks the whole previous
+     `engine` state (48 creep buckets) on every evaluation even when no new engine state is written. Suggested
+     fix: when `engine is None`, carry `previous["engine"]` over as it is (it came from the server and holds no
+     nulls).
+   - `engine.decide` itself: 17-25% (about 110 us per policy under the profiler; the engine benchmark gives
+     50 us on an idle core).
+   The cold cycle (fresh runtimes, e.g. after a restart) is 30 s at 5,000 policies, 70% of it one GET of the
+   VirtualService per policy (`rt.routed = None` forces `IstioBackend.apply`): reads, not writes, but serial;
+   they belong in the same worker pool as (2). Large own times at unlikely places (`loop.py:207`, the `due`
+   list comprehension; `__hash__` at 0.2 s in one steady cycle and 1.0 s in the next) look like cyclic-GC
+   pauses over the many small objects 5,000 policies keep; `gc.freeze()` after loading the runtimes is worth a
+   try (a hypothesis, not measured).
+4. **RSS is about 55 KB per policy: 490 MiB at 5,000 (peak 557 MiB during warm-up), goal 300 MiB.** The
+   operator keeps each policy several times: kopf's index holds deep copies of spec and status
+   (`handlers.policy_index`), `Runtime.status` is another copy, plus the compiled pydantic spec and the engine
+   policy. Suggested fix: index only what the loop needs (generation, resourceVersion, spec, and the status
+   fields `build_status` reads), and keep one copy of status per policy.
+5. **A Prometheus hiccup costs a write and an Event per policy, twice.** In a trial run with the scenario's 1 s
+   query timeout on a heavily loaded machine (load average 15-29), the batched latency query timed out
+   (`Prometheus query failed ... timeout` in the operator log) and the policies it served went
+   `MetricsAvailable=False` with Events. At 5,000 policies one slow query is then up to 10,000 status writes
+   and 10,000 Events (missing, then restored). Suggested fix: a failed *batched* query keeps the previous
+   readings for one more cycle before they count as missing (a grace per query, not per policy); and the
+   benchmarks run the operator with its default 2 s timeout, under which no query failed.
 """
 
 
