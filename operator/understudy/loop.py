@@ -572,9 +572,18 @@ def _capacity(compiled: Compiled, namespace: str, load: float | None,
 
 
 def _essential(engine_status: Any) -> dict[str, Any] | None:
+    """The part of the engine state whose change must be written at once.
+
+    An untripped tier's clear streak only matters once it trips (it counts towards recovery), so its
+    growth is left to the next checkpoint: otherwise every new policy would write its status recoverAfter
+    times before settling.
+    """
     if not isinstance(engine_status, Mapping):
         return None
-    return {k: v for k, v in engine_status.items() if k not in ACCOUNTING_KEYS}
+    essential = {k: v for k, v in engine_status.items() if k not in ACCOUNTING_KEYS}
+    essential["tiers"] = [t if t.get("tripped") else {k: v for k, v in t.items() if k != "clearStreak"}
+                          for t in engine_status.get("tiers") or []]
+    return essential
 
 
 def _primary_revision(status: Mapping[str, Any], primary: DeploymentSnapshot | None,

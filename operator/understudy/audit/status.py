@@ -90,9 +90,10 @@ def build_status(
         "lastKnownGoodRevision")
     if revision is not None:
         status["lastKnownGoodRevision"] = revision
-    engine_state = engine if engine is not None else previous.get("engine")
-    if engine_state is not None:
-        status["engine"] = _without_nulls(engine_state)
+    if engine is not None:
+        status["engine"] = _without_nulls(engine)
+    elif previous.get("engine") is not None:
+        status["engine"] = previous["engine"]  # as the API server returned it: already free of nulls
     return status
 
 
