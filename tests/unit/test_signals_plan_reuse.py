@@ -1,0 +1,24 @@
+"""The reader reuses a batch's query plan while the very same targets come due, and replans otherwise."""
+from __future__ import annotations
+
+import dataclasses
+
+from understudy.engine import Comparison, Policy, SignalKind, Tier, Trigger
+from understudy.signals.promql import Target
+from understudy.signals.reader import SignalReader
+
+POLICY = Policy(
+    tiers=(Tier("primary", "big", "big"), Tier("small", "small", "small")),
+    triggers=(Trigger("errors", SignalKind.ERROR_RATIO, Comparison.ABOVE, 0.05),),
+)
+
+
+def test_same_targets_same_plan_new_target_new_plan() -> None:
+    targets = [Target(("ml", f"p{i}"), "ml", POLICY) for i in range(3)]
+    with SignalReader("http://127.0.0.1:9") as reader:
+        first = reader._plan("u", targets)
+        assert reader._plan("u", list(targets)) is first
+        changed = [*targets[:2], dataclasses.replace(targets[2], window=30.0)]
+        replanned = reader._plan("u", changed)
+        assert replanned is not first and any("[30s]" in q for q in replanned.queries)
+        assert reader._plan("u", targets[:2]) is not replanned
