@@ -7,6 +7,8 @@ the audit trail as `kubectl events` shows it, and stops everything it started.
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -75,6 +77,8 @@ def run_story(sc: Scenario, spike_seconds: float) -> None:
 
 
 def main() -> int:
+    # A SIGTERM (Ctrl-C's cousin from a supervisor) unwinds the context managers, so nothing is left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--spike-seconds", type=float, default=25.0)
     args = parser.parse_args()

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from kubernetes import client
 
-from e2e.harness.cluster import ControlPlane
+from e2e.harness.cluster import ControlPlane, kill_with_parent
 from e2e.harness.prometheus import PrometheusServer, free_port
 from e2e.sim.model_server import ModelServer
 from e2e.sim.traffic import (
@@ -81,7 +81,7 @@ class OperatorProcess:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self._argv, env=self._env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=kill_with_parent)
         finally:
             log.close()
         return self

@@ -155,7 +155,7 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data[-lines:])
 
 
-def _die_with_parent() -> None:
+def kill_with_parent() -> None:
     """preexec hook: the kernel SIGKILLs the child if the harness dies without cleaning up."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -738,7 +738,7 @@ class ControlPlane:
         with open(log, "ab") as fh:
             proc = subprocess.Popen(
                 argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir,
-                start_new_session=True, preexec_fn=_die_with_parent if self._tie_children() else None,
+                start_new_session=True, preexec_fn=kill_with_parent if self._tie_children() else None,
                 env={**os.environ, "HOME": str(self.workdir)},
             )
         comp = Component(name, proc, log)
