@@ -626,7 +626,8 @@ def parse_exposition(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 # ---- the operator itself, as the chart's ServiceAccount ------------------------------------------------------
 
-PERMISSION_PROBLEMS = re.compile(r"forbidden|403|not enough permissions|unauthori[sz]ed", re.IGNORECASE)
+# \b around 403: a random loopback port such as 58403 in a log line is not a refusal.
+PERMISSION_PROBLEMS = re.compile(r"forbidden|\b403\b|not enough permissions|unauthori[sz]ed", re.IGNORECASE)
 
 
 @pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
