@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -140,7 +139,6 @@ def test_custom_metric_names_and_regex_escaping() -> None:
     assert any('code=~"5.."' in q for q in plan.queries)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (make system-deps)")
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     targets = fleet(10) + [
         Target("custom", "ml", policy("model.v2", "b", (P99, ERRORS, CONFIDENCE)), window=90.5),
