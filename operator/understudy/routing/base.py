@@ -176,3 +176,35 @@ def read_modify_write(
 def pointer(*parts: str | int) -> str:
     """A JSON pointer (RFC 6901) from path segments."""
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+@dataclass(frozen=True)
+class CustomObject:
+    """One namespaced custom object a backend rewrites (a VirtualService, an HTTPRoute): read it, and
+    JSON-patch it through `read_modify_write`, so every custom-object backend shares one guarded write."""
+
+    api: Any
+    """A kubernetes.client.CustomObjectsApi."""
+    group: str
+    version: str
+    plural: str
+    kind: str
+    name: str
+
+    def fetch(self, namespace: str) -> dict[str, Any]:
+        try:
+            obj: dict[str, Any] = self.api.get_namespaced_custom_object(
+                self.group, self.version, namespace, self.plural, self.name)
+            return obj
+        except ApiException as e:
+            raise translate(e, self.kind, self.name, namespace) from e
+
+    def rewrite(self, namespace: str, plan: Callable[[dict[str, Any]], JsonPatch]) -> bool:
+        return read_modify_write(
+            self.kind, self.name, namespace,
+            fetch=lambda: self.fetch(namespace),
+            plan=plan,
+            patch=lambda ops: self.api.patch_namespaced_custom_object(
+                self.group, self.version, namespace, self.plural, self.name, ops,
+                _content_type="application/json-patch+json"),
+        )

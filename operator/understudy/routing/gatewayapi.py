@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from kubernetes.client import ApiClient, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
 
 from understudy.engine.model import Tier
 from understudy.routing.base import (
+    CustomObject,
     GatewayAPITarget,
     JsonPatch,
     RoutingTargetError,
@@ -22,8 +22,6 @@ from understudy.routing.base import (
     check_weights,
     percentages,
     pointer,
-    read_modify_write,
-    translate,
 )
 
 GROUP = "gateway.networking.k8s.io"
@@ -46,19 +44,17 @@ class GatewayAPIBackend:
     def __init__(
         self, api: ApiClient, target: GatewayAPITarget, tiers: tuple[Tier, ...], version: str = "v1"
     ) -> None:
-        self._api = CustomObjectsApi(api)
+        self._object = CustomObject(CustomObjectsApi(api), GROUP, version, PLURAL, KIND, target.http_route)
         self._target = target
         self._tiers = tiers
-        self._version = version
 
     def read(self, namespace: str) -> Weights:
-        refs, placed = self._layout(self._fetch(namespace), namespace, require_all=False)
+        refs, placed = self._layout(self._object.fetch(namespace), namespace, require_all=False)
         raw = {name: int(refs[j].get("weight", 1)) for name, j in placed.items()}
         return percentages(self._tiers, raw)
 
     def apply(self, namespace: str, weights: Weights) -> bool:
         desired = check_weights(weights, self._tiers)
-        name = self._target.http_route
         rule = self._target.rule
 
         def plan(route: dict[str, Any]) -> JsonPatch:
@@ -69,21 +65,7 @@ class GatewayAPIBackend:
                 if refs[j].get("weight", 1) != desired[n]
             ]
 
-        return read_modify_write(
-            KIND, name, namespace,
-            fetch=lambda: self._fetch(namespace),
-            plan=plan,
-            patch=lambda ops: self._api.patch_namespaced_custom_object(
-                GROUP, self._version, namespace, PLURAL, name, ops, _content_type="application/json-patch+json"
-            ),
-        )
-
-    def _fetch(self, namespace: str) -> dict[str, Any]:
-        name = self._target.http_route
-        try:
-            return self._api.get_namespaced_custom_object(GROUP, self._version, namespace, PLURAL, name)
-        except ApiException as e:
-            raise translate(e, KIND, name, namespace) from e
+        return self._object.rewrite(namespace, plan)
 
     def _layout(
         self, route: dict[str, Any], namespace: str, require_all: bool

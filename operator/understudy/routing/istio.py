@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from kubernetes.client import ApiClient, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
 
 from understudy.engine.model import PRIMARY, Tier
 from understudy.routing.base import (
+    CustomObject,
     IstioTarget,
     JsonPatch,
     RoutingTargetError,
@@ -27,8 +27,6 @@ from understudy.routing.base import (
     check_weights,
     percentages,
     pointer,
-    read_modify_write,
-    translate,
 )
 
 GROUP = "networking.istio.io"
@@ -51,21 +49,19 @@ class IstioBackend:
     """Weights of one http route of a VirtualService, `networking.istio.io/<version>`."""
 
     def __init__(self, api: ApiClient, target: IstioTarget, tiers: tuple[Tier, ...], version: str = "v1") -> None:
-        self._api = CustomObjectsApi(api)
+        self._object = CustomObject(CustomObjectsApi(api), GROUP, version, PLURAL, KIND, target.virtual_service)
         self._target = target
         self._tiers = tiers
-        self._version = version
         self._primary = next(t for t in tiers if t.name == PRIMARY)
 
     def read(self, namespace: str) -> Weights:
-        vs = self._fetch(namespace)
+        vs = self._object.fetch(namespace)
         _, destinations, placed = self._layout(vs, namespace)
         raw = {name: _effective(destinations, j) for name, j in placed.items()}
         return percentages(self._tiers, raw)
 
     def apply(self, namespace: str, weights: Weights) -> bool:
         desired = check_weights(weights, self._tiers)
-        name = self._target.virtual_service
 
         def plan(vs: dict[str, Any]) -> JsonPatch:
             index, destinations, placed = self._layout(vs, namespace)
@@ -89,21 +85,7 @@ class IstioBackend:
                 })
             return ops
 
-        return read_modify_write(
-            KIND, name, namespace,
-            fetch=lambda: self._fetch(namespace),
-            plan=plan,
-            patch=lambda ops: self._api.patch_namespaced_custom_object(
-                GROUP, self._version, namespace, PLURAL, name, ops, _content_type="application/json-patch+json"
-            ),
-        )
-
-    def _fetch(self, namespace: str) -> dict[str, Any]:
-        name = self._target.virtual_service
-        try:
-            return self._api.get_namespaced_custom_object(GROUP, self._version, namespace, PLURAL, name)
-        except ApiException as e:
-            raise translate(e, KIND, name, namespace) from e
+        return self._object.rewrite(namespace, plan)
 
     def _layout(self, vs: dict[str, Any], namespace: str) -> tuple[int, list[dict[str, Any]], dict[str, int]]:
         """(index of the http route, its destinations, tier name -> destination index) or a refusal."""
