@@ -226,7 +226,7 @@ def test_prometheus_stopped_reads_missing_and_recovers(
     private_prometheus.add_target(sims["rec-small"].metrics_url)
     private_prometheus.wait_for_targets_up(timeout=30)
     policy_target = target("solo", "rec-small", "rec-small", (P99, ERRORS, READY))
-    with SignalReader(private_prometheus.url, timeout=1.0) as solo:
+    with SignalReader(private_prometheus.url, timeout=1.0, grace_reads=0) as solo:  # grace: test_signals_grace.py
         read_until(solo, [policy_target], all_ok("solo"))
         private_prometheus.stop()
         started = time.monotonic()

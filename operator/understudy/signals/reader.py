@@ -3,8 +3,11 @@
 prometheus-api-client is synchronous and has no timeout of its own, so every query carries three bounds:
 the HTTP client timeout (connect and each read), Prometheus's own `timeout` parameter (the server stops
 evaluating), and a deadline on the whole batch (a server trickling bytes cannot hold a cycle). Retries are
-off: a failed query is MISSING for this cycle and the next cycle asks again. `read` blocks; the operator
-calls it from a worker thread, never from the event loop.
+off, but one batched query serves every policy, so a single slow answer would flap thousands of them:
+a query that fails right after succeeding reuses its last result for up to `grace_reads` consecutive
+reads (one by default) before it reads MISSING. The failure still counts in `ReaderStats` and is logged.
+Reads at an explicit instant (`at`, backtests) get no grace: a stale answer would be wrong history.
+`read` blocks; the operator calls it from a worker thread, never from the event loop.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterable
+from typing import Any, Hashable, Iterable, Sequence
 
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
@@ -62,13 +65,17 @@ class SignalReader:
         timeout: float = 2.0,
         max_workers: int = 4,
         max_matcher_chars: int = DEFAULT_MAX_MATCHER_CHARS,
+        grace_reads: int = 1,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if isinstance(grace_reads, bool) or not isinstance(grace_reads, int) or grace_reads < 0:
+            raise ValueError("grace_reads must be a non-negative int")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.max_matcher_chars = max_matcher_chars
         self.max_workers = max_workers
+        self.grace_reads = grace_reads
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="understudy-promql")
         self._local = threading.local()
         self._clients: list[PrometheusConnect] = []
@@ -76,6 +83,8 @@ class SignalReader:
         self._stats = ReaderStats()
         self._failing: set[str] = set()
         self._plans: dict[str, tuple[tuple[Target, ...], QueryPlan]] = {}
+        # url -> query -> (last successful result, failed reads since): only the latest plan's queries.
+        self._held: dict[str, dict[str, tuple[Sequence[Any], int]]] = {}
 
     @property
     def stats(self) -> ReaderStats:
@@ -125,6 +134,19 @@ class SignalReader:
         self._plans[url] = (tuple(batch), plan)
         return plan
 
+    def _bridge(self, url: str, plan: QueryPlan, results: dict[str, QueryResult]) -> None:
+        """Bridge failed queries with their last success; keeping only this plan's queries bounds memory."""
+        held = self._held.get(url, {})
+        kept: dict[str, tuple[Sequence[Any], int]] = {}
+        for q in plan.queries:
+            result = results[q]
+            if result is not None:
+                kept[q] = (result, 0)
+            elif q in held and held[q][1] < self.grace_reads:
+                results[q] = held[q][0]
+                kept[q] = (held[q][0], held[q][1] + 1)
+        self._held[url] = kept
+
     def read(
         self, targets: Iterable[Target], ready: ReadyReplicas, at: float | None = None
     ) -> dict[Hashable, Samples]:
@@ -135,10 +157,11 @@ class SignalReader:
         """Readings and loads of every target; never raises for Prometheus trouble, which reads as MISSING.
 
         Target keys must be unique across the call. `ready` should hold every tier's Deployment (see
-        `map_results`). `at` evaluates every query at one instant (Unix
-        seconds), e.g. for a backtest; None means now. A query still running at the batch deadline (a
-        server trickling bytes defeats the per-read client timeout) keeps its worker until the connection
-        ends; later cycles may queue behind it and read MISSING, as a misbehaving Prometheus deserves.
+        `map_results`). `at` evaluates every query at one instant (Unix seconds), e.g. for a backtest; None
+        means now, and only such reads bridge a failed query (see the module docstring). A query still
+        running at the batch deadline (a server trickling bytes defeats the per-read client timeout) keeps
+        its worker until the connection ends; later cycles may queue behind it and read MISSING, as a
+        misbehaving Prometheus deserves.
         """
         started = time.monotonic()
         by_url: dict[str, list[Target]] = {}
@@ -162,6 +185,9 @@ class SignalReader:
             result = future.result() if future.done() and not future.cancelled() else None
             errors += result is None
             results[url][q] = result
+        if at is None:
+            for url, plan in plans.items():
+                self._bridge(url, plan, results[url])
 
         samples: dict[Hashable, Samples] = {}
         loads: dict[Hashable, float | None] = {}
