@@ -32,7 +32,7 @@ def fleet_targets(n: int, groups: int, namespace: str = NAMESPACE, prefix: str =
     compiled = {}
     for g in range(min(n, groups)):
         body = fleet_policy(f"p-{g}", namespace, prefix, g)
-        snap = PolicySnapshot(namespace, body["metadata"]["name"], f"uid-{g}", 1, "1", body["spec"], {})
+        snap = PolicySnapshot.of(namespace, body["metadata"]["name"], f"uid-{g}", 1, "1", body["spec"], {})
         compiled[g] = compile_policy(snap).target
     return [dataclasses.replace(compiled[i % groups], key=(namespace, f"p-{i}")) for i in range(n)]
 

@@ -52,7 +52,7 @@ def _snapshots(api: Any, namespace: str) -> dict[Any, Any]:
 
     items = client.CustomObjectsApi(api).list_namespaced_custom_object(
         "understudy.dev", "v1alpha1", namespace, "fallbackpolicies")["items"]
-    return {(o["metadata"]["namespace"], o["metadata"]["name"]): PolicySnapshot(
+    return {(o["metadata"]["namespace"], o["metadata"]["name"]): PolicySnapshot.of(
         namespace=o["metadata"]["namespace"], name=o["metadata"]["name"], uid=o["metadata"]["uid"],
         generation=int(o["metadata"].get("generation") or 0),
         resource_version=str(o["metadata"]["resourceVersion"]),

@@ -143,7 +143,7 @@ def _error_ratio_query(body: dict[str, Any]) -> str:
     from understudy.signals.promql import plan_queries
 
     meta = body["metadata"]
-    target = compile_policy(PolicySnapshot(meta["namespace"], meta["name"], "x", 1, "1", body["spec"], {})).target
+    target = compile_policy(PolicySnapshot.of(meta["namespace"], meta["name"], "x", 1, "1", body["spec"], {})).target
     return next(q for q in plan_queries([target]).queries if '=~"5.."' in q)
 
 

@@ -1,19 +1,20 @@
-"""kopf wiring: two indexes and one evaluation loop, nothing else.
+"""kopf wiring: two watches and one evaluation loop, nothing else.
 
-No per-policy timers or daemons: those put a finalizer on every object and tick in herds. kopf keeps an
-index of every FallbackPolicy and every Deployment (index handlers write nothing to the objects), and a
-single loop started at startup batches the work of all due policies (see `loop.Evaluator`).
+No per-policy timers or daemons: those put a finalizer on every object and tick in herds. Event
+handlers keep a snapshot of every FallbackPolicy and every Deployment in memory (they write nothing to
+the objects), and a single loop started at startup batches the work of all due policies (see
+`loop.Evaluator`). kopf's own indexes are not used: until every object is indexed once, each new object
+wakes every waiting per-object worker, which at thousands of policies kept the start-up busy for minutes.
 """
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 import kopf
 from kubernetes import client, config
@@ -51,18 +52,36 @@ def api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-def policy_index(namespace: str, name: str, uid: str, meta: Any, body: Any, **_: Any) -> dict[Any, PolicySnapshot]:
-    return {(namespace, name): PolicySnapshot(
+class Store:
+    """The latest snapshot of every watched object, and a counter that moves whenever one changes."""
+
+    def __init__(self) -> None:
+        self.policies: dict[tuple[str, str], PolicySnapshot] = {}
+        self.deployments: dict[tuple[str, str], DeploymentSnapshot] = {}
+        self.changes = 0
+
+    def put(self, into: dict[tuple[str, str], Any], key: tuple[str, str], value: Any, deleted: bool) -> None:
+        if deleted:
+            into.pop(key, None)
+        else:
+            into[key] = value
+        self.changes += 1
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def policy_event(event: Mapping[str, Any], namespace: str, name: str, uid: str, meta: Any, body: Any,
+                       memo: kopf.Memo, **_: Any) -> None:
+    snapshot = PolicySnapshot.of(
         namespace=namespace,
         name=name,
         uid=uid,
         generation=int(meta.get("generation") or 0),
         resource_version=str(meta.get("resourceVersion") or ""),
-        spec=copy.deepcopy(dict(body.get("spec") or {})),
-        status=copy.deepcopy(dict(body.get("status") or {})),
+        spec=body.get("spec") or {},
+        status=body.get("status") or {},
         created=_epoch(meta.get("creationTimestamp")),
-    )}
+    )
+    memo.store.put(memo.store.policies, (namespace, name), snapshot, event.get("type") == "DELETED")
 
 
 def _epoch(stamp: Any) -> float:
@@ -71,20 +90,23 @@ def _epoch(stamp: Any) -> float:
     return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
 
 
-@kopf.index("apps", "v1", "deployments")
-def deployment_index(namespace: str, name: str, meta: Any, spec: Any, status: Any, **_: Any) -> dict[Any, DeploymentSnapshot]:
-    return {(namespace, name): DeploymentSnapshot(
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_event(event: Mapping[str, Any], namespace: str, name: str, meta: Any, spec: Any,
+                           status: Any, memo: kopf.Memo, **_: Any) -> None:
+    snapshot = DeploymentSnapshot(
         ready=int(status.get("readyReplicas") or 0),
         desired=int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1),
         revision=(meta.get("annotations") or {}).get(REVISION_ANNOTATION),
-    )}
+    )
+    memo.store.put(memo.store.deployments, (namespace, name), snapshot, event.get("type") == "DELETED")
 
 
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, policy_index: kopf.Index,
-                deployment_index: kopf.Index, **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg: OperatorConfig = memo.config
     settings.posting.enabled = False  # audit Events are events.k8s.io/v1, posted by audit.events
+    # One "Handler succeeded" line per watch event would drown the log at thousands of policies.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     api = api_client()
     metrics = OperatorMetrics()
@@ -96,9 +118,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, policy_index: 
     elector = (LeaderElector(api, LeaseConfig(cfg.lease_name, cfg.lease_namespace, cfg.identity))
                if cfg.leader_election else None)
     memo.stopped = asyncio.Event()
-    memo.reader, memo.elector = reader, elector
-    memo.tasks = [asyncio.create_task(evaluation_loop(evaluator, elector, policy_index, deployment_index,
-                                                      memo.stopped))]
+    memo.reader, memo.elector, memo.evaluator = reader, elector, evaluator
+    memo.store = Store()
+    memo.tasks = [asyncio.create_task(evaluation_loop(evaluator, elector, memo.store, memo.stopped))]
     if elector is not None:
         memo.tasks.append(asyncio.create_task(elector.run(memo.stopped)))
 
@@ -110,25 +132,27 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     if memo.elector is not None:
         await asyncio.to_thread(memo.elector.release)
     memo.reader.close()
+    memo.evaluator.close()
     server = getattr(memo, "metrics_server", None)
     if server is not None:
         server.shutdown()
 
 
-async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, policies: kopf.Index,
-                          deployments: kopf.Index, stopped: asyncio.Event) -> None:
+async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, store: Store,
+                          stopped: asyncio.Event) -> None:
     """Run a cycle whenever a policy is due; sleep at most a second so every interval is honoured."""
     was_leader = False
+    seen, policies, deployments = -1, {}, {}
     while not stopped.is_set():
         leader = elector is None or elector.is_leader
         if leader and not was_leader:
             evaluator.reset()  # state comes from status: the previous leader may have moved on
         was_leader = leader
         if leader:
-            policy_snapshot = {key: value for key, store in policies.items() for value in store}
-            deployment_snapshot = {key: value for key, store in deployments.items() for value in store}
+            if store.changes != seen:  # copied here, on the event loop's thread, where the handlers write
+                seen, policies, deployments = store.changes, dict(store.policies), dict(store.deployments)
             try:
-                report = await asyncio.to_thread(evaluator.cycle, policy_snapshot, deployment_snapshot, time.time())
+                report = await asyncio.to_thread(evaluator.cycle, policies, deployments, time.time())
                 if report.due:
                     log.debug("cycle: %s", report)
             except Exception:

@@ -13,9 +13,11 @@ Order of effects for one decision, chosen so that a crash or a second leader can
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Hashable, Mapping
@@ -68,19 +70,40 @@ ACCOUNTING_KEYS = ("lastEvaluationMs", "creepBuckets")
 `Evaluator.checkpoint_seconds`), not written each cycle, so a steady state causes no API writes."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicySnapshot:
-    """What the kopf index keeps of one FallbackPolicy."""
+    """What the kopf index keeps of one FallbackPolicy.
+
+    Spec and status are kept as JSON text: the loop parses them only when a policy is new or its
+    generation changes, and a string costs a tenth of the nested dicts at thousands of policies.
+    """
 
     namespace: str
     name: str
     uid: str
     generation: int
     resource_version: str
-    spec: Mapping[str, Any]
-    status: Mapping[str, Any]
+    spec_json: str
+    status_json: str
     created: float = 0.0
     """metadata.creationTimestamp as epoch seconds: a drill's first period counts from it."""
+
+    @classmethod
+    def of(cls, namespace: str, name: str, uid: str, generation: int, resource_version: str,
+           spec: Mapping[str, Any], status: Mapping[str, Any], created: float = 0.0) -> PolicySnapshot:
+        return cls(namespace, name, uid, generation, resource_version, _compact(spec), _compact(status), created)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(json.loads(self.spec_json))
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.status_json))
+
+
+def _compact(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -96,7 +119,6 @@ class DeploymentSnapshot:
 class Compiled:
     """A policy's spec turned, once per generation, into everything a cycle needs."""
 
-    spec: FallbackPolicySpec
     policy: Policy
     target: Target
     interval: float
@@ -108,7 +130,7 @@ class Compiled:
 
 def compile_policy(snapshot: PolicySnapshot) -> Compiled:
     """Raises pydantic's ValidationError for a spec the CRD let through but the models reject."""
-    spec = FallbackPolicySpec.model_validate(dict(snapshot.spec))
+    spec = FallbackPolicySpec.model_validate(snapshot.spec)
     policy = to_engine_policy(spec)
     signals = spec.signals
     metrics = MetricNames(
@@ -140,7 +162,7 @@ def compile_policy(snapshot: PolicySnapshot) -> Compiled:
         routing = GatewayAPITarget(spec.routing.gateway_api.http_route_name, spec.routing.gateway_api.rule_index)
     drills = tuple(Drill(d.tier, parse_duration(d.every), parse_duration(d.duration), d.share)
                    for d in spec.drills or ())
-    return Compiled(spec, policy, target, parse_duration(spec.evaluation.interval), routing, capacities, drills)
+    return Compiled(policy, target, parse_duration(spec.evaluation.interval), routing, capacities, drills)
 
 
 @dataclass
@@ -175,6 +197,30 @@ class CycleReport:
     queries: int = 0
     seconds: float = 0.0
 
+    def add(self, other: CycleReport) -> None:
+        """Fold in the counts of one group of writes (each worker counts into a report of its own)."""
+        self.status_writes += other.status_writes
+        self.routing_writes += other.routing_writes
+        self.conflicts += other.conflicts
+        self.events += other.events
+
+
+@dataclass
+class Effects:
+    """One decision's writes, applied once every due policy has been decided (see `Evaluator._apply`)."""
+
+    key: Hashable
+    rt: Runtime
+    snap: PolicySnapshot
+    decision: Decision
+    routed: Decision
+    """The decision as routed: a running drill overrides the weights."""
+    status: dict[str, Any]
+    moment: datetime
+    essential: dict[str, Any] | None
+    checkpoint: bool
+    now: float
+
 
 @dataclass
 class Evaluator:
@@ -186,11 +232,17 @@ class Evaluator:
     metrics: OperatorMetrics
     checkpoint_seconds: float = 60.0
     """How often the creep accounting is written while the window holds time off the primary."""
+    write_workers: int = 8
+    """Concurrent writers: a write waits on the API server far longer than it keeps a core busy."""
     runtimes: dict[Hashable, Runtime] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._custom = CustomObjectsApi(self.api)
         self._apps = AppsV1Api(self.api)
+        self._writers = ThreadPoolExecutor(max_workers=self.write_workers, thread_name_prefix="understudy-write")
+
+    def close(self) -> None:
+        self._writers.shutdown(wait=True)
 
     def reset(self) -> None:
         """Forget everything in memory: the next cycle reloads each policy's state from its status."""
@@ -212,7 +264,7 @@ class Evaluator:
         report.due = len(due)
         valid = [(k, r) for k, r in due if r.compiled is not None]
         for key, rt in due:
-            rt.next_due = schedule_next(rt.next_due, rt.compiled.interval if rt.compiled else 30.0, now)
+            rt.next_due = schedule_next(rt.compiled.interval if rt.compiled else 30.0, now)
             if rt.compiled is None:
                 self._report_invalid(key, rt, policies[key], now, report)
         if valid:
@@ -223,9 +275,10 @@ class Evaluator:
             report.queries = self.reader.stats.queries_sent - before
             self.metrics.prometheus_queries.inc(report.queries)
             self.metrics.prometheus_query_errors.inc(self.reader.stats.query_errors - errors_before)
-            for key, rt in valid:
-                self._evaluate(key, rt, policies[key], readout.samples.get(key, Samples({})),
-                               readout.loads.get(key), deployments, now, report)
+            pending = [self._evaluate(key, rt, policies[key], readout.samples.get(key, Samples({})),
+                                      readout.loads.get(key), deployments, now, report)
+                       for key, rt in valid]
+            self._apply_all([e for e in pending if e is not None], report)
         report.seconds = time.monotonic() - started
         self.metrics.cycle_duration.observe(report.seconds)
         return report
@@ -304,7 +357,8 @@ class Evaluator:
         deployments: Mapping[tuple[str, str], DeploymentSnapshot],
         now: float,
         report: CycleReport,
-    ) -> None:
+    ) -> Effects | None:
+        """Decide for one policy; returns the writes it needs, or None when it needs none."""
         assert rt.compiled is not None and rt.state is not None and rt.backend is not None
         report.evaluated += 1
         policy = rt.compiled.policy
@@ -343,24 +397,73 @@ class Evaluator:
         if scaled is not None:
             status["scaledTiers"] = scaled
         _record_drill(rt.status, status, drill, moment)
-        if not self._write_status(key, rt, snap, status, report):
-            return  # someone else moved the policy on: forget this decision, reload next cycle
-        if checkpoint:
-            rt.persisted_essential, rt.last_checkpoint = essential, now
-        rt.state = decision.state
-
         routed = replace(decision, weights=drill.weights) if drill.weights else decision
-        routing_records = self._route(rt, snap, routed, report)
+        effects = Effects(key, rt, snap, decision, routed, status, moment, essential, checkpoint, now)
+        if decision.audit or status_patch(rt.status, status) is not None or self._must_route(rt, routed):
+            return effects
+        self._settle(effects)  # the steady state: nothing to write
+        self.metrics.observe_policy(snap.namespace, snap.name, policy.tier_names, decision.active_tier,
+                                    decision.fallback_ratio)
+        return None
+
+    def _settle(self, e: Effects) -> None:
+        """Adopt a decision whose status is on the server (or needed no write)."""
+        if e.checkpoint:
+            e.rt.persisted_essential, e.rt.last_checkpoint = e.essential, e.now
+        e.rt.state = e.decision.state
+
+    # -- writes ---------------------------------------------------------------------------------------------
+
+    def _apply_all(self, pending: list[Effects], report: CycleReport) -> None:
+        """Write the decisions of one cycle, several routing objects at a time.
+
+        Policies that share a routing object are written one after another in one worker, so they
+        never race each other's resourceVersion; per policy the order stays status, routing, Events.
+        """
+        groups: dict[Hashable, list[Effects]] = {}
+        for e in pending:
+            assert e.rt.compiled is not None
+            groups.setdefault((e.snap.namespace, e.rt.compiled.routing), []).append(e)
+        if len(groups) <= 1:
+            for group in groups.values():
+                self._apply_group(group, report)
+            return
+        reports = [CycleReport() for _ in groups]
+        futures = [self._writers.submit(self._apply_group, group, r) for group, r in zip(groups.values(), reports)]
+        for future, r in zip(futures, reports):
+            future.result()
+            report.add(r)
+
+    def _apply_group(self, group: list[Effects], report: CycleReport) -> None:
+        for e in group:
+            try:
+                self._apply(e, report)
+            except Exception:  # one policy's unexpected API error must not cost the others their writes
+                log.exception("writing the decision for %s/%s failed; the next evaluation retries",
+                              e.snap.namespace, e.snap.name)
+                self.runtimes.pop(e.key, None)
+
+    def _apply(self, e: Effects, report: CycleReport) -> None:
+        rt, snap, decision = e.rt, e.snap, e.decision
+        if not self._write_status(e.key, rt, snap, e.status, report):
+            return  # someone else moved the policy on: forget this decision, reload next cycle
+        self._settle(e)
+        routing_records = self._route(rt, snap, e.routed, report)
         if routing_records:
             retry = build_status(rt.status, replace(decision, audit=tuple(routing_records)), rt.generation,
-                                 moment, self._ready(rt), None)
-            self._write_status(key, rt, snap, retry, report)
+                                 e.moment, self._ready(rt), None)
+            self._write_status(e.key, rt, snap, retry, report)
         ref = ObjectRef(snap.name, snap.namespace, snap.uid)
         for record in (*decision.audit, *routing_records):
-            self.recorder.record(ref, record, moment)
+            self.recorder.record(ref, record, e.moment)
             report.events += 1
-        self.metrics.observe_policy(snap.namespace, snap.name, policy.tier_names, decision.active_tier,
-                                    decision.fallback_ratio, (*decision.audit, *routing_records))
+        assert rt.compiled is not None
+        self.metrics.observe_policy(snap.namespace, snap.name, rt.compiled.policy.tier_names,
+                                    decision.active_tier, decision.fallback_ratio, (*decision.audit, *routing_records))
+
+    @staticmethod
+    def _must_route(rt: Runtime, decision: Decision) -> bool:
+        return decision.route and not rt.frozen and decision.weights != rt.routed
 
     @staticmethod
     def _drill(rt: Runtime, snap: PolicySnapshot, policy: Policy, decision: Decision, samples: Samples,
@@ -383,7 +486,7 @@ class Evaluator:
     def _route(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, report: CycleReport) -> list[AuditRecord]:
         """Apply the weights when they differ from what the routing is known to carry."""
         assert rt.backend is not None
-        if not decision.route or rt.frozen or decision.weights == rt.routed:
+        if not self._must_route(rt, decision):
             return []
         try:
             changed = rt.backend.apply(snap.namespace, decision.weights)
@@ -544,13 +647,17 @@ def _record_drill(previous: Mapping[str, Any], status: dict[str, Any], step: Dri
         status["conditions"] = [*(c for c in status["conditions"] if c["type"] != "LastDrillPassed"), condition]
 
 
-def schedule_next(due: float, interval: float, now: float) -> float:
-    """Keep a policy's cadence, but never schedule into the past.
+def schedule_next(interval: float, now: float) -> float:
+    """The next instant on the interval's grid (whole multiples of it since the epoch), at least half an
+    interval away.
 
-    A late or new policy waits a full interval rather than being evaluated twice in a row, which the
-    engine would count as two evaluations towards tripAfter.
+    Policies of one interval thus fall due together and are read in one batch with one reusable query
+    plan, rather than in partial batches that each need planning of their own. The half-interval gap
+    keeps a new or late policy from being evaluated twice in quick succession, which the engine would
+    count as two evaluations towards tripAfter.
     """
-    return due + interval if due + interval > now else now + interval
+    step = (math.floor(now / interval) + 1) * interval
+    return step + interval if step - now < interval / 2 else step
 
 
 def _capacity(compiled: Compiled, namespace: str, load: float | None,

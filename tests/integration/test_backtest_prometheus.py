@@ -283,7 +283,7 @@ def test_table_names_the_outcome(history_prometheus: PrometheusServer, tmp_path:
 def test_steps_equal_the_operators_instant_reads(history_prometheus: PrometheusServer) -> None:
     """Each step rebuilt from range queries is exactly what the operator's reader gets at that instant."""
     document = yaml.safe_load(POLICY_ML)
-    compiled = compile_policy(PolicySnapshot("ml", "recommender", "", 0, "", document["spec"], {}))
+    compiled = compile_policy(PolicySnapshot.of("ml", "recommender", "", 0, "", document["spec"], {}))
     target: Target = compiled.target
     chosen = [START, SPIKE[0], SPIKE[0] + 5, SPIKE[0] + 60, SPIKE[1] + 55, SPIKE[1] + 60, END]
     times = step_times(START, END, STEP)

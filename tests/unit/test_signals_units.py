@@ -30,6 +30,6 @@ def test_the_policy_says_which_unit_its_histogram_counts() -> None:
         "triggers": [{"name": "p99", "latency": {"quantile": "0.99", "above": "250ms"}}],
         "signals": {"durationMetric": "vllm:e2e_request_latency_seconds", "durationUnit": "Seconds"},
     }
-    compiled = compile_policy(PolicySnapshot("ml", "p", "uid", 1, "1", spec, {}))
+    compiled = compile_policy(PolicySnapshot.of("ml", "p", "uid", 1, "1", spec, {}))
     assert compiled.target.metrics.duration_in_seconds
     assert compiled.target.metrics.duration_metric == "vllm:e2e_request_latency_seconds"

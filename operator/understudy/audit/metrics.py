@@ -55,6 +55,7 @@ class OperatorMetrics:
         self._lock = threading.Lock()
         self._tiers: dict[tuple[str, str], frozenset[str]] = {}
         self._reasons: dict[tuple[str, str], set[str]] = {}
+        self._published: dict[tuple[str, str], tuple[str, float]] = {}
 
     def observe_policy(
         self,
@@ -68,7 +69,13 @@ class OperatorMetrics:
         """Publish one policy's decision: which tier serves, the creep ratio, and its transitions."""
         key = (namespace, policy)
         current = frozenset(tiers) | {active_tier}
+        audit = tuple(audit)
         with self._lock:
+            # A steady policy republishes nothing: thousands of label lookups per cycle are not free.
+            if not audit and self._published.get(key) == (active_tier, fallback_ratio) \
+                    and self._tiers.get(key) == current:
+                return
+            self._published[key] = (active_tier, fallback_ratio)
             for stale in self._tiers.get(key, frozenset()) - current:
                 self.active_tier.remove(namespace, policy, stale)
             self._tiers[key] = current
@@ -84,6 +91,7 @@ class OperatorMetrics:
         """Remove every series of a deleted policy."""
         key = (namespace, policy)
         with self._lock:
+            self._published.pop(key, None)
             for tier in self._tiers.pop(key, frozenset()):
                 self.active_tier.remove(namespace, policy, tier)
             for reason in self._reasons.pop(key, set()):

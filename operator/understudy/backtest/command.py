@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> int:
     metadata = document.get("metadata") or {}
     namespace = args.namespace or metadata.get("namespace") or "default"
     name = str(metadata.get("name", "<unnamed>"))
-    compiled = compile_policy(PolicySnapshot(
+    compiled = compile_policy(PolicySnapshot.of(
         namespace=namespace, name=name, uid="", generation=0, resource_version="",
         spec=document.get("spec") or {}, status={},
     ))

@@ -14,7 +14,6 @@ from typing import Any, Mapping, TextIO
 
 from pydantic import ValidationError
 
-from understudy.api.durations import parse_duration
 from understudy.api.errors import describe
 from understudy.backtest.source import PrometheusHistory, SourceError, parse_span, parse_time
 from understudy.loop import GROUP, PLURAL, VERSION, PolicySnapshot, compile_policy
@@ -89,7 +88,7 @@ def build_inputs(obj: Mapping[str, Any], args: argparse.Namespace, now: float) -
     metadata = obj.get("metadata") or {}
     namespace, name = str(metadata.get("namespace", "default")), str(metadata.get("name", ""))
     try:
-        compiled = compile_policy(PolicySnapshot(namespace=namespace, name=name, uid="", generation=0,
+        compiled = compile_policy(PolicySnapshot.of(namespace=namespace, name=name, uid="", generation=0,
                                                  resource_version="", spec=obj.get("spec") or {}, status={}))
     except ValidationError as error:
         raise ReportError(f"{namespace}/{name}: the spec is invalid:\n  " + "\n  ".join(describe(error)), 2) from None
@@ -101,14 +100,13 @@ def build_inputs(obj: Mapping[str, Any], args: argparse.Namespace, now: float) -
         raise ReportError(str(error), 2) from None
     if start >= end:
         raise ReportError("--since must be longer than zero", 2)
-    spec = compiled.spec
     inputs = ReportInputs(
         namespace=namespace, name=name,
         tiers=tuple(TierRef(t.name, t.deployment) for t in compiled.policy.tiers),
         status=obj.get("status") or {},
         metrics=compiled.target.metrics,
-        max_fallback_ratio=float(spec.creep.max_fallback_ratio),
-        creep_window=parse_duration(spec.creep.window),
+        max_fallback_ratio=compiled.policy.creep_max_ratio,
+        creep_window=compiled.policy.creep_window,
         evaluation_window=compiled.target.window,
         start=start, end=end, created=created,
         confidence_metric=args.confidence_metric,
