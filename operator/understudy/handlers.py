@@ -9,6 +9,7 @@ wakes every waiting per-object worker, which at thousands of policies kept the s
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import time
@@ -28,6 +29,13 @@ from understudy.signals.reader import SignalReader
 log = logging.getLogger(__name__)
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+
+GC_THRESHOLDS = (50_000, 20, 1_000)
+"""Young collections every 50,000 net allocations instead of 700, and (in practice) no automatic full
+collection: thousands of policies keep a large, long-lived and acyclic working set that every full
+collection walks again for nothing (a third of a steady cycle's CPU at 5,000 policies)."""
+FULL_COLLECTION_SECONDS = 600.0
+"""A full collection at this pace instead, between cycles, still frees whatever cyclic garbage aged."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,8 @@ async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, s
     """Run a cycle whenever a policy is due; sleep at most a second so every interval is honoured."""
     was_leader = False
     seen, policies, deployments = -1, {}, {}
+    gc.set_threshold(*GC_THRESHOLDS)
+    collected = time.monotonic()
     while not stopped.is_set():
         leader = elector is None or elector.is_leader
         if leader and not was_leader:
@@ -157,6 +167,9 @@ async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, s
                     log.debug("cycle: %s", report)
             except Exception:
                 log.exception("evaluation cycle failed; the next one retries")
+        if time.monotonic() - collected >= FULL_COLLECTION_SECONDS:
+            await asyncio.to_thread(gc.collect)
+            collected = time.monotonic()
         due = evaluator.next_due() if leader else None
         delay = 1.0 if due is None else min(1.0, max(0.05, due - time.time()))
         try:

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Hashable, Mapping
 
@@ -31,7 +31,7 @@ from understudy.api.durations import parse_duration
 from understudy.api.models import API_VERSION, Capacity, DurationUnit
 from understudy.audit.events import EventRecorder, ObjectRef
 from understudy.audit.metrics import OperatorMetrics
-from understudy.audit.status import build_status, format_time, status_patch
+from understudy.audit.status import build_status, format_ratio, format_time, status_patch
 from understudy.engine import (
     PRIMARY,
     AuditRecord,
@@ -40,6 +40,7 @@ from understudy.engine import (
     Policy,
     Samples,
     State,
+    TierState,
     decide,
     initial_state,
     state_from_status,
@@ -65,9 +66,11 @@ log = logging.getLogger(__name__)
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "fallbackpolicies"
 
-ACCOUNTING_KEYS = ("lastEvaluationMs", "creepBuckets")
+ACCOUNTING_FIELDS = ("last_evaluation_ms", "creep_buckets")
 """Parts of the engine state that move on every evaluation. They are checkpointed (see
 `Evaluator.checkpoint_seconds`), not written each cycle, so a steady state causes no API writes."""
+_ESSENTIAL_FIELDS = tuple(f.name for f in fields(State) if f.name not in (*ACCOUNTING_FIELDS, "tiers"))
+_TIER_FIELDS = tuple(f.name for f in fields(TierState) if f.name != "clear_streak")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +183,12 @@ class Runtime:
     next_due: float = 0.0
     routed: Weights | None = None
     """Weights known to be on the routing object; None forces one apply (a no-op if already right)."""
-    persisted_essential: dict[str, Any] | None = None
+    persisted_essential: Essential | None = None
     last_checkpoint: float = 0.0
     routing_error: str | None = None
     frozen: bool = False
+    unchanged_by: tuple[Any, ...] | None = None
+    """The inputs of the last evaluation that found status already right (reset whenever status changes)."""
 
 
 @dataclass
@@ -217,7 +222,7 @@ class Effects:
     """The decision as routed: a running drill overrides the weights."""
     status: dict[str, Any]
     moment: datetime
-    essential: dict[str, Any] | None
+    essential: Essential
     checkpoint: bool
     now: float
 
@@ -301,14 +306,15 @@ class Evaluator:
         compiled, invalid = self._compile(snap)
         status = dict(snap.status or {})
         state: State | None = None
+        restored = False
         if compiled is not None:
-            state = self._restore_state(compiled.policy, status.get("engine"))
+            state, restored = self._restore_state(compiled.policy, status.get("engine"))
         rt = Runtime(
             uid=snap.uid, generation=snap.generation, compiled=compiled, invalid=invalid, state=state,
             status=status, resource_version=snap.resource_version,
             backend=backend_for(self.api, compiled.routing, compiled.policy.tiers) if compiled else None,
         )
-        rt.persisted_essential = _essential(status.get("engine"))
+        rt.persisted_essential = _essential(state) if state is not None and restored else None
         rt.frozen = bool(state and state.creep_exceeded and compiled
                          and compiled.policy.creep_action is CreepAction.FREEZE)
         return rt
@@ -318,12 +324,12 @@ class Evaluator:
         compiled, invalid = self._compile(snap)
         rt.generation, rt.compiled, rt.invalid = snap.generation, compiled, invalid
         rt.resource_version = snap.resource_version
-        rt.status = dict(snap.status or {})
+        rt.status, rt.unchanged_by = dict(snap.status or {}), None
         rt.next_due = 0.0
         if compiled is None:
             return
         if rt.state is None or tuple(n for n, _ in rt.state.weights) != compiled.policy.tier_names:
-            rt.state = self._restore_state(compiled.policy, None)
+            rt.state = initial_state(compiled.policy)
         rt.backend = backend_for(self.api, compiled.routing, compiled.policy.tiers)
         rt.routed = None
 
@@ -335,15 +341,16 @@ class Evaluator:
             return None, " ".join(str(err).split())[:1000]
 
     @staticmethod
-    def _restore_state(policy: Policy, engine_status: Any) -> State:
+    def _restore_state(policy: Policy, engine_status: Any) -> tuple[State, bool]:
+        """The engine state recorded in status, and whether it was usable (else a fresh state)."""
         if isinstance(engine_status, Mapping):
             try:
                 state = state_from_status(engine_status)
                 if tuple(n for n, _ in state.weights) == policy.tier_names:
-                    return state
+                    return state, True
             except ValueError:
                 log.warning("engine state in status is unreadable; starting afresh")
-        return initial_state(policy)
+        return initial_state(policy), False
 
     # -- one decision ------------------------------------------------------------------------------------
 
@@ -379,38 +386,48 @@ class Evaluator:
             rt.frozen = False
         drill = self._drill(rt, snap, policy, decision, samples, now)
         shell_records += drill.audit
-        decision = replace(decision, audit=decision.audit + tuple(shell_records))
+        if shell_records:
+            decision = replace(decision, audit=decision.audit + tuple(shell_records))
 
         moment = datetime.fromtimestamp(now, timezone.utc)
         revision = _primary_revision(rt.status, primary, moment)
         lkg = _last_known_good(rt.status, revision, decision, policy.creep_window, now)
-        engine_status = state_to_status(decision.state)
-        essential = _essential(engine_status)
+        essential = _essential(decision.state)
         window_has_fallback = any(b.off_primary_ms for b in decision.state.creep_buckets)
         checkpoint = essential != rt.persisted_essential or (
             window_has_fallback and now - rt.last_checkpoint >= self.checkpoint_seconds)
         ready = self._ready(rt)
+        routed = replace(decision, weights=drill.weights) if drill.weights else decision
+        # Everything the new status depends on besides the previous status: when it matches the last
+        # evaluation that needed no write, neither does this one, and building the status is skipped.
+        inputs = (rt.generation, decision.active_tier, decision.weights, format_ratio(decision.fallback_ratio),
+                  decision.creep_exceeded, decision.metrics_available, ready, lkg, revision, scaled,
+                  drill.running, drill.outcome)
+        quiet = not decision.audit and not checkpoint and not self._must_route(rt, routed)
+        if quiet and rt.unchanged_by == inputs:
+            self._settle_quietly(rt, snap, decision, essential, now)
+            return None
         status = build_status(rt.status, decision, rt.generation, moment, ready, lkg,
-                              engine=engine_status if checkpoint else None)
+                              engine=state_to_status(decision.state) if checkpoint else None)
         if revision is not None:
             status["primaryRevision"] = revision
         if scaled is not None:
             status["scaledTiers"] = scaled
         _record_drill(rt.status, status, drill, moment)
-        routed = replace(decision, weights=drill.weights) if drill.weights else decision
         effects = Effects(key, rt, snap, decision, routed, status, moment, essential, checkpoint, now)
-        if decision.audit or status_patch(rt.status, status) is not None or self._must_route(rt, routed):
+        if not quiet or status_patch(rt.status, status) is not None:
             return effects
-        self._settle(effects)  # the steady state: nothing to write
-        self.metrics.observe_policy(snap.namespace, snap.name, policy.tier_names, decision.active_tier,
-                                    decision.fallback_ratio)
+        rt.unchanged_by = inputs
+        self._settle_quietly(rt, snap, decision, essential, now)
         return None
 
-    def _settle(self, e: Effects) -> None:
-        """Adopt a decision whose status is on the server (or needed no write)."""
-        if e.checkpoint:
-            e.rt.persisted_essential, e.rt.last_checkpoint = e.essential, e.now
-        e.rt.state = e.decision.state
+    def _settle_quietly(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, essential: Essential,
+                        now: float) -> None:
+        """The steady state: nothing to write, only the decision to adopt."""
+        _settle(rt, decision, essential, False, now)
+        assert rt.compiled is not None
+        self.metrics.observe_policy(snap.namespace, snap.name, rt.compiled.policy.tier_names,
+                                    decision.active_tier, decision.fallback_ratio)
 
     # -- writes ---------------------------------------------------------------------------------------------
 
@@ -447,7 +464,7 @@ class Evaluator:
         rt, snap, decision = e.rt, e.snap, e.decision
         if not self._write_status(e.key, rt, snap, e.status, report):
             return  # someone else moved the policy on: forget this decision, reload next cycle
-        self._settle(e)
+        _settle(rt, decision, e.essential, e.checkpoint, e.now)
         routing_records = self._route(rt, snap, e.routed, report)
         if routing_records:
             retry = build_status(rt.status, replace(decision, audit=tuple(routing_records)), rt.generation,
@@ -527,7 +544,7 @@ class Evaluator:
         report.status_writes += 1
         self.metrics.api_write("FallbackPolicyStatus")
         body = written if isinstance(written, dict) else written.to_dict()
-        rt.status = dict(body.get("status") or status)
+        rt.status, rt.unchanged_by = dict(body.get("status") or status), None
         rt.resource_version = body["metadata"]["resourceVersion"]
         return True
 
@@ -618,6 +635,13 @@ class Evaluator:
                                  datetime.fromtimestamp(now, timezone.utc))
 
 
+def _settle(rt: Runtime, decision: Decision, essential: Essential, checkpoint: bool, now: float) -> None:
+    """Adopt a decision whose status is on the server (or needed no write)."""
+    if checkpoint:
+        rt.persisted_essential, rt.last_checkpoint = essential, now
+    rt.state = decision.state
+
+
 def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
@@ -678,19 +702,19 @@ def _capacity(compiled: Compiled, namespace: str, load: float | None,
     return fits
 
 
-def _essential(engine_status: Any) -> dict[str, Any] | None:
+Essential = tuple[Any, ...]
+
+
+def _essential(state: State) -> Essential:
     """The part of the engine state whose change must be written at once.
 
     An untripped tier's clear streak only matters once it trips (it counts towards recovery), so its
     growth is left to the next checkpoint: otherwise every new policy would write its status recoverAfter
-    times before settling.
+    times before settling. Read straight off the dataclasses: this runs for every policy every cycle.
     """
-    if not isinstance(engine_status, Mapping):
-        return None
-    essential = {k: v for k, v in engine_status.items() if k not in ACCOUNTING_KEYS}
-    essential["tiers"] = [t if t.get("tripped") else {k: v for k, v in t.items() if k != "clearStreak"}
-                          for t in engine_status.get("tiers") or []]
-    return essential
+    tiers = tuple(tuple(getattr(t, n) for n in _TIER_FIELDS) + ((t.clear_streak,) if t.tripped else ())
+                  for t in state.tiers)
+    return tuple(getattr(state, n) for n in _ESSENTIAL_FIELDS) + (tiers,)
 
 
 def _primary_revision(status: Mapping[str, Any], primary: DeploymentSnapshot | None,

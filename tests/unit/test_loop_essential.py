@@ -13,7 +13,6 @@ from understudy.engine import (
     Trigger,
     decide,
     initial_state,
-    state_to_status,
 )
 from understudy.loop import _essential
 
@@ -30,17 +29,17 @@ def test_a_steady_healthy_policy_has_one_essential_state() -> None:
     state, seen = initial_state(POLICY), []
     for i in range(10):
         state = decide(POLICY, HEALTHY, state, 1000.0 + 5 * i).state
-        seen.append(_essential(state_to_status(state)))
+        seen.append(_essential(state))
     assert all(e == seen[0] for e in seen)
 
 
 def test_a_trip_and_a_tripped_tiers_recovery_progress_are_essential() -> None:
     state = initial_state(POLICY)
-    before = _essential(state_to_status(state))
+    before = _essential(state)
     for i in range(2):
         state = decide(POLICY, FAILING, state, 1000.0 + 5 * i).state
-    tripped = _essential(state_to_status(state))
+    tripped = _essential(state)
     assert tripped != before
     state = decide(POLICY, Samples({"primary": {"errors": INSUFFICIENT}, "small": {"errors": Reading.ok(0.0)}}),
                    state, 1010.0).state
-    assert _essential(state_to_status(state)) != tripped
+    assert _essential(state) != tripped

@@ -18,8 +18,8 @@ One evaluation goes through four stages, in this order:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+import weakref
 from enum import Enum
-from functools import lru_cache
 from typing import Mapping
 
 from understudy.engine import reasons
@@ -223,9 +223,26 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
     )
 
 
-@lru_cache(maxsize=1024)
+_plans: dict[int, tuple[weakref.ref[Policy], _Plan]] = {}
+
+
 def _plan(policy: Policy) -> _Plan:
-    """Validate and precompute; cached because a policy value only changes with its spec."""
+    """Validated and precomputed once per Policy object, found by identity.
+
+    A policy value only changes with its spec, and callers keep one object per spec. A cache keyed by
+    value would hash the whole policy on every evaluation, and a bounded one would thrash at thousands
+    of policies; an entry here lives exactly as long as its policy.
+    """
+    key = id(policy)
+    cached = _plans.get(key)
+    if cached is not None and cached[0]() is policy:
+        return cached[1]
+    plan = _make_plan(policy)
+    _plans[key] = (weakref.ref(policy, lambda _, key=key: _plans.pop(key, None)), plan)  # type: ignore[misc]
+    return plan
+
+
+def _make_plan(policy: Policy) -> _Plan:
     names = policy.tier_names
     if not names:
         raise ValueError("a policy needs at least the primary tier")
