@@ -22,3 +22,17 @@ def test_same_targets_same_plan_new_target_new_plan() -> None:
         replanned = reader._plan("u", changed)
         assert replanned is not first and any("[30s]" in q for q in replanned.queries)
         assert reader._plan("u", targets[:2]) is not replanned
+
+
+def test_batches_that_take_turns_keep_their_plans() -> None:
+    """Policies of 1 s and 5 s intervals come due as two recurring batches: neither evicts the other."""
+    fast = [Target(("ml", f"fast{i}"), "ml", POLICY) for i in range(3)]
+    slow = [Target(("ml", f"slow{i}"), "ml", POLICY, window=300.0) for i in range(3)]
+    with SignalReader("http://127.0.0.1:9") as reader:
+        only_fast = reader._plan("u", fast)
+        both = reader._plan("u", [*fast, *slow])
+        assert reader._plan("u", fast) is only_fast
+        assert reader._plan("u", [*fast, *slow]) is both
+        others = [reader._plan("u", [Target(("ml", f"x{n}"), "ml", POLICY)]) for n in range(4)]
+        assert reader._plan("u", fast) is not only_fast  # evicted by four newer batches
+        assert len({id(p) for p in others}) == 4

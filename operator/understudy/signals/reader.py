@@ -36,6 +36,9 @@ from understudy.signals.promql import (
 
 _LOG = logging.getLogger(__name__)
 
+PLANS_KEPT = 4
+"""Query plans cached per Prometheus: policies of different intervals fall due in a few recurring mixes."""
+
 
 @dataclass(frozen=True)
 class ReaderStats:
@@ -82,7 +85,7 @@ class SignalReader:
         self._lock = threading.Lock()
         self._stats = ReaderStats()
         self._failing: set[str] = set()
-        self._plans: dict[str, tuple[tuple[Target, ...], QueryPlan]] = {}
+        self._plans: dict[str, list[tuple[tuple[Target, ...], QueryPlan]]] = {}
         # url -> query -> (last successful result, failed reads since): only the latest plan's queries.
         self._held: dict[str, dict[str, tuple[Sequence[Any], int]]] = {}
 
@@ -124,22 +127,26 @@ class SignalReader:
         """The batch's plan, reused while the same Target objects come due together.
 
         The operator builds a Target once per spec generation and policies of one interval fall due
-        together, so consecutive cycles usually pass the very same objects: an identity check is far
-        cheaper than planning thousands of policies again (the largest cost of a cycle in the profile).
+        together, so cycles keep passing the very same batches (one per mix of intervals due at once):
+        an identity check is far cheaper than planning thousands of policies again.
         """
-        cached = self._plans.get(url)
-        if cached is not None and len(cached[0]) == len(batch) and all(a is b for a, b in zip(cached[0], batch)):
-            return cached[1]
+        cached = self._plans.setdefault(url, [])
+        for i, (targets, plan) in enumerate(cached):
+            if len(targets) == len(batch) and all(a is b for a, b in zip(targets, batch)):
+                cached.insert(0, cached.pop(i))
+                return plan
         plan = plan_queries(batch, self.max_matcher_chars)
-        self._plans[url] = (tuple(batch), plan)
+        cached.insert(0, (tuple(batch), plan))
+        del cached[PLANS_KEPT:]
         return plan
 
-    def _bridge(self, url: str, plan: QueryPlan, results: dict[str, QueryResult]) -> None:
-        """Bridge failed queries with their last success; keeping only this plan's queries bounds memory."""
+    def _bridge(self, url: str, results: dict[str, QueryResult]) -> None:
+        """Bridge failed queries with their last success; remembering only the queries of the plans still
+        cached for this Prometheus bounds memory."""
         held = self._held.get(url, {})
-        kept: dict[str, tuple[Sequence[Any], int]] = {}
-        for q in plan.queries:
-            result = results[q]
+        planned = {q for _, plan in self._plans.get(url, ()) for q in plan.queries}
+        kept = {q: entry for q, entry in held.items() if q in planned and q not in results}
+        for q, result in results.items():
             if result is not None:
                 kept[q] = (result, 0)
             elif q in held and held[q][1] < self.grace_reads:
@@ -186,8 +193,8 @@ class SignalReader:
             errors += result is None
             results[url][q] = result
         if at is None:
-            for url, plan in plans.items():
-                self._bridge(url, plan, results[url])
+            for url in plans:
+                self._bridge(url, results[url])
 
         samples: dict[Hashable, Samples] = {}
         loads: dict[Hashable, float | None] = {}
