@@ -30,7 +30,7 @@ from tests.integration.test_signals_prometheus import (
 )
 from understudy.engine.model import MISSING, ReadingStatus, Samples
 from understudy.signals.promql import Target
-from understudy.signals.reader import SignalReader
+from understudy.signals.reader import PLANS_KEPT, SignalReader
 
 WORKLOAD = "rec-small"
 SOLO = target("solo", WORKLOAD, WORKLOAD, (P99, ERRORS))
@@ -132,13 +132,18 @@ def test_reads_at_an_instant_neither_use_nor_feed_the_grace(prom: PrometheusServ
         assert read_solo(reader) == ok  # and that failure did not use up the grace of the live reads
 
 
-def test_only_the_latest_plan_is_remembered(prom: PrometheusServer) -> None:
-    wider = dataclasses.replace(SOLO, window=20.0)  # another window: other queries
+def test_batches_taking_turns_keep_their_grace_until_their_plan_is_evicted(prom: PrometheusServer) -> None:
+    others = [dataclasses.replace(SOLO, window=w) for w in (20.0, 30.0, 40.0, 50.0)]  # other queries each
     with SignalReader(prom.url, timeout=1.0) as reader:
         assert statuses(read_solo(reader)) == {ReadingStatus.OK}
-        assert statuses(read_solo(reader, targets=[wider])) == {ReadingStatus.OK}
+        assert statuses(read_solo(reader, targets=others[:1])) == {ReadingStatus.OK}
+        for other in others[1:]:
+            assert statuses(read_solo(reader, targets=[other])) == {ReadingStatus.OK}
         prom.stop()
-        assert missing(read_solo(reader))  # its queries were dropped when the other plan replaced them
+        assert statuses(read_solo(reader, targets=others[2:3])) == {ReadingStatus.OK}  # cached, not latest
+        assert statuses(read_solo(reader, targets=others[3:])) == {ReadingStatus.OK}
+        assert missing(read_solo(reader))  # its plan was evicted by newer batches, and its results with it
+    assert PLANS_KEPT == 4
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
