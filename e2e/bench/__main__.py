@@ -146,8 +146,8 @@ def render(results: dict[str, Any], failures: dict[str, str], m0: dict[str, Any]
     if failures:
         out += ["**Could not run:** " + "; ".join(f"{k}: {v}" for k, v in failures.items()), ""]
     out += ["## Goals", "", _goal_rows(summary(results, total)), "",
-            "Details, method and the figures behind each line follow; what the profile and the runs point at in "
-            "other modules is at the end.", ""]
+            "Details, method and the figures behind each line follow; what the first run found and what changed "
+            "since is at the end.", ""]
 
     out += ["## 1. Reaction time", ""]
     r = results.get("reaction")
@@ -229,9 +229,8 @@ def render(results: dict[str, Any], failures: dict[str, str], m0: dict[str, Any]
             f"timeout) watching one namespace; policies created cumulatively with {scale.CREATE_WORKERS} "
             f"concurrent creates, the operator restarted for each size (so RSS is one size's). Policies share "
             f"the {scale.GROUPS} workload groups of the synthetic mesh and one VirtualService per group; "
-            f"`interval: 5s`, `window: 1m`; policies p-0..p-99 use tripAfter 2 / recoverAfter 6, the rest "
-            "tripAfter 1 / recoverAfter 1 (see the finding below: recoverAfter 6 would cost 6 status writes per "
-            "new policy, beyond this run's budget at 5,000). Warm-up lasts until every policy has been "
+            f"`interval: 5s`, `window: 1m`, tripAfter 2, recoverAfter 6, two triggers (p99 latency, error "
+            "ratio), three tiers. Warm-up lasts until every policy has been "
             "evaluated and writes have stopped for more than an interval (or a deadline). Then a steady window "
             "with everything healthy; the steady window is 5 minutes at the largest size and shorter for the "
             "small ones, to fit the 20-minute budget. Counters from the operator's /metrics, CPU from "
@@ -260,7 +259,7 @@ def render(results: dict[str, Any], failures: dict[str, str], m0: dict[str, Any]
     p = results.get("profile")
     if p is not None:
         out += [f"`Evaluator.cycle` in-process over the {p.policies:,} policies the scale run left, with "
-                f"{p.profiler}: the same snapshots kopf's index holds, a real SignalReader, real API calls. "
+                f"{p.profiler}: the same snapshots the operator's watch keeps, a real SignalReader, real API calls. "
                 "Own time per function, as a share of the cycle's wall time:", ""]
         for phase in p.phases:
             rep = phase.report
@@ -283,62 +282,26 @@ def render(results: dict[str, Any], failures: dict[str, str], m0: dict[str, Any]
     return "\n".join(out) + "\n"
 
 
-FINDINGS = """## Findings for other modules
+FINDINGS = """## What the first run found, and what changed
 
-Reported here, not fixed: the fixes belong to `engine`, `signals`, `audit`, `loop` and `handlers`. Figures
-quoted are from the tables above (this run).
+The first full run (2026-11-25 19:20 UTC, same machine, 28.9 min) met the reaction, batching, query-count
+and steady-write goals and missed three: CPU per interval at 5,000 policies 2.81 s (goal 1 s), RSS peak
+557 MiB (goal 300 MiB), and the whole run (goal 20 min), of which 755 s went to warming up 5,000 policies.
+What its profile and a live `py-spy` sample of the operator pointed at, and what was done:
 
-1. **Every new policy costs `recoverAfter` status writes, not one.** `engine/decide.py` `_update_tier` counts
-   `clearStreak` up to `recoverAfter` on every healthy evaluation, tripped or not; `clearStreak` is part of the
-   "essential" engine state (`loop._essential` leaves out only `lastEvaluationMs` and `creepBuckets`), so every
-   step is a checkpoint and a status write in `loop.Evaluator._evaluate`. Evidence: the 100 policies with
-   `recoverAfter: 6` took 600 status writes to warm up, the 900 with `recoverAfter: 1` took 900 (scale table);
-   in-process, five fresh policies evaluated five times wrote 5 statuses per cycle, each patch only
-   `engine.tiers[*].clearStreak` 1 -> 2 -> 3 -> 4 -> 5 (with the accounting keys riding along). Steady state
-   does arrive after `recoverAfter` intervals (0 writes in every steady window). Suggested fix: keep
-   `clearStreak` at 0 for a tier that is neither tripped nor on probation (it decides nothing there), or leave
-   the streaks of untripped tiers out of `_essential`.
-2. **Status writes are serial inside one cycle, and slow at scale.** Warm-up writes are sequential PATCHes in
-   `Evaluator._write_status`: 900 took 36 s at 1,000 policies, 4,000 took 755 s at 5,000 (about 190 ms each,
-   against about 36 ms each for 200 policies in an in-process trial); cycles lasted 20-40 s meanwhile, so no policy was
-   evaluated more often than that: during a warm-up or a mass event, reaction time degrades to the length of
-   the cycle. Why a write got 5x slower at 5,000 policies was not isolated (candidates: the operator's own
-   kopf watch handling of each written object competing for the GIL with the evaluation thread; API-server
-   validation of the status). Suggested fix: decide for every due policy first, then send the cycle's writes
-   through a small thread pool (per policy the order stays status -> routing -> Events), and cap the writes
-   per cycle so evaluation keeps its interval. This warm-up is also what keeps `make bench` over its 20-minute
-   budget.
-3. **Steady-state CPU at 5,000 policies is 2.8 s per 5 s interval** (goal 1 s). The profile of a steady cycle
-   (no writes) names three costs in the operator's own code:
-   - `signals.promql.plan_queries` re-plans every policy every cycle: 21-42% of the cycle, most of it
-     `_Group.__hash__` (a frozen dataclass holding `MetricNames`, hashed field by field for every tier x trigger
-     of every policy: `members.setdefault(...)`, `rendered[group]`) and the `_builtin` lru_cache key hashing
-     `Trigger`. Suggested fix: plan once per policy generation (keep each target's groups and series in
-     `loop.Compiled`) and only merge per cycle; or give `_Group` a cached hash.
-   - `audit.status.build_status` (14-20%), of which `_without_nulls` is 9-12%: it walks the whole previous
-     `engine` state (48 creep buckets) on every evaluation even when no new engine state is written. Suggested
-     fix: when `engine is None`, carry `previous["engine"]` over as it is (it came from the server and holds no
-     nulls).
-   - `engine.decide` itself: 17-25% (about 110 us per policy under the profiler; the engine benchmark gives
-     50 us on an idle core).
-   The cold cycle (fresh runtimes, e.g. after a restart) is 30 s at 5,000 policies, 70% of it one GET of the
-   VirtualService per policy (`rt.routed = None` forces `IstioBackend.apply`): reads, not writes, but serial;
-   they belong in the same worker pool as (2). Large own times at unlikely places (`loop.py:207`, the `due`
-   list comprehension; `__hash__` at 0.2 s in one steady cycle and 1.0 s in the next) look like cyclic-GC
-   pauses over the many small objects 5,000 policies keep; `gc.freeze()` after loading the runtimes is worth a
-   try (a hypothesis, not measured).
-4. **RSS is about 55 KB per policy: 490 MiB at 5,000 (peak 557 MiB during warm-up), goal 300 MiB.** The
-   operator keeps each policy several times: kopf's index holds deep copies of spec and status
-   (`handlers.policy_index`), `Runtime.status` is another copy, plus the compiled pydantic spec and the engine
-   policy. Suggested fix: index only what the loop needs (generation, resourceVersion, spec, and the status
-   fields `build_status` reads), and keep one copy of status per policy.
-5. **A Prometheus hiccup costs a write and an Event per policy, twice.** In a trial run with the scenario's 1 s
-   query timeout on a heavily loaded machine (load average 15-29), the batched latency query timed out
-   (`Prometheus query failed ... timeout` in the operator log) and the policies it served went
-   `MetricsAvailable=False` with Events. At 5,000 policies one slow query is then up to 10,000 status writes
-   and 10,000 Events (missing, then restored). Suggested fix: a failed *batched* query keeps the previous
-   readings for one more cycle before they count as missing (a grace per query, not per policy); and the
-   benchmarks run the operator with its default 2 s timeout, under which no query failed.
+| Finding | Change | Before -> after |
+|---|---|---|
+| Warm-up of 5,000 policies took 755 s. A live sample showed kopf's main thread busy in its index-readiness bookkeeping: until every object is indexed once, each new object wakes every per-object worker waiting for readiness, so start-up grew quadratically. | `handlers`: the operator keeps its own snapshots from `kopf.on.event` handlers instead of `kopf.index`; the event loop copies them only when a counter says something changed. | warm-up 755 s -> 80 s (`python -m e2e.bench.scale 5000:60`) |
+| Status writes went out one by one inside a cycle. | `loop`: a cycle decides for every due policy first, then writes through 8 workers, policies sharing a routing object in one worker (status, routing, Events in that order per policy). | part of the warm-up figure above |
+| Every new policy wrote its status `recoverAfter` times (clear streaks of untripped tiers were "essential"). | those streaks now wait for the next checkpoint. | 6 writes -> 1 per new policy |
+| RSS about 55 KB per policy: deep copies of spec and status in kopf's index, the validated pydantic spec kept per policy. | snapshots hold spec and status as JSON text, parsed only when a policy is new or changes; the pydantic model is dropped after compiling. | RSS at 5,000: 557 MiB -> 276-282 MiB |
+| Re-planning every policy's PromQL every cycle (21-42% of a cycle). | the reader reuses the plans of the last four batches (identity of the targets), and policies of one interval fall due together on a shared grid, so the batch recurs. | planning 5,000 policies: 342 ms -> 0.3 ms |
+| Cycle times alternated between about 0.85 s and 1.3 s: full cyclic-GC passes over the large, long-lived working set. | `handlers.GC_THRESHOLDS`: young collections every 50,000 allocations, a full collection every 10 minutes instead of automatic ones. | in-process steady cycle: 0.84-1.39 s -> 0.65-0.72 s CPU |
+| `decide` hashed the whole Policy to find its cached plan (and the bounded cache would thrash at thousands of distinct policies); the loop serialised the engine state and rebuilt status on every evaluation. | plan cached per Policy object by identity; essential state compared on the dataclasses; status not rebuilt while its inputs match the last evaluation that needed no write; steady policies republish no metrics. | in-process steady cycle: 0.65 s -> 0.44-0.47 s CPU |
+| One slow batched query turned every policy it serves to MetricsMissing and back (thousands of writes and Events). | the reader bridges one failed query with its previous result (still counted and logged as an error). | tests/integration/test_signals_grace.py |
+
+The in-process figures come from the same 5,000 policies on the real API server and Prometheus, timing
+`Evaluator.cycle` with `time.process_time()` (no profiler); the tables above are the live operator's.
 """
 
 

@@ -45,11 +45,6 @@ QUERY_TIMEOUT = "2"
 INTERVAL = 5.0
 CREATE_WORKERS = 16
 DEFAULT_PLAN = ((100, 30.0), (1000, 60.0), (5000, 300.0))
-FULL_HYSTERESIS = 100
-"""Policies p-0 .. p-99 use tripAfter 2 / recoverAfter 6; the rest tripAfter 1 / recoverAfter 1. While a
-tier's clearStreak climbs to recoverAfter the engine state changes on every evaluation, and the operator
-writes it each time (see docs/benchmarks.md): recoverAfter 6 costs six status writes per new policy, too
-many to warm 5,000 policies up within the benchmark's budget. In steady state both kinds behave alike."""
 
 
 @dataclass
@@ -99,9 +94,7 @@ def create_policies(api: Any, start: int, end: int) -> int:
     custom = client.CustomObjectsApi(api)
 
     def create(i: int) -> int:
-        short = i >= FULL_HYSTERESIS
-        body = fleet_policy(f"p-{i}", NAMESPACE, PREFIX, i % GROUPS, interval=f"{INTERVAL:g}s",
-                            trip_after=1 if short else 2, recover_after=1 if short else 6)
+        body = fleet_policy(f"p-{i}", NAMESPACE, PREFIX, i % GROUPS, interval=f"{INTERVAL:g}s")
         for attempt in range(5):
             try:
                 custom.create_namespaced_custom_object("understudy.dev", "v1alpha1", NAMESPACE,

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -69,6 +70,9 @@ PLURAL = "fallbackpolicies"
 ACCOUNTING_FIELDS = ("last_evaluation_ms", "creep_buckets")
 """Parts of the engine state that move on every evaluation. They are checkpointed (see
 `Evaluator.checkpoint_seconds`), not written each cycle, so a steady state causes no API writes."""
+HOT_STATUS_FIELDS = ("primaryRevision", "lastKnownGoodRevision", "drill", "lastDrills", "scaledTiers")
+"""Status fields read on every evaluation; the rest of a policy's status stays JSON text until needed, which
+at thousands of policies with full histories and creep windows is most of the operator's memory."""
 _ESSENTIAL_FIELDS = tuple(f.name for f in fields(State) if f.name not in (*ACCOUNTING_FIELDS, "tiers"))
 _TIER_FIELDS = tuple(f.name for f in fields(TierState) if f.name != "clear_streak")
 
@@ -77,8 +81,9 @@ _TIER_FIELDS = tuple(f.name for f in fields(TierState) if f.name != "clear_strea
 class PolicySnapshot:
     """What the kopf index keeps of one FallbackPolicy.
 
-    Spec and status are kept as JSON text: the loop parses them only when a policy is new or its
-    generation changes, and a string costs a tenth of the nested dicts at thousands of policies.
+    Spec is kept as JSON text and status as compressed JSON (see `pack`): the loop parses them only when a
+    policy is new or its generation changes, and at thousands of policies the nested dicts would cost ten
+    times the memory.
     """
 
     namespace: str
@@ -87,14 +92,14 @@ class PolicySnapshot:
     generation: int
     resource_version: str
     spec_json: str
-    status_json: str
+    status_packed: bytes
     created: float = 0.0
     """metadata.creationTimestamp as epoch seconds: a drill's first period counts from it."""
 
     @classmethod
     def of(cls, namespace: str, name: str, uid: str, generation: int, resource_version: str,
            spec: Mapping[str, Any], status: Mapping[str, Any], created: float = 0.0) -> PolicySnapshot:
-        return cls(namespace, name, uid, generation, resource_version, _compact(spec), _compact(status), created)
+        return cls(namespace, name, uid, generation, resource_version, _compact(spec), pack(status), created)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -102,11 +107,20 @@ class PolicySnapshot:
 
     @property
     def status(self) -> dict[str, Any]:
-        return dict(json.loads(self.status_json))
+        return unpack(self.status_packed)
 
 
 def _compact(value: Mapping[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def pack(value: Mapping[str, Any]) -> bytes:
+    """Compressed JSON: a status with a full history and creep window is about 8 KB of text, 2 KB packed."""
+    return zlib.compress(_compact(value).encode(), 1)
+
+
+def unpack(packed: bytes) -> dict[str, Any]:
+    return dict(json.loads(zlib.decompress(packed)))
 
 
 @dataclass(frozen=True)
@@ -177,7 +191,10 @@ class Runtime:
     compiled: Compiled | None
     invalid: str | None
     state: State | None
-    status: dict[str, Any]
+    status_packed: bytes
+    """The status as last read or written (see `pack`): unpacked only when a new status is built."""
+    hot: dict[str, Any]
+    """The status fields every evaluation reads (HOT_STATUS_FIELDS), kept parsed."""
     resource_version: str
     backend: RoutingBackend | None
     next_due: float = 0.0
@@ -189,6 +206,15 @@ class Runtime:
     frozen: bool = False
     unchanged_by: tuple[Any, ...] | None = None
     """The inputs of the last evaluation that found status already right (reset whenever status changes)."""
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return unpack(self.status_packed)
+
+    def set_status(self, status: Mapping[str, Any]) -> None:
+        self.status_packed = pack(status)
+        self.hot = {k: status[k] for k in HOT_STATUS_FIELDS if k in status}
+        self.unchanged_by = None
 
 
 @dataclass
@@ -220,7 +246,8 @@ class Effects:
     decision: Decision
     routed: Decision
     """The decision as routed: a running drill overrides the weights."""
-    status: dict[str, Any]
+    patch: dict[str, Any] | None
+    """The status merge patch (None: status is already right)."""
     moment: datetime
     essential: Essential
     checkpoint: bool
@@ -311,9 +338,10 @@ class Evaluator:
             state, restored = self._restore_state(compiled.policy, status.get("engine"))
         rt = Runtime(
             uid=snap.uid, generation=snap.generation, compiled=compiled, invalid=invalid, state=state,
-            status=status, resource_version=snap.resource_version,
+            status_packed=b"", hot={}, resource_version=snap.resource_version,
             backend=backend_for(self.api, compiled.routing, compiled.policy.tiers) if compiled else None,
         )
+        rt.set_status(status)
         rt.persisted_essential = _essential(state) if state is not None and restored else None
         rt.frozen = bool(state and state.creep_exceeded and compiled
                          and compiled.policy.creep_action is CreepAction.FREEZE)
@@ -324,7 +352,7 @@ class Evaluator:
         compiled, invalid = self._compile(snap)
         rt.generation, rt.compiled, rt.invalid = snap.generation, compiled, invalid
         rt.resource_version = snap.resource_version
-        rt.status, rt.unchanged_by = dict(snap.status or {}), None
+        rt.set_status(snap.status)
         rt.next_due = 0.0
         if compiled is None:
             return
@@ -390,8 +418,8 @@ class Evaluator:
             decision = replace(decision, audit=decision.audit + tuple(shell_records))
 
         moment = datetime.fromtimestamp(now, timezone.utc)
-        revision = _primary_revision(rt.status, primary, moment)
-        lkg = _last_known_good(rt.status, revision, decision, policy.creep_window, now)
+        revision = _primary_revision(rt.hot, primary, moment)
+        lkg = _last_known_good(rt.hot, revision, decision, policy.creep_window, now)
         essential = _essential(decision.state)
         window_has_fallback = any(b.off_primary_ms for b in decision.state.creep_buckets)
         checkpoint = essential != rt.persisted_essential or (
@@ -407,15 +435,17 @@ class Evaluator:
         if quiet and rt.unchanged_by == inputs:
             self._settle_quietly(rt, snap, decision, essential, now)
             return None
-        status = build_status(rt.status, decision, rt.generation, moment, ready, lkg,
+        previous = rt.status
+        status = build_status(previous, decision, rt.generation, moment, ready, lkg,
                               engine=state_to_status(decision.state) if checkpoint else None)
         if revision is not None:
             status["primaryRevision"] = revision
         if scaled is not None:
             status["scaledTiers"] = scaled
-        _record_drill(rt.status, status, drill, moment)
-        effects = Effects(key, rt, snap, decision, routed, status, moment, essential, checkpoint, now)
-        if not quiet or status_patch(rt.status, status) is not None:
+        _record_drill(previous, status, drill, moment)
+        patch = status_patch(previous, status)
+        effects = Effects(key, rt, snap, decision, routed, patch, moment, essential, checkpoint, now)
+        if not quiet or patch is not None:
             return effects
         rt.unchanged_by = inputs
         self._settle_quietly(rt, snap, decision, essential, now)
@@ -462,7 +492,7 @@ class Evaluator:
 
     def _apply(self, e: Effects, report: CycleReport) -> None:
         rt, snap, decision = e.rt, e.snap, e.decision
-        if not self._write_status(e.key, rt, snap, e.status, report):
+        if not self._write_patch(e.key, rt, snap, e.patch, report):
             return  # someone else moved the policy on: forget this decision, reload next cycle
         _settle(rt, decision, e.essential, e.checkpoint, e.now)
         routing_records = self._route(rt, snap, e.routed, report)
@@ -486,12 +516,12 @@ class Evaluator:
     def _drill(rt: Runtime, snap: PolicySnapshot, policy: Policy, decision: Decision, samples: Samples,
                now: float) -> DrillStep:
         assert rt.compiled is not None
-        if not rt.compiled.drills and not rt.status.get("drill"):
+        if not rt.compiled.drills and not rt.hot.get("drill"):
             return DrillStep(None, None, None, ())
-        running = rt.status.get("drill")
+        running = rt.hot.get("drill")
         run = None if not running else DrillRun(running["tier"], int(running["share"]),
                                                 _epoch(running["startedAt"]), _epoch(running["endsAt"]))
-        last = {o["tier"]: _epoch(o["time"]) for o in rt.status.get("lastDrills") or []}
+        last = {o["tier"]: _epoch(o["time"]) for o in rt.hot.get("lastDrills") or []}
         return step_drills(rt.compiled.drills, policy, decision, samples, run, last, snap.created, now)
 
     def _ready(self, rt: Runtime) -> tuple[bool, str, str]:
@@ -528,7 +558,10 @@ class Evaluator:
 
     def _write_status(self, key: Hashable, rt: Runtime, snap: PolicySnapshot, status: dict[str, Any],
                       report: CycleReport) -> bool:
-        patch = status_patch(rt.status, status)
+        return self._write_patch(key, rt, snap, status_patch(rt.status, status), report)
+
+    def _write_patch(self, key: Hashable, rt: Runtime, snap: PolicySnapshot, patch: dict[str, Any] | None,
+                     report: CycleReport) -> bool:
         if patch is None:
             return True
         patch["metadata"] = {"resourceVersion": rt.resource_version}
@@ -544,7 +577,7 @@ class Evaluator:
         report.status_writes += 1
         self.metrics.api_write("FallbackPolicyStatus")
         body = written if isinstance(written, dict) else written.to_dict()
-        rt.status, rt.unchanged_by = dict(body.get("status") or status), None
+        rt.set_status(body.get("status") or {})  # the API server answers a status patch with the object
         rt.resource_version = body["metadata"]["resourceVersion"]
         return True
 
@@ -556,7 +589,7 @@ class Evaluator:
         Returns the new status.scaledTiers (the replica counts to return to) and what to audit.
         """
         assert rt.compiled is not None
-        scaled = {e["tier"]: int(e["replicas"]) for e in rt.status.get("scaledTiers") or []}
+        scaled = {e["tier"]: int(e["replicas"]) for e in rt.hot.get("scaledTiers") or []}
         records: list[AuditRecord] = []
         weights = dict(decision.weights)
         settled = decision.active_tier == PRIMARY and decision.state.restore_tier is None
@@ -602,7 +635,7 @@ class Evaluator:
         if action is not CreepAction.ROLLBACK_PRIMARY:
             return []
         deployment = rt.compiled.policy.tiers[0].deployment
-        good = rt.status.get("lastKnownGoodRevision")
+        good = rt.hot.get("lastKnownGoodRevision")
         if not good:
             return [AuditRecord(reason="RollbackFailed", tier=PRIMARY,
                                 message=f"Fallback ratio {ratio} is over budget, but no healthy revision of "
@@ -622,12 +655,13 @@ class Evaluator:
         """A spec the models reject gets Ready=False and one Event per generation; it never stops others."""
         ready = {"type": "Ready", "status": "False", "reason": "InvalidPolicy", "message": rt.invalid or "",
                  "observedGeneration": rt.generation}
-        conditions = [c for c in rt.status.get("conditions") or [] if c.get("type") != "Ready"]
-        previous = next((c for c in rt.status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        current = rt.status
+        conditions = [c for c in current.get("conditions") or [] if c.get("type") != "Ready"]
+        previous = next((c for c in current.get("conditions") or [] if c.get("type") == "Ready"), None)
         if previous and all(previous.get(k) == v for k, v in ready.items()):
             return
         stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        status = {**rt.status, "observedGeneration": rt.generation,
+        status = {**current, "observedGeneration": rt.generation,
                   "conditions": [*conditions, {**ready, "lastTransitionTime": stamp}]}
         if self._write_status(key, rt, snap, status, report):
             self.recorder.record(ObjectRef(snap.name, snap.namespace, snap.uid),

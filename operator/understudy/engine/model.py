@@ -110,7 +110,7 @@ class ReadingStatus(str, Enum):
     """Fewer requests in the window than the trigger's minimum: neither trips nor recovers."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reading:
     status: ReadingStatus
     value: float | None = None

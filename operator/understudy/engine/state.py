@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from understudy.engine.model import Policy
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TierState:
     name: str
     breach_streak: int = 0
@@ -28,7 +28,7 @@ class TierState:
     """A CapacityInsufficient episode is open for this tier."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CreepBucket:
     """Time observed in one slice of the creep window; `index` is epoch_ms // bucket width."""
 
@@ -37,7 +37,7 @@ class CreepBucket:
     observed_ms: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class State:
     weights: tuple[tuple[str, int], ...]
     """Every tier in policy order with its percent; in Observe mode the weights the policy would set."""
