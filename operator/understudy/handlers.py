@@ -33,7 +33,8 @@ REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 GC_THRESHOLDS = (50_000, 20, 1_000)
 """Young collections every 50,000 net allocations instead of 700, and (in practice) no automatic full
 collection: thousands of policies keep a large, long-lived and acyclic working set that every full
-collection walks again for nothing (a third of a steady cycle's CPU at 5,000 policies)."""
+collection walks again for nothing (in-process, a steady cycle over 5,000 policies took 0.84-1.39 s of CPU
+with the default thresholds and 0.70-0.80 s with these)."""
 FULL_COLLECTION_SECONDS = 600.0
 """A full collection at this pace instead, between cycles, still frees whatever cyclic garbage aged."""
 

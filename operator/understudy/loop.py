@@ -115,7 +115,7 @@ def _compact(value: Mapping[str, Any]) -> str:
 
 
 def pack(value: Mapping[str, Any]) -> bytes:
-    """Compressed JSON: a status with a full history and creep window is about 8 KB of text, 2 KB packed."""
+    """Compressed JSON: a status with a full history and creep window is about 7.8 KB of text, 0.9 KB packed."""
     return zlib.compress(_compact(value).encode(), 1)
 
 
