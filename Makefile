@@ -51,8 +51,10 @@ demo: venv system-deps binaries
 bench: venv system-deps binaries
 	$(BIN)/python -m e2e.bench
 
+# A control plane that stays up, with the playground of docs/tutorial.md beside it: the FallbackPolicy CRD,
+# Prometheus, three model servers and traffic in namespace ml (MODELS=0: CRD and Prometheus only).
 cluster-up: venv system-deps binaries
-	$(BIN)/python -m e2e.harness up
+	$(BIN)/python -m e2e.harness up $(if $(filter 0,$(MODELS)),--no-models)
 
 cluster-down: venv
 	$(BIN)/python -m e2e.harness down

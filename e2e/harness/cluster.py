@@ -35,7 +35,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO_ROOT / "e2e" / "controlplane" / "versions.env"
-STATE_DIR = REPO_ROOT / ".e2e"
+# Where `make cluster-up` records its cluster; UNDERSTUDY_STATE_DIR moves it (a test's own directory).
+STATE_DIR = Path(os.environ.get("UNDERSTUDY_STATE_DIR") or REPO_ROOT / ".e2e")
 DEFAULT_ENV_FILE = STATE_DIR / "env"
 STATE_FILE = STATE_DIR / "cluster.json"
 
