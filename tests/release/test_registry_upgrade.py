@@ -63,7 +63,7 @@ def documented_commands(heading: str) -> str:
     return str(blocks[-1])
 
 
-def run_documented(cp: ControlPlane, heading: str, workdir: Path, env: dict[str, str]) -> str:
+def run_documented(cp: ControlPlane, heading: str, workdir: Path, env: dict[str, str]) -> None:
     """Run the page's commands in bash as the cluster admin; `--plain-http` is what the page says a
     registry without TLS needs, added to every helm command that reads the chart."""
     script = re.sub(r'(helm (?:show crds|install|upgrade) [^\n]*?"\$CHART")', r"\1 --plain-http",
@@ -71,7 +71,6 @@ def run_documented(cp: ControlPlane, heading: str, workdir: Path, env: dict[str,
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workdir, capture_output=True, text=True,
                           env={**cp.subprocess_env(), **env}, timeout=300)
     assert done.returncode == 0, f"{heading} as documented failed:\n{script}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def previous_release_chart(tmp_path: Path) -> Path:
