@@ -277,6 +277,18 @@ def test_rendered_command_line_is_what_understudy_run_accepts(control_plane: Con
         assert args.namespace == [] and args.query_timeout == 2.0
 
 
+def test_custom_promql_values_reach_the_operators_flags(control_plane: ControlPlane) -> None:
+    def parsed(*values: str) -> Any:
+        (deployment,) = of_kind(render(control_plane, "understudy", "understudy-system", *values), "Deployment")
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        return build_parser().parse_args([*container["command"][1:], *container["args"]])
+
+    default = parsed()
+    assert default.confine_custom_promql is True and default.custom_promql_namespace_label is None
+    single_team = parsed("--set", "customPromQL.confineToNamespace=false", "--set", "customPromQL.namespaceLabel=namespace")
+    assert single_team.confine_custom_promql is False and single_team.custom_promql_namespace_label == "namespace"
+
+
 # ---- monitoring objects: the alerts are valid PromQL and fire when they should ----------------------------
 
 

@@ -73,7 +73,7 @@ def check_syntax(promql: str) -> None:
         raise PromQLError(f"query.promql is not valid PromQL: {error}") from None
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=16384)
 def confine(promql: str, label: str, namespace: str) -> str:
     """`promql` (placeholders already filled) with `label="namespace"` in every vector selector.
 
