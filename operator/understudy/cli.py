@@ -264,6 +264,13 @@ def add_run(subparsers: Subparsers) -> None:
     parser.add_argument("--lease-name", default="understudy-leader")
     parser.add_argument("--lease-namespace", default="default")
     parser.add_argument("--identity", default=None, help="this replica's name in the Lease (default: host name)")
+    parser.add_argument("--confine-custom-promql", action=argparse.BooleanOptionalAction, default=True,
+                        help="hold every selector of a custom query to its policy's namespace (default: on; "
+                             "turn off only where one team writes every policy)")
+    parser.add_argument("--custom-promql-namespace-label", type=_name_matching(r"[a-zA-Z_][a-zA-Z0-9_]*", "label name"),
+                        default=None, metavar="LABEL",
+                        help="the label that carries a series' namespace, for every policy (default: each "
+                             "policy's spec.signals.namespaceLabel)")
     parser.set_defaults(func=run)
 
 
@@ -273,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
 
     from understudy.handlers import OperatorConfig
     from understudy.handlers import run as run_operator
+    from understudy.signals.confine import Confinement
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = OperatorConfig(
@@ -284,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
         lease_name=args.lease_name,
         lease_namespace=args.lease_namespace,
         identity=args.identity or socket.gethostname(),
+        confinement=Confinement(args.confine_custom_promql, args.custom_promql_namespace_label),
     )
     run_operator(config, args.namespace, liveness_port=args.liveness_port or None)
     return 0

@@ -24,6 +24,7 @@ from understudy.audit.events import EventRecorder
 from understudy.audit.metrics import OperatorMetrics
 from understudy.leader import LeaderElector, LeaseConfig
 from understudy.loop import GROUP, PLURAL, VERSION, DeploymentSnapshot, Evaluator, PolicySnapshot
+from understudy.signals.confine import Confinement
 from understudy.signals.reader import SignalReader
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class OperatorConfig:
     lease_namespace: str = "default"
     identity: str = socket.gethostname()
     checkpoint_seconds: float = 60.0
+    confinement: Confinement = Confinement()
 
 
 def api_client() -> client.ApiClient:
@@ -121,7 +123,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     metrics = OperatorMetrics()
     if cfg.metrics_port is not None:
         memo.metrics_server, _thread = metrics.serve(cfg.metrics_port, cfg.metrics_address)
-    reader = SignalReader(cfg.prometheus_url, timeout=cfg.query_timeout)
+    reader = SignalReader(cfg.prometheus_url, timeout=cfg.query_timeout, confinement=cfg.confinement)
     recorder = EventRecorder(client.EventsV1Api(api), instance=cfg.identity, metrics=metrics)
     evaluator = Evaluator(api, reader, recorder, metrics, checkpoint_seconds=cfg.checkpoint_seconds)
     elector = (LeaderElector(api, LeaseConfig(cfg.lease_name, cfg.lease_namespace, cfg.identity))

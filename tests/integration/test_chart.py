@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from understudy.cli import build_parser
@@ -38,6 +38,16 @@ INSTANCE = "app.kubernetes.io/instance"
 HA = ("--set", "replicaCount=2", "--set", "leaderElection.enabled=true")
 MONITORING = ("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
               "--set", "metrics.grafanaDashboard.enabled=true")
+NETWORK_POLICY = ("--set", "networkPolicy.enabled=true", "--set", "networkPolicy.apiServerCIDRs={198.51.100.1/32}",
+                  "--set-json", 'networkPolicy.prometheusPeers=[{"namespaceSelector": {"matchLabels": '
+                  '{"kubernetes.io/metadata.name": "monitoring"}}, "podSelector": {"matchLabels": '
+                  '{"app.kubernetes.io/name": "prometheus"}}}]')
+TENANT_ROLE = "rbac.authorization.k8s.io/aggregate-to-"
+"""Labels of the ClusterRoles that give tenants FallbackPolicies through edit/view: nothing for the operator."""
+
+
+def operator_roles(roles: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in roles if not any(k.startswith(TENANT_ROLE) for k in r["metadata"].get("labels", {}))]
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -140,7 +150,7 @@ def installed(control_plane: ControlPlane, namespace: str) -> Iterator[Callable[
 
 
 @pytest.mark.parametrize("values", [(), HA, ("--set", "watchNamespaces={ml,search}"), MONITORING,
-                                    (*HA, *MONITORING, "--set", "watchNamespaces={ml}",
+                                    (*HA, *MONITORING, *NETWORK_POLICY, "--set", "watchNamespaces={ml}",
                                      "--set", "rbac.kopfObservers=false")],
                          ids=["default", "ha", "namespaced", "monitoring", "everything"])
 def test_helm_lint_strict(control_plane: ControlPlane, values: tuple[str, ...]) -> None:
@@ -160,9 +170,11 @@ def test_helm_lint_strict(control_plane: ControlPlane, values: tuple[str, ...]) 
     ((*HA, "--set", "podDisruptionBudget.minAvailable=2"), "minAvailable"),
     (("--set", "extraArgs={leader-election}"), "extraArgs"),
     (("--set", "prometheus.queryTimeout=0.0"), "queryTimeout"),
+    (("--set", "networkPolicy.enabled=true"), "networkPolicy.apiServerCIDRs"),
+    (("--set", "customPromQL.namespaceLabel=not-a-label"), "namespaceLabel"),
 ], ids=["replicas-without-leader-election", "no-replicas", "typo", "root", "url-without-scheme",
         "bad-namespace", "servicemonitor-without-service", "undrainable-pdb", "arg-not-a-flag",
-        "zero-timeout-string"])
+        "zero-timeout-string", "network-policy-without-api-server", "promql-label-not-a-label"])
 def test_schema_and_templates_reject_bad_values(control_plane: ControlPlane, values: tuple[str, ...],
                                                 message: str) -> None:
     done = helm(control_plane, "template", "understudy", str(CHART), *values, check=False)
@@ -173,8 +185,10 @@ def test_schema_and_templates_reject_bad_values(control_plane: ControlPlane, val
 def test_default_render_is_secure_and_least_privilege(control_plane: ControlPlane) -> None:
     docs = render(control_plane, "understudy", "understudy-system")
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment",
-                     "Service", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
+                     "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+                     "ValidatingAdmissionPolicyBinding"]
     (deployment,) = of_kind(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -192,19 +206,27 @@ def test_default_render_is_secure_and_least_privilege(control_plane: ControlPlan
     observer = next(r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-observer"))
     assert observer["rules"] == [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
                                   "verbs": ["list", "watch"]}], "cluster-wide, kopf never lists namespaces"
-    for role in of_kind(docs, "ClusterRole"):
+    for role in operator_roles(of_kind(docs, "ClusterRole")):
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], (role["metadata"]["name"], rule)
             assert "secrets" not in rule["resources"]
             assert not {"delete", "deletecollection", "update", "escalate", "bind", "impersonate"} & set(rule["verbs"])
+    # Tenants get FallbackPolicies through edit/admin/view, never their status (the operator's alone).
+    tenant = {r["metadata"]["name"]: r["rules"] for r in of_kind(docs, "ClusterRole") if r not in operator_roles([r])}
+    assert {resource for rules in tenant.values() for rule in rules for resource in rule["resources"]} == {
+        "fallbackpolicies"}
+    assert "--no-confine-custom-promql" not in container["args"], "custom PromQL is confined by default"
 
 
 def test_namespaced_render_has_no_cluster_wide_workload_access(control_plane: ControlPlane) -> None:
     docs = render(control_plane, "understudy", "understudy-system", "--set", "watchNamespaces={ml,search}",
                   "--set", "rbac.kopfObservers=false")
-    assert of_kind(docs, "ClusterRole") == [] and of_kind(docs, "ClusterRoleBinding") == []
+    assert operator_roles(of_kind(docs, "ClusterRole")) == [] and of_kind(docs, "ClusterRoleBinding") == []
     assert sorted(r["metadata"]["namespace"] for r in of_kind(docs, "Role")) == ["ml", "search"]
+    for binding in of_kind(docs, "ValidatingAdmissionPolicyBinding"):  # never judges another release's policies
+        assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ml", "search"]}]
     assert sorted(b["metadata"]["namespace"] for b in of_kind(docs, "RoleBinding")) == ["ml", "search"]
     (container,) = of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
     assert [a for a in container["args"] if a.startswith("--namespace")] == ["--namespace=ml", "--namespace=search"]
@@ -253,6 +275,18 @@ def test_rendered_command_line_is_what_understudy_run_accepts(control_plane: Con
         assert args.namespace == ["ml", "search"] and args.query_timeout == 0.5
     else:
         assert args.namespace == [] and args.query_timeout == 2.0
+
+
+def test_custom_promql_values_reach_the_operators_flags(control_plane: ControlPlane) -> None:
+    def parsed(*values: str) -> Any:
+        (deployment,) = of_kind(render(control_plane, "understudy", "understudy-system", *values), "Deployment")
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        return build_parser().parse_args([*container["command"][1:], *container["args"]])
+
+    default = parsed()
+    assert default.confine_custom_promql is True and default.custom_promql_namespace_label is None
+    single_team = parsed("--set", "customPromQL.confineToNamespace=false", "--set", "customPromQL.namespaceLabel=namespace")
+    assert single_team.confine_custom_promql is False and single_team.custom_promql_namespace_label == "namespace"
 
 
 # ---- monitoring objects: the alerts are valid PromQL and fire when they should ----------------------------
@@ -370,8 +404,8 @@ def test_prometheus_rules_pass_promtool_and_fire_on_their_scenarios(control_plan
 # ---- the API server accepts what the chart renders -------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [(), (*HA, "--set", "metrics.grafanaDashboard.enabled=true")],
-                         ids=["default", "ha-with-dashboard"])
+@pytest.mark.parametrize("values", [(), (*HA, "--set", "metrics.grafanaDashboard.enabled=true"), NETWORK_POLICY],
+                         ids=["default", "ha-with-dashboard", "network-policy"])
 def test_rendered_objects_pass_server_side_dry_run(control_plane: ControlPlane, namespace: str,
                                                    values: tuple[str, ...]) -> None:
     out = helm(control_plane, "template", "understudy", str(CHART), "--namespace", namespace,
@@ -447,6 +481,10 @@ DENIED = [
     ("delete", "httproutes.gateway.networking.k8s.io", None), ("delete", "events.events.k8s.io", None),
     ("create", "events", None), ("patch", "replicasets.apps", None), ("create", "leases.coordination.k8s.io", None),
     ("create", "serviceaccounts", "token"),
+    # Never called by the operator (kopf lists and watches; a status patch answers with the object; rollback
+    # lists ReplicaSets): not granted.
+    ("get", "fallbackpolicies.understudy.dev", None), ("get", "fallbackpolicies.understudy.dev", "status"),
+    ("get", "replicasets.apps", None),
 ]
 
 
@@ -495,8 +533,9 @@ def test_namespaced_rbac_stops_at_the_watched_namespaces(
     assert not can_i(control_plane, user, "list", "customresourcedefinitions.apiextensions.k8s.io", None)
     rbac = client.RbacAuthorizationV1Api(kube_api)
     mine = f"{INSTANCE}=understudy"
-    assert rbac.list_cluster_role(label_selector=mine).items == []
-    assert rbac.list_cluster_role_binding(label_selector=mine).items == []
+    roles = [r for r in rbac.list_cluster_role(label_selector=mine).items if namespace in r.metadata.name]
+    assert [r.metadata.name for r in roles if not any(k.startswith(TENANT_ROLE) for k in r.metadata.labels)] == []
+    assert [b for b in rbac.list_cluster_role_binding(label_selector=mine).items if namespace in b.metadata.name] == []
 
 
 def test_upgrade_to_two_replicas_with_leader_election_then_uninstall_leaves_nothing(
@@ -535,9 +574,12 @@ def test_upgrade_to_two_replicas_with_leader_election_then_uninstall_leaves_noth
         )
         found = [f"{kind} {o.metadata.name}" for kind, lister in namespaced
                  for o in lister(namespace, label_selector=selector).items]
+        admission = client.AdmissionregistrationV1Api(kube_api)
         cluster = (("Role", rbac.list_role_for_all_namespaces),
                    ("RoleBinding", rbac.list_role_binding_for_all_namespaces),
-                   ("ClusterRole", rbac.list_cluster_role), ("ClusterRoleBinding", rbac.list_cluster_role_binding))
+                   ("ClusterRole", rbac.list_cluster_role), ("ClusterRoleBinding", rbac.list_cluster_role_binding),
+                   ("ValidatingAdmissionPolicy", admission.list_validating_admission_policy),
+                   ("ValidatingAdmissionPolicyBinding", admission.list_validating_admission_policy_binding))
         # Other tests' releases are also called "understudy": only objects bound to this namespace count.
         found += [f"{kind} {o.metadata.name}" for kind, lister in cluster
                   for o in lister(label_selector=selector).items
@@ -593,9 +635,10 @@ def test_get_fbp_shows_the_status_the_service_account_patched(
         "conditions": [{"type": "Ready", "status": "True", "reason": "Evaluating", "message": "evaluating",
                         "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}],
     }}
-    patched = as_operator("patch", "fbp", "recommender", "-n", other_namespace, "--subresource=status",
-                          "--type=merge", "-p", json.dumps(status))
-    assert patched.returncode == 0, patched.stderr
+    # The operator patches status without reading it first, as the operator does (kubectl would GET it).
+    with contextlib.closing(config.new_client_from_config(config_file=str(kubeconfig))) as operator_api:
+        client.CustomObjectsApi(operator_api).patch_namespaced_custom_object_status(
+            GROUP, VERSION, other_namespace, PLURAL, "recommender", status)
     # The same identity may not touch the spec, nor read anything outside the watched namespace.
     denied = as_operator("patch", "fbp", "recommender", "-n", other_namespace, "--type=merge",
                          "-p", '{"spec": {"mode": "Observe"}}')

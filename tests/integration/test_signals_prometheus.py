@@ -28,7 +28,7 @@ from understudy.engine.model import (
     Tier,
     Trigger,
 )
-from understudy.signals.promql import Target, plan_queries
+from understudy.signals.promql import MetricNames, Target, plan_queries
 from understudy.signals.reader import SignalReader
 
 NS = "ml"
@@ -183,7 +183,10 @@ def test_never_served_workload(sims: dict[str, ModelServer], reader: SignalReade
 
 
 def test_custom_query_and_ready_replicas(sims: dict[str, ModelServer], reader: SignalReader) -> None:
-    custom = target("custom", "rec-small", "rec-flaky", (CONFIDENCE, READY))
+    # The simulator's confidence histogram carries the namespace in `namespace`: custom queries are held
+    # to the policy's namespace label, so the policy names that label (spec.signals.namespaceLabel).
+    custom = target("custom", "rec-small", "rec-flaky", (CONFIDENCE, READY),
+                    metrics=MetricNames(namespace_label="namespace"))
     ready = {(NS, "rec-small"): (1, 4), (NS, "rec-flaky"): (0, 0)}
     samples = read_until(
         reader, [custom], lambda s: s["custom"].readings["primary"]["confidence"].status is ReadingStatus.OK, ready=ready

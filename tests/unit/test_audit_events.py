@@ -127,3 +127,80 @@ def test_event_names_are_valid_unique_and_fit() -> None:
     assert len(names) == 100
     for name in names:
         assert len(name) <= 253 and dns_subdomain.fullmatch(name), name
+
+
+# ---- the Event budget per policy ------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reasons(api: FakeEventsApi) -> list[str]:
+    return [body.reason for _, body in api.created]
+
+
+FLAP = AuditRecord("TierTripped", "primary breached flap", tier="primary", trigger="flap", observed=1, threshold=0.5)
+CALM = AuditRecord("TierRecovered", "primary is clear of flap", tier="primary", trigger="flap")
+
+
+def test_a_flapping_policy_gets_its_burst_then_one_summary_with_the_count() -> None:
+    from understudy.audit.events import EventBudget
+
+    api, clock, metrics = FakeEventsApi(), Clock(), OperatorMetrics()
+    recorder = EventRecorder(api, instance="u", budget=EventBudget(burst=3, refill_seconds=30), clock=clock,  # type: ignore[arg-type]
+                             metrics=metrics)
+    neighbour = ObjectRef(name="neighbour", namespace="ml")
+    for i in range(10):
+        recorder.record(REF, FLAP if i % 2 == 0 else CALM, NOW)
+    recorder.record(neighbour, TRIP, NOW)  # another policy's budget is its own
+    assert reasons(api) == ["TierTripped", "TierRecovered", "TierTripped", "FallbackActivated"]
+    assert metrics.events_suppressed.labels("TierTripped")._value.get() == 3
+    assert metrics.events_suppressed.labels("TierRecovered")._value.get() == 4
+
+    clock.now += 9.9  # not quite one token (3 per 30 s)
+    recorder.record(REF, FLAP, NOW)
+    assert len(api.created) == 4
+    clock.now += 0.2
+    recorder.record(REF, CALM, NOW)  # one token: the summary takes it, the record is counted
+    assert reasons(api)[4:] == ["EventsSuppressed"]
+    summary = api.created[4][1]
+    assert summary.type == "Warning" and summary.regarding.name == "recommender"
+    assert summary.note.startswith("8 Events of this policy were not posted since 2026-11-25T18:00:00Z: more "
+                                   "than 3 within 30s (TierRecovered 4, TierTripped 4);")
+    clock.now += 30
+    recorder.record(REF, FLAP, NOW)  # the record counted above is summarised before the next one
+    assert reasons(api)[5:] == ["EventsSuppressed", "TierTripped"]
+    assert "1 Events of this policy were not posted" in api.created[5][1].note
+
+
+def test_flush_posts_the_summary_of_a_policy_that_went_quiet_and_forgets_idle_buckets() -> None:
+    from understudy.audit.events import EventBudget
+
+    api, clock = FakeEventsApi(), Clock()
+    recorder = EventRecorder(api, instance="u", budget=EventBudget(burst=2, refill_seconds=10), clock=clock)  # type: ignore[arg-type]
+    for _ in range(5):
+        recorder.record(REF, FLAP, NOW)
+    recorder.flush(NOW)
+    assert reasons(api) == ["TierTripped", "TierTripped"]
+    clock.now += 5
+    recorder.flush(NOW)
+    assert reasons(api) == ["TierTripped", "TierTripped", "EventsSuppressed"]
+    recorder.flush(NOW)
+    assert len(api.created) == 3  # once
+    clock.now += 60
+    recorder.flush(NOW)
+    assert recorder._buckets == {}
+
+
+def test_a_budget_needs_room_for_an_event_and_its_summary() -> None:
+    from understudy.audit.events import EventBudget
+
+    with pytest.raises(ValueError):
+        EventBudget(burst=1)
+    with pytest.raises(ValueError):
+        EventBudget(refill_seconds=0)

@@ -56,3 +56,28 @@ def test_serve_exposes_the_private_registry() -> None:
     assert "understudy_prometheus_queries_total 1.0" in body
     assert "understudy_evaluation_cycle_duration_seconds_count 1.0" in body
     assert "python_gc" not in body
+
+
+def test_metrics_carry_names_and_states_never_what_a_tenant_measured() -> None:
+    """What another tenant (or whoever scrapes /metrics) learns of a policy: its namespace, name, tiers,
+    active tier, creep ratio and transition reasons. Never an observed value, a trigger, a query or a URL."""
+    from prometheus_client import generate_latest
+
+    m = OperatorMetrics()
+    secret = AuditRecord("FallbackActivated", 'primary breached peek (sum(model_secret{team="b"}))',
+                         tier="primary", trigger="peek-at-b", observed=4242.4242, threshold=0.5,
+                         from_tier="primary", to_tier="distilled")
+    m.observe_policy("ml", "rec", TIERS, "distilled", 0.25, (secret,))
+    m.event_suppressed("TierTripped")
+    text = generate_latest(m.registry).decode()
+    for leak in ("4242", "peek", "model_secret", "team", "http"):
+        assert leak not in text, leak
+    per_policy = {"understudy_active_tier": {"namespace", "policy", "tier"},
+                  "understudy_fallback_ratio": {"namespace", "policy"},
+                  "understudy_transitions": {"namespace", "policy", "reason"}}
+    for family in m.registry.collect():
+        for sample in family.samples:
+            if family.name in per_policy:
+                assert set(sample.labels) == per_policy[family.name], sample
+            else:
+                assert not {"namespace", "policy", "tier"} & set(sample.labels), sample

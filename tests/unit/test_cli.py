@@ -85,3 +85,14 @@ def test_installed_command_reads_stdin(command: list[str]) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stdout.startswith("<stdin>: FallbackPolicy recover-before-trip is invalid:")
     assert case.expect in done.stdout
+
+
+def test_promql_that_does_not_parse_is_reported_with_the_parsers_message(tmp_path: Path) -> None:
+    """The CRD cannot parse PromQL, so `validate` (and the operator, through the same models) does."""
+    case = next(c for c in VALID if c.path.stem == "query-above-cost")
+    manifest = tmp_path / "policy.yaml"
+    manifest.write_text(case.path.read_text().replace("[5m]))", "[5m])"))
+    status, output = run_validate(str(manifest))
+    assert status == 1
+    assert ("  spec.triggers[0].query.promql: query.promql is not valid PromQL: unclosed left parenthesis"
+            in output), output

@@ -19,6 +19,7 @@ from understudy.engine.model import (
     Tier,
     Trigger,
 )
+from understudy.signals.confine import Confinement
 from understudy.signals.promql import (
     MetricNames,
     QueryPlan,
@@ -167,7 +168,7 @@ def test_custom_placeholders_rendered_per_tier_and_deduplicated() -> None:
     )
     same = [Target(f"p{i}", "ml", policy("rec-large", "rec-small", (CONFIDENCE,))) for i in range(50)]
     other_ns = Target("q", "search", policy("rec-large", "rec-small", (CONFIDENCE,)))
-    plan = plan_queries(same + [other_ns])
+    plan = plan_queries(same + [other_ns], confinement=Confinement(enabled=False))
     # one per distinct (namespace, deployment): custom PromQL is the one signal that grows with policies
     assert len(plan.queries) == 4
     assert 'avg(model_confidence{workload="rec-small", namespace="ml", svc="rec-small-svc"})' in plan.queries
@@ -269,7 +270,8 @@ def test_ready_replicas() -> None:
 
 def test_custom_query_results() -> None:
     plan = plan_queries([Target("a", "ml", policy("a", "b", (CONFIDENCE,)))])
-    qa, qb = (render_custom(CONFIDENCE.promql or "", "ml", t) for t in policy("a", "b").tiers)
+    label = MetricNames().namespace_label  # custom queries are held to the namespace by default
+    qa, qb = (render_custom(CONFIDENCE.promql or "", "ml", t, label) for t in policy("a", "b").tiers)
     cases = [
         ([{"metric": {}, "value": [1.0, "0.7"]}], Reading.ok(0.7)),
         ([1.0, "0.4"], Reading.ok(0.4)),  # scalar result

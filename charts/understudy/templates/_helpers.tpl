@@ -53,10 +53,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 What the operator does to the objects of a watched namespace, derived from its API calls:
-- kopf indexes FallbackPolicies and Deployments: list and watch (get for parity with list, which
-  already returns every field);
-- loop.py writes status through the status subresource: patch (with a resourceVersion precondition);
-- rollback/deployment.py reads the Deployment, lists its ReplicaSets and patches the pod template;
+- kopf watches FallbackPolicies and Deployments: list and watch (no get: nothing reads one object);
+- loop.py writes status through the status subresource: patch (with a resourceVersion precondition; the
+  API server answers with the object, so nothing reads status back);
+- rollback/deployment.py reads the Deployment, lists (never gets) its ReplicaSets and patches the pod
+  template;
   routing/service.py reads the tiers' Deployments for their pod labels;
 - routing/service.py reads and patches the Service; routing/istio.py the VirtualService;
   routing/gatewayapi.py the HTTPRoute (JSON patches guarded by resourceVersion, never update/delete);
@@ -66,16 +67,16 @@ No Secrets, ConfigMaps, Pods or deletes anywhere.
 {{- define "understudy.workloadRules" -}}
 - apiGroups: ["understudy.dev"]
   resources: ["fallbackpolicies"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["understudy.dev"]
   resources: ["fallbackpolicies/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["apps"]
   resources: ["replicasets"]
-  verbs: ["get", "list"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "patch"]
@@ -93,4 +94,16 @@ No Secrets, ConfigMaps, Pods or deletes anywhere.
 {{/* Cluster-scoped objects get the release namespace in their name, so two releases never collide. */}}
 {{- define "understudy.clusterName" -}}
 {{- printf "%s-%s" (include "understudy.fullname" .) .Release.Namespace | trunc 253 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The namespaces an admission policy binding judges: every one cluster-wide, else the watched ones. */}}
+{{- define "understudy.admissionScope" -}}
+{{- if .Values.watchNamespaces }}
+matchResources:
+  namespaceSelector:
+    matchExpressions:
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values: {{ uniq .Values.watchNamespaces | toJson }}
+{{- end }}
 {{- end }}

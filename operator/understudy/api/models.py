@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from understudy.api.durations import parse_duration
 from understudy.engine.model import PRIMARY, CreepAction, Mode
 from understudy.engine.model import MissingData as OnMissingData
+from understudy.signals.confine import PromQLError, check_syntax
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -75,6 +76,15 @@ def _quantile(value: str) -> str:
 def _prometheus_url(value: str) -> str:
     if value and not PROMETHEUS_URL.match(value):
         raise rule_error("prometheusURL must be an http:// or https:// URL")
+    return value
+
+
+def _promql(value: str) -> str:
+    """The CRD cannot parse PromQL; the models (`understudy validate`, the operator) can."""
+    try:
+        check_syntax(value)
+    except PromQLError as error:
+        raise rule_error(str(error)) from None
     return value
 
 
@@ -210,7 +220,7 @@ class ReadyReplicasSignal(_Spec):
 
 
 class QuerySignal(_Spec):
-    promql: Annotated[str, Field(min_length=1, max_length=4096)]
+    promql: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_promql)]
     above: Threshold | None = None
     below: Threshold | None = None
 

@@ -3,7 +3,12 @@
 kopf posts core/v1 Events and creates a new object per call; we want the newer API's structured fields
 (`regarding`, `action`, `reportingController`, `eventTime`) so that `kubectl events --for
 fallbackpolicy/NAME` reads as the policy's audit trail. The engine already emits one record per episode,
-so the recorder posts every record it is given: no deduplication, no series.
+so the recorder posts every record it is given (no deduplication, no series) within a budget per policy:
+a token bucket (`EventBudget`) bounds what one flapping or hostile policy can write to etcd and to the
+operator's share of API Priority and Fairness. Records beyond the budget are counted, not posted, and the
+next Event the budget allows is preceded by one `EventsSuppressed` Warning that says how many of which
+reasons were dropped (status.history keeps the transitions either way). `flush` posts such summaries for
+policies that have gone quiet.
 
 Posting is best-effort: an Event that cannot be written is logged and counted, never raised, because a
 lost audit line must not stop the operator from moving traffic.
@@ -13,7 +18,11 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from dataclasses import dataclass
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Final
 
@@ -32,6 +41,34 @@ NOTE_LIMIT: Final = 1024
 _NAME_BASE: Final = 230
 """Room left for the policy's name in an Event name (at most 253) after `.<microseconds>.<random>`."""
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]+")
+SUPPRESSED: Final = "EventsSuppressed"
+PRUNE_EVERY: Final = 1024
+"""Records between sweeps of idle buckets, so memory follows the policies that post, not all that ever did."""
+
+
+@dataclass(frozen=True)
+class EventBudget:
+    """How many Events one policy may post: `burst` at once, refilled evenly over `refill_seconds`."""
+
+    burst: int = 30
+    refill_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.burst < 2 or self.refill_seconds <= 0:
+            raise ValueError("an Event budget needs a burst of at least 2 (one Event and its summary) and a "
+                             "positive refill time")
+
+    @property
+    def per_second(self) -> float:
+        return self.burst / self.refill_seconds
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+    suppressed: Counter[str] = field(default_factory=Counter)
+    since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +158,8 @@ class EventRecorder:
         controller: str = "understudy.dev/operator",
         metrics: OperatorMetrics | None = None,
         request_timeout: float = 5.0,
+        budget: EventBudget = EventBudget(),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not instance:
             raise ValueError("reportingInstance must not be empty: use the pod name or the lease holder id")
@@ -129,6 +168,12 @@ class EventRecorder:
         self._instance = instance[:128]
         self._metrics = metrics
         self._timeout = request_timeout
+        self._budget = budget
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._refs: dict[tuple[str, str], ObjectRef] = {}
+        self._lock = threading.Lock()
+        self._records = 0
 
     def event_for(self, policy_ref: ObjectRef, record: AuditRecord, now: datetime) -> EventsV1Event:
         """The Event that `record` is published as (separate from posting so it can be inspected)."""
@@ -152,7 +197,86 @@ class EventRecorder:
         )
 
     def record(self, policy_ref: ObjectRef, record: AuditRecord, now: datetime) -> None:
-        """Post `record` as an Event; failures are logged and counted, never raised."""
+        """Post `record` as an Event if the policy's budget allows; failures are logged and counted, never
+        raised. A summary of what the budget dropped goes first."""
+        key = (policy_ref.namespace, policy_ref.name)
+        with self._lock:
+            self._records += 1
+            if self._records % PRUNE_EVERY == 0:
+                self._prune()
+            bucket = self._refill(key)
+            summary = self._take_summary(key, bucket, policy_ref, now)
+            allowed = bucket.tokens >= 1
+            if allowed:
+                bucket.tokens -= 1
+            else:
+                if not bucket.suppressed:
+                    bucket.since = now
+                    log.warning("%s/%s posted %d Events within %gs; further Events are counted, not posted",
+                                key[0], key[1], self._budget.burst, self._budget.refill_seconds)
+                bucket.suppressed[record.reason] += 1
+                self._refs[key] = policy_ref
+        if summary is not None:
+            self._post(policy_ref, summary, now)
+        if allowed:
+            self._post(policy_ref, record, now)
+        elif self._metrics is not None:
+            self._metrics.event_suppressed(record.reason)
+
+    def flush(self, now: datetime) -> None:
+        """Post the summary of every policy whose budget has refilled since it was last suppressed, and
+        forget the buckets that are full again (a full bucket is a fresh one)."""
+        due: list[tuple[ObjectRef, AuditRecord]] = []
+        with self._lock:
+            for key in list(self._buckets):
+                bucket = self._refill(key)
+                ref = self._refs.get(key)
+                summary = self._take_summary(key, bucket, ref, now) if ref is not None else None
+                if summary is not None and ref is not None:
+                    due.append((ref, summary))
+            self._prune()
+        for ref, summary in due:
+            self._post(ref, summary, now)
+
+    def _prune(self) -> None:
+        """Forget buckets that are full and owe no summary: they behave as fresh ones (and deleted
+        policies leave nothing behind)."""
+        now = self._clock()
+        for key, bucket in list(self._buckets.items()):
+            full = bucket.tokens + (now - bucket.updated) * self._budget.per_second >= self._budget.burst
+            if full and not bucket.suppressed:
+                del self._buckets[key]
+
+    def _refill(self, key: tuple[str, str]) -> _Bucket:
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(tokens=float(self._budget.burst), updated=now)
+        bucket.tokens = min(float(self._budget.burst),
+                            bucket.tokens + (now - bucket.updated) * self._budget.per_second)
+        bucket.updated = now
+        return bucket
+
+    def _take_summary(self, key: tuple[str, str], bucket: _Bucket, ref: ObjectRef | None,
+                      now: datetime) -> AuditRecord | None:
+        """The EventsSuppressed record, paid for from the bucket, once it has a token to spare."""
+        if not bucket.suppressed or bucket.tokens < 1:
+            return None
+        bucket.tokens -= 1
+        counts = ", ".join(f"{reason} {n}" for reason, n in sorted(bucket.suppressed.items()))
+        total = sum(bucket.suppressed.values())
+        since = f" since {bucket.since:%Y-%m-%dT%H:%M:%SZ}" if bucket.since else ""
+        summary = AuditRecord(
+            SUPPRESSED,
+            f"{total} Events of this policy were not posted{since}: more than {self._budget.burst} within "
+            f"{self._budget.refill_seconds:g}s ({counts}); status.history keeps its transitions",
+        )
+        bucket.suppressed.clear()
+        bucket.since = None
+        self._refs.pop(key, None)
+        return summary
+
+    def _post(self, policy_ref: ObjectRef, record: AuditRecord, now: datetime) -> None:
         try:
             event = self.event_for(policy_ref, record, now)
             self._api.create_namespaced_event(policy_ref.namespace, event, _request_timeout=self._timeout)

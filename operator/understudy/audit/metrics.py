@@ -57,6 +57,9 @@ class OperatorMetrics:
             registry=r)
         self.events_failed = Counter(
             "understudy_events_failed", "Audit Events that could not be posted.", ["reason"], registry=r)
+        self.events_suppressed = Counter(
+            "understudy_events_suppressed", "Audit Events not posted because their policy's Event budget ran out.",
+            ["reason"], registry=r)
         self._lock = threading.Lock()
         self._tiers: dict[tuple[str, str], frozenset[str]] = {}
         self._reasons: dict[tuple[str, str], set[str]] = {}
@@ -111,6 +114,9 @@ class OperatorMetrics:
 
     def event_failed(self, reason: str) -> None:
         self.events_failed.labels(reason).inc()
+
+    def event_suppressed(self, reason: str) -> None:
+        self.events_suppressed.labels(reason).inc()
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:
         """Serve /metrics from a daemon thread; returns the server so tests can shut it down."""

@@ -53,6 +53,7 @@ REASONS: Final[dict[str, EventKind]] = {
     "RolledBack": EventKind(NORMAL, "Rollback"),
     "RollbackFailed": EventKind(WARNING, "Rollback"),
     "InvalidPolicy": EventKind(WARNING, "Validate"),
+    "EventsSuppressed": EventKind(WARNING, "Audit"),
     "DrillStarted": EventKind(NORMAL, "Drill"),
     "DrillPassed": EventKind(NORMAL, "Drill"),
     "DrillFailed": EventKind(WARNING, "Drill"),

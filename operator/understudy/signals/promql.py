@@ -6,6 +6,8 @@ prometheus-adapter serves many objects from one query, so the number of queries 
 with the number of policies. Custom `query` triggers are the one exception: their PromQL is written per tier
 (`$deployment`, `$namespace`, `$service`), so identical rendered queries are deduplicated but their count can
 grow with the number of policies.
+In the default, multi-tenant mode each rendered custom query is held to its policy's namespace
+(`signals.confine`): one that cannot be is refused, reads MISSING and is listed in `QueryPlan.refused`.
 
 Each batched query is restricted to the namespaces and workloads of the due policies with `=~` matchers:
 Prometheus then selects only those series through its index instead of evaluating (for the latency
@@ -37,6 +39,7 @@ from understudy.engine.model import (
     Tier,
     Trigger,
 )
+from understudy.signals.confine import Confinement, PromQLError, confine
 
 DEFAULT_MAX_MATCHER_CHARS = 4096
 
@@ -132,6 +135,8 @@ class QueryPlan:
     bindings: Mapping[Hashable, Mapping[str, Mapping[str, _Binding]]]
     loads: Mapping[Hashable, _LoadBinding] = field(default_factory=dict)
     """Per target, where its total request rate comes from (for the capacity check)."""
+    refused: Mapping[Hashable, str] = field(default_factory=dict)
+    """Per target, why one of its custom queries was not sent (it reads MISSING)."""
 
 
 @dataclass(frozen=True)
@@ -152,11 +157,13 @@ def promql_duration(seconds: float) -> str:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
-def render_custom(promql: str, namespace: str, tier: Tier) -> str:
-    """Fill a custom trigger's placeholders for one tier; unknown `$words` are left as written."""
-    return Template(promql).safe_substitute(
+def render_custom(promql: str, namespace: str, tier: Tier, confine_label: str | None = None) -> str:
+    """Fill a custom trigger's placeholders for one tier (unknown `$words` are left as written), then, with
+    a `confine_label`, hold it to the namespace; raises PromQLError for a query that cannot be."""
+    rendered = Template(promql).safe_substitute(
         deployment=tier.deployment, namespace=namespace, service=tier.service
     )
+    return confine(rendered, confine_label, namespace) if confine_label else rendered
 
 
 _RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
@@ -222,10 +229,13 @@ def _builtin(metrics: MetricNames, window: float, trigger: Trigger) -> tuple[_Gr
 
 
 def plan_queries(
-    targets: Iterable[Target], max_matcher_chars: int = DEFAULT_MAX_MATCHER_CHARS
+    targets: Iterable[Target],
+    max_matcher_chars: int = DEFAULT_MAX_MATCHER_CHARS,
+    confinement: Confinement = Confinement(),
 ) -> QueryPlan:
     """Group every trigger of every target into the fewest queries; see the module docstring."""
     targets = list(targets)
+    refused: dict[Hashable, str] = {}
     members: dict[_Group, set[tuple[str, str]]] = {}
     planned: list[tuple[Target, Tier, Trigger, tuple[_Group, _Group | None, int] | None]] = []
     for target in targets:
@@ -266,8 +276,12 @@ def plan_queries(
         elif trigger.kind is SignalKind.READY_REPLICAS:
             binding = _ReadyBinding(target.namespace, tier.deployment)
         elif trigger.kind is SignalKind.QUERY and trigger.promql:
-            binding = _CustomBinding(render_custom(trigger.promql, target.namespace, tier))
-            queries.add(binding.query)
+            label = (confinement.label or target.metrics.namespace_label) if confinement.enabled else None
+            try:
+                binding = _CustomBinding(render_custom(trigger.promql, target.namespace, tier, label))
+                queries.add(binding.query)
+            except PromQLError as error:
+                refused[target.key] = f"trigger {trigger.name}: {error}"
         bindings[target.key][tier.name][trigger.name] = binding
     loads = {
         t.key: _LoadBinding(
@@ -279,7 +293,7 @@ def plan_queries(
         for t in targets
         if t.needs_load
     }
-    return QueryPlan(queries=tuple(sorted(queries)), bindings=bindings, loads=loads)
+    return QueryPlan(queries=tuple(sorted(queries)), bindings=bindings, loads=loads, refused=refused)
 
 
 def _number(raw: Any) -> float | None:

@@ -23,6 +23,7 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from understudy.engine.model import Samples
+from understudy.signals.confine import Confinement
 from understudy.signals.promql import (
     DEFAULT_MAX_MATCHER_CHARS,
     QueryPlan,
@@ -69,6 +70,7 @@ class SignalReader:
         max_workers: int = 4,
         max_matcher_chars: int = DEFAULT_MAX_MATCHER_CHARS,
         grace_reads: int = 1,
+        confinement: Confinement = Confinement(),
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -79,6 +81,7 @@ class SignalReader:
         self.max_matcher_chars = max_matcher_chars
         self.max_workers = max_workers
         self.grace_reads = grace_reads
+        self.confinement = confinement
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="understudy-promql")
         self._local = threading.local()
         self._clients: list[PrometheusConnect] = []
@@ -135,7 +138,7 @@ class SignalReader:
             if len(targets) == len(batch) and all(a is b for a, b in zip(targets, batch)):
                 cached.insert(0, cached.pop(i))
                 return plan
-        plan = plan_queries(batch, self.max_matcher_chars)
+        plan = plan_queries(batch, self.max_matcher_chars, self.confinement)
         cached.insert(0, (tuple(batch), plan))
         del cached[PLANS_KEPT:]
         return plan
