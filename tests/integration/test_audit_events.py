@@ -121,6 +121,27 @@ def test_api_error_is_counted_not_raised(kube_api: Any) -> None:
         "understudy_events_failed_total", {"reason": "FallbackActivated"}) == 1
 
 
+def test_a_namespace_being_deleted_is_not_an_error(kube_api: Any, namespace: str,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A policy's namespace is deleted while its decision is written: the API server refuses the Event
+    (403, NamespaceTerminating). That is the namespace going away, not a permission problem or a bug, so it
+    is counted and logged in one line, without a traceback that alerts and log scans would take for one."""
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "hold", "finalizers": ["understudy.dev/hold"]}})
+    core.delete_namespace(namespace)
+    try:
+        metrics = OperatorMetrics()
+        recorder = EventRecorder(client.EventsV1Api(kube_api), instance="understudy-test", metrics=metrics)
+        with caplog.at_level("DEBUG", logger="understudy.audit.events"):
+            recorder.record(ObjectRef(name="recommender", namespace=namespace), TRAIL[0], datetime.now(timezone.utc))
+        assert metrics.registry.get_sample_value(
+            "understudy_events_failed_total", {"reason": "FallbackActivated"}) == 1
+        assert [r for r in caplog.records if r.levelname in ("ERROR", "WARNING") or r.exc_info] == []
+        assert any("being deleted" in r.getMessage() for r in caplog.records)
+    finally:
+        core.patch_namespaced_config_map("hold", namespace, {"metadata": {"finalizers": None}})
+
+
 @dataclass(frozen=True)
 class _Decision:
     active_tier: str

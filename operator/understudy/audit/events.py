@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Final
 
 from kubernetes.client import EventsV1Api, EventsV1Event, V1ObjectMeta, V1ObjectReference
+from kubernetes.client.exceptions import ApiException
 
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.reasons import event_kind, format_value
@@ -280,11 +281,20 @@ class EventRecorder:
         try:
             event = self.event_for(policy_ref, record, now)
             self._api.create_namespaced_event(policy_ref.namespace, event, _request_timeout=self._timeout)
-        except Exception:  # noqa: BLE001 - best-effort by design: auditing must never block routing
-            log.exception("could not post %s Event for %s/%s", record.reason, policy_ref.namespace,
-                          policy_ref.name)
+        except Exception as err:  # noqa: BLE001 - best-effort by design: auditing must never block routing
+            if _namespace_terminating(err):
+                log.info("%s Event for %s/%s not posted: the namespace is being deleted", record.reason,
+                         policy_ref.namespace, policy_ref.name)
+            else:
+                log.exception("could not post %s Event for %s/%s", record.reason, policy_ref.namespace,
+                              policy_ref.name)
             if self._metrics is not None:
                 self._metrics.event_failed(record.reason)
             return
         if self._metrics is not None:
             self._metrics.event_posted(event.type or "", record.reason)
+
+
+def _namespace_terminating(err: Exception) -> bool:
+    """The API server refuses new objects in a namespace being deleted (403, cause NamespaceTerminating)."""
+    return isinstance(err, ApiException) and err.status == 403 and "NamespaceTerminating" in str(err.body or "")
