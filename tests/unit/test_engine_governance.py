@@ -9,7 +9,9 @@ import pytest
 
 from understudy.engine import CreepAction, Decision, Mode, Policy, Reading, Samples, SignalKind, Comparison
 from understudy.engine import Tier, Trigger, decide, initial_state
+from understudy.audit.reasons import REASONS
 from understudy.engine.governance import (
+    GOVERNANCE_REASONS,
     OUTCOME_TIMEOUT_MS,
     RETRY_FIRST_MS,
     Facts,
@@ -323,3 +325,7 @@ def test_a_scale_back_waits_out_a_pause() -> None:
     assert [reasons(g) for g in held] == [["ActionWithheld"], []] and all(g.intents == () for g in held)
     resumed = govern(POLICY, CAPACITY, shaped(), facts(desired=8, generation=2), held[-1].state, [], T0 + 10)
     assert [i.replicas for i in resumed.intents] == [2]
+
+
+def test_every_governance_reason_is_published_with_a_kind_of_its_own() -> None:
+    assert set(GOVERNANCE_REASONS) <= REASONS.keys()

@@ -208,19 +208,20 @@ def test_a_rollback_target_was_known_good(action: CreepAction, caps: dict[str, T
 def test_at_most_one_failure_record_per_episode(action: CreepAction, caps: dict[str, TierCapacity],
                                                start: GovernanceState, plan: list[Step], mode: Mode) -> None:
     """An episode: a run of evaluations with the same need (a rollback due; a fallback short of capacity;
-    traffic settled on the primary) under one spec generation. A late outcome belongs to the episode
-    before it."""
+    traffic settled on the primary) under one spec generation. A failed outcome belongs to the episode in
+    which its intent was issued: the evaluation before, whose intents the shell answers."""
     episodes: dict[str, int] = {}
+    issued_in: dict[str, int] = {}
     needed: dict[str, bool] = {}
     failures: dict[tuple[str, int], int] = {}
     generation = 0
     for e in run(action, caps, start, plan, mode):
+        issued_in = dict(episodes)
         step = e.step
-        settled = step.primary == 100
         now_needed = {
             "rollback": step.creep and e.policy.creep_action is CreepAction.ROLLBACK_PRIMARY,
             **{f"up:{n}": n in step.short for n in NAMES[1:]},
-            **{f"down:{n}": settled for n in NAMES[1:]},
+            **{f"down:{n}": step.primary == 100 for n in NAMES[1:]},
         }
         for key, need in now_needed.items():
             if need and (not needed.get(key) or e.facts.generation != generation):
@@ -231,11 +232,11 @@ def test_at_most_one_failure_record_per_episode(action: CreepAction, caps: dict[
             if record.reason == ROLLBACK_FAILED:
                 key = "rollback"
             elif record.reason == SCALE_FAILED:
-                up = " to " in record.message and _scaled_up(record.message)
-                key = f"{'up' if up else 'down'}:{record.tier}"
+                key = f"{'up' if _scaled_up(record.message) else 'down'}:{record.tier}"
             else:
                 continue
-            episode = (key, episodes.get(key, 0))
+            outcome = " failed: " in record.message or record.reason == SCALE_FAILED
+            episode = (key, (issued_in if outcome else episodes).get(key, 0))
             failures[episode] = failures.get(episode, 0) + 1
             assert failures[episode] == 1, f"a second failure record in episode {episode}: {record.message}"
 

@@ -59,6 +59,8 @@ ROLLED_BACK = "RolledBack"
 ROLLBACK_FAILED = "RollbackFailed"
 ACTION_WITHHELD = "ActionWithheld"
 """Observe mode or spec.override.paused kept a scale or rollback from happening; the note says which."""
+GOVERNANCE_REASONS = (SCALED_UP, SCALED_DOWN, SCALE_FAILED, SCALE_BACK_SKIPPED, ROLLED_BACK, ROLLBACK_FAILED,
+                      ACTION_WITHHELD)
 
 RETRY_FIRST_MS = 10_000
 """The back-off after an episode's first transient failure, doubled after each further one up to RETRY_CAP_MS."""
