@@ -58,6 +58,7 @@ REASONS: Final[dict[str, EventKind]] = {
     "DrillStarted": EventKind(NORMAL, "Drill"),
     "DrillPassed": EventKind(NORMAL, "Drill"),
     "DrillFailed": EventKind(WARNING, "Drill"),
+    "DrillInconclusive": EventKind(WARNING, "Drill"),
     "DrillAborted": EventKind(NORMAL, "Drill"),
     "DrillSkipped": EventKind(NORMAL, "Drill"),
 }
