@@ -149,10 +149,35 @@ class Degradation(_Spec):
     accepted_by: Annotated[str, Field(min_length=1, max_length=253)] | None = None
 
 
+MAX_REQUESTS_PER_REPLICA = 1_000_000
+PER_REPLICA_MESSAGE = (
+    'capacity.requestsPerReplica must be a positive number of requests per second up to 1000000, '
+    'such as 50 or "0.2"')
+
+
+def _requests_per_second(value: int | str) -> int | str:
+    if not 0 < float(value) <= MAX_REQUESTS_PER_REPLICA:
+        raise rule_error(PER_REPLICA_MESSAGE)
+    return value
+
+
+RequestRate = Annotated[
+    Annotated[int, Field(strict=True)] | Annotated[str, Field(max_length=16, pattern=DECIMAL)],
+    AfterValidator(_requests_per_second),
+]
+"""A rate as an integer or a decimal string (the CRD's x-kubernetes-int-or-string): 50, or "0.2"."""
+
+
 class Capacity(_Spec):
-    requests_per_replica: Annotated[int, Field(ge=1, le=1_000_000)]
+    per_replica: RequestRate = Field(alias="requestsPerReplica")
+    """As written: an integer (what earlier versions took) or a decimal string."""
     scale_on_activate: bool = False
     max_replicas: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+    @property
+    def requests_per_replica(self) -> float:
+        """Requests per second one ready replica serves."""
+        return float(self.per_replica)
 
     @model_validator(mode="after")
     def _ceiling(self) -> Capacity:
