@@ -109,7 +109,7 @@ def test_evidence_gathered_during_the_drill_counts_at_its_end() -> None:
         return Samples({"primary": {"errors": Reading.ok(0.0), "p99": Reading.ok(100.0)},
                         "distilled": {"errors": errors, "p99": p99}})
 
-    run = DrillRun("distilled", 10, 10_000.0, 10_300.0)
+    run: DrillRun | None = DrillRun("distilled", 10, 10_000.0, 10_300.0)
     run = step_drills((DRILL,), policy, steady(policy), both(Reading.ok(0.01), INSUFFICIENT), run, {}, 0.0,
                       10_100.0).running
     assert run is not None and run.evidence == ("errors",)

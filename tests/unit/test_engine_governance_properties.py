@@ -142,7 +142,8 @@ def run(action: CreepAction, caps: dict[str, TierCapacity], start: GovernanceSta
         mode: Mode) -> list[Evaluation]:
     policy = replace(POLICY, creep_action=action, mode=mode)
     base = decide(policy, Samples({}), initial_state(policy), START)
-    state, outcomes, now, generation = start, [], START, 1
+    state, now, generation = start, START, 1
+    outcomes: list[IntentOutcome] = []
     out: list[Evaluation] = []
     for step in plan:
         if step.edit is not None:

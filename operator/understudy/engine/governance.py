@@ -208,10 +208,10 @@ def _revisions(ctx: _Context, seen: PrimaryRevision | None,
                 and not decision.creep_exceeded)
     if not carrying:
         return replace(seen, serving_since_ms=None), known_good
-    if seen.serving_since_ms is None:
-        seen = replace(seen, serving_since_ms=ctx.now_ms)
+    serving = ctx.now_ms if seen.serving_since_ms is None else seen.serving_since_ms
+    seen = replace(seen, serving_since_ms=serving)
     window_ms = round(ctx.policy.creep_window * 1000)
-    if (known_good is None or known_good.revision != current) and ctx.now_ms - seen.serving_since_ms >= window_ms:
+    if (known_good is None or known_good.revision != current) and ctx.now_ms - serving >= window_ms:
         known_good = KnownGood(current, ctx.now_ms)
     return seen, known_good
 
