@@ -114,13 +114,20 @@ def test_a_capacity_short_fallback_is_scaled_up_and_audited_when_done() -> None:
                                  (shaped(primary=0, short=True), facts(desired=8, load=40.0))])
     (intent,) = first.intents
     assert intent == ScaleIntent("distilled", "recommender-small", 8, 2, "ScaledUp",
-                                 "to carry 40.0 requests/s at 5 per replica")
+                                 "to carry 40 requests/s at 5 per replica")
     assert first.state.scaled == (ScaledTier("distilled", 2, 8),)
     assert reasons(first) == [] and second.intents == ()
     assert reasons(second) == ["ScaledUp"]
-    assert second.audit[0].message == ("scaled recommender-small from 2 to 8 replicas, to carry 40.0 requests/s at "
+    assert second.audit[0].message == ("scaled recommender-small from 2 to 8 replicas, to carry 40 requests/s at "
                                        "5 per replica")
     assert second.state.scaling == ()
+
+
+def test_a_slow_model_is_scaled_for_a_fraction_of_a_request_per_second() -> None:
+    slow = {"distilled": TierCapacity(0.01, scale_on_activate=True, max_replicas=12)}
+    g = govern(POLICY, slow, shaped(primary=0, short=True), facts(desired=1, load=0.043), GOOD, [], T0)
+    assert [(i.replicas, i.message) for i in g.intents if isinstance(i, ScaleIntent)] == [
+        (5, "to carry 0.043 requests/s at 0.01 per replica")]
 
 
 def test_a_scale_up_never_passes_max_replicas() -> None:
@@ -313,7 +320,7 @@ def test_observe_and_pause_never_act_and_say_what_they_would_have_done(policy: P
     assert [reasons(g) for g in results] == [["ActionWithheld", "ActionWithheld"], [], [], []]
     scale, rollback = (r.message for r in results[0].audit)
     held = "mode: Observe" if policy.mode is Mode.OBSERVE else "spec.override.paused"
-    assert scale == f"would scale recommender-small from 2 to 8 replicas to carry 40.0 requests/s at 5 per replica ({held})"
+    assert scale == f"would scale recommender-small from 2 to 8 replicas to carry 40 requests/s at 5 per replica ({held})"
     assert rollback.startswith("would roll recommender-large back to revision 1: the fallback ratio")
     assert rollback.endswith(f"({held})")
 

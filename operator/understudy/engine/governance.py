@@ -364,7 +364,7 @@ def _scale(ctx: _Context, index: int, tier: Tier, capacity: TierCapacity | None,
     wanted = _wanted(ctx, index, capacity, workload, entry if current is None else None)
     if wanted is not None and capacity is not None and workload is not None:
         load = known_load(ctx.facts.load)
-        why = f"to carry {load:.1f} requests/s at {capacity.requests_per_replica:g} per replica"
+        why = f"to carry {load:.3g} requests/s at {capacity.requests_per_replica:g} per replica"
         intent = ScaleIntent(tier.name, tier.deployment, wanted, workload.desired, SCALED_UP, why)
         would = f"would scale {tier.deployment} from {workload.desired} to {wanted} replicas {why}"
         if _scale_step(ctx, scaling, current, intent, would):
