@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export UNDERSTUDY_CACHE ?= $(HOME)/.cache/understudy
+# The one version (pyproject.toml); the image is tagged with it.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE ?= understudy:$(VERSION)
 
-.PHONY: test demo bench venv system-deps binaries cluster-up cluster-down lint clean
+.PHONY: test demo bench venv system-deps binaries cluster-up cluster-down lint release-check docs image clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,15 +22,28 @@ venv: $(VENV)/.installed
 system-deps:
 	bash e2e/install-system-deps.sh
 
-# Kubernetes, etcd, KWOK and helm built from their Go modules into $(UNDERSTUDY_CACHE), once per version.
+# Kubernetes, etcd, KWOK, helm, the OCI registry and actionlint built from their Go modules into $(UNDERSTUDY_CACHE), once per version.
 binaries:
 	bash e2e/controlplane/build.sh
 
 lint: venv
 	$(BIN)/lint-imports
 
-test: venv system-deps binaries lint
-	$(BIN)/pytest
+test: venv system-deps binaries lint release-check
+	$(BIN)/pytest --ignore=tests/release
+
+# The release path: the chart packaged, pushed to an OCI registry on loopback, installed from it and upgraded
+# mid-fallback, the upgrade commands of docs/operations.md run as written; the CI workflows checked by actionlint.
+release-check: venv system-deps binaries
+	$(BIN)/pytest tests/release
+
+# docs/api-reference.md, generated from the CRD (a unit test fails when it is stale).
+docs: venv
+	$(BIN)/python tools/api_reference.py
+
+# The operator image, with docker or podman (tools/image.sh documents its exit status; 3: no engine found).
+image:
+	bash tools/image.sh $(IMAGE)
 
 demo: venv system-deps binaries
 	$(BIN)/python -m e2e.demo
@@ -35,8 +51,10 @@ demo: venv system-deps binaries
 bench: venv system-deps binaries
 	$(BIN)/python -m e2e.bench
 
+# A control plane that stays up, with the playground of docs/tutorial.md beside it: the FallbackPolicy CRD,
+# Prometheus, three model servers and traffic in namespace ml (MODELS=0: CRD and Prometheus only).
 cluster-up: venv system-deps binaries
-	$(BIN)/python -m e2e.harness up
+	$(BIN)/python -m e2e.harness up $(if $(filter 0,$(MODELS)),--no-models)
 
 cluster-down: venv
 	$(BIN)/python -m e2e.harness down

@@ -3,8 +3,9 @@
 #
 # Everything comes through the Go module proxy (no container images, no release tarballs), lands in
 #   ${UNDERSTUDY_CACHE:-$HOME/.cache/understudy}/bin/<name>-<version>/<name>
-# and is reused on the next run. The CRDs the harness installs (Istio, Gateway API) are fetched the
-# same way into ${UNDERSTUDY_CACHE}/crds/. Versions live in versions.env next to this script.
+# and is reused on the next run. The CRDs the harness installs (Istio, Gateway API) and the
+# prometheus-operator's monitoring CRDs are fetched the same way into ${UNDERSTUDY_CACHE}/crds/.
+# Versions live in versions.env next to this script.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -201,6 +202,17 @@ build_helm() {
      -X ${h}/pkg/chartutil.k8sVersionMajor=1 -X ${h}/pkg/chartutil.k8sVersionMinor=37"
 }
 
+# The release check's tools: an OCI registry for `helm push`/`helm install oci://`, and the workflow linter.
+build_registry() {
+  local d="github.com/distribution/distribution/v3"
+  go_install registry "${DISTRIBUTION_VERSION}" "${d}/cmd/registry" "-X ${d}/version.version=${DISTRIBUTION_VERSION}"
+}
+
+build_actionlint() {
+  go_install actionlint "${ACTIONLINT_VERSION}" github.com/rhysd/actionlint/cmd/actionlint \
+    "-X github.com/rhysd/actionlint.version=${ACTIONLINT_VERSION}"
+}
+
 # ---------------------------------------------------------------------------------------------
 # CRDs: real upstream definitions, fetched as module zips and copied into the cache (not into git).
 module_dir() {
@@ -233,6 +245,23 @@ fetch_crds() {
     mv "${gw}.tmp" "${gw}"
     log "fetched gateway-api standard CRDs ${GATEWAY_API_VERSION}"
   fi
+  # The prometheus-operator's ServiceMonitor and PrometheusRule, as it publishes them with its module.
+  local promop="${CRD_ROOT}/prometheus-operator-${PROMETHEUS_OPERATOR_VERSION}" kind
+  if [[ -s "${promop}/monitoring.coreos.com_prometheusrules.yaml" ]]; then
+    log "reused cache: prometheus-operator CRDs ${PROMETHEUS_OPERATOR_VERSION}"
+  else
+    local src
+    src="$(module_dir "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}")"
+    rm -rf "${promop}.tmp"
+    mkdir -p "${promop}.tmp"
+    for kind in servicemonitors prometheusrules; do
+      cp "${src}/example/prometheus-operator-crd/monitoring.coreos.com_${kind}.yaml" "${promop}.tmp/"
+    done
+    chmod 0644 "${promop}.tmp"/*.yaml
+    rm -rf "${promop}"
+    mv "${promop}.tmp" "${promop}"
+    log "fetched prometheus-operator CRDs ${PROMETHEUS_OPERATOR_VERSION}"
+  fi
 }
 
 # kwok's default stages (node initialize + lease heartbeat, pod ready/complete/delete) ship in its module
@@ -263,4 +292,6 @@ build_etcd
 build_kubernetes
 build_kwok
 build_helm
+build_registry
+build_actionlint
 log "done in $(($(date +%s) - START))s: ${BUILT} built, ${REUSED} reused from ${BIN_ROOT}"

@@ -1,7 +1,9 @@
 """`python -m e2e.harness up|down|status`: a control plane that outlives the command, for humans.
 
-`up` records PIDs and the workdir in `.e2e/cluster.json` and writes `.e2e/env`; `down` stops exactly
-those processes. Tests do not use this: they start their own cluster through the pytest plugin.
+`up` starts the control plane and the playground beside it (the FallbackPolicy CRD, Prometheus, and unless
+`--no-models` three model servers with traffic: e2e/playground.py), records PIDs and the workdir in
+`.e2e/cluster.json` and writes `.e2e/env`; `down` stops exactly those processes. Tests start their own
+cluster through the pytest plugin; one test runs this path as the tutorial does.
 """
 
 from __future__ import annotations
@@ -11,8 +13,18 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from e2e.harness.cluster import ControlPlaneError, detached_alive, down, iter_logs, read_state, up
+from e2e.harness.cluster import (
+    STATE_FILE,
+    ControlPlaneError,
+    Toolchain,
+    detached_alive,
+    down,
+    iter_logs,
+    read_state,
+    up,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start a detached control plane and write .e2e/env")
     p_up.add_argument("--nodes", type=int, default=1, help="number of KWOK nodes (default 1)")
+    p_up.add_argument("--no-playground", action="store_true", help="the control plane only")
+    p_up.add_argument("--no-models", action="store_true", help="CRD and Prometheus, no model servers or traffic")
     sub.add_parser("down", help="stop the detached control plane")
     sub.add_parser("status", help="print the recorded control plane and whether it runs")
     args = parser.parse_args(argv)
@@ -36,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"control plane already running at {state['server']} (workdir {state['workdir']})")
         else:
             print(f"control plane ready at {state['server']} in {time.monotonic() - t0:.1f}s")
+            if not args.no_playground:
+                try:
+                    state = start_playground(state, models=not args.no_models)
+                except ControlPlaneError as err:
+                    down()
+                    print(f"playground failed to start: {err}", file=sys.stderr)
+                    return 1
+                print(f"playground ready in {time.monotonic() - t0:.1f}s: FallbackPolicy CRD, Prometheus"
+                      + ("" if args.no_models else ", model servers and traffic in namespace ml"))
         print(f"  kubeconfig: {state['kubeconfig']}")
         print(f"  logs:       {state['workdir']}/logs/")
         print(f"  env:        . {state['env_file']}")
@@ -56,6 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     for log in iter_logs(Path(state["workdir"])):
         print(f"log: {log}")
     return 0 if alive else 1
+
+
+def start_playground(state: dict[str, Any], models: bool) -> dict[str, Any]:
+    """Start the playground beside the recorded cluster; its PID joins the record, so `down` stops it."""
+    from e2e.playground import launch
+
+    pid = launch(Path(state["workdir"]), Path(state["kubeconfig"]), Toolchain.from_cache().kubectl.parent,
+                 Path(state["env_file"]), models)
+    state = {**state, "pids": {**state["pids"], "playground": pid}}
+    STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
+    return state
 
 
 if __name__ == "__main__":

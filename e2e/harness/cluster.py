@@ -35,7 +35,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO_ROOT / "e2e" / "controlplane" / "versions.env"
-STATE_DIR = REPO_ROOT / ".e2e"
+# Where `make cluster-up` records its cluster; UNDERSTUDY_STATE_DIR moves it (a test's own directory).
+STATE_DIR = Path(os.environ.get("UNDERSTUDY_STATE_DIR") or REPO_ROOT / ".e2e")
 DEFAULT_ENV_FILE = STATE_DIR / "env"
 STATE_FILE = STATE_DIR / "cluster.json"
 
@@ -85,9 +86,12 @@ class Toolchain:
     kubectl: Path
     kwok: Path
     helm: Path
+    registry: Path
+    actionlint: Path
     kwok_stages: Path
     istio_crds: Path
     gateway_api_crds: Path
+    prometheus_operator_crds: Path
     versions: Mapping[str, str]
 
     @classmethod
@@ -108,9 +112,12 @@ class Toolchain:
             kubectl=b("kubectl", k8s),
             kwok=b("kwok", v["KWOK_VERSION"]),
             helm=b("helm", v["HELM_VERSION"]),
+            registry=b("registry", v["DISTRIBUTION_VERSION"]),
+            actionlint=b("actionlint", v["ACTIONLINT_VERSION"]),
             kwok_stages=root / f"kwok-stages-{v['KWOK_VERSION']}" / "stages.yaml",
             istio_crds=root / "crds" / f"istio-{v['ISTIO_API_VERSION']}" / "customresourcedefinitions.gen.yaml",
             gateway_api_crds=root / "crds" / f"gateway-api-{v['GATEWAY_API_VERSION']}",
+            prometheus_operator_crds=root / "crds" / f"prometheus-operator-{v['PROMETHEUS_OPERATOR_VERSION']}",
             versions=v,
         )
         missing = [str(p) for p in tc.paths() if not p.exists()]
@@ -124,7 +131,8 @@ class Toolchain:
         """Every file the harness needs."""
         return [
             self.etcd, self.kube_apiserver, self.kube_controller_manager, self.kube_scheduler,
-            self.kubectl, self.kwok, self.helm, self.kwok_stages, self.istio_crds, self.gateway_api_crds,
+            self.kubectl, self.kwok, self.helm, self.registry, self.actionlint, self.kwok_stages,
+            self.istio_crds, self.gateway_api_crds, self.prometheus_operator_crds,
         ]
 
 

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backtest(subparsers)
     add_run(subparsers)
     add_report(subparsers)
+    add_version(subparsers)
     return parser
 
 
@@ -222,6 +223,23 @@ def _documents(paths: Sequence[str]) -> Iterator[tuple[str, object, str]]:
             continue
         for i, document in enumerate(documents, start=1):
             yield (f"{source}#{i}" if len(documents) > 1 else source), document, ""
+
+
+# ---- version -------------------------------------------------------------------------------------
+
+
+def add_version(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "version", help="print the operator's version",
+        description="Print the version of this `understudy` (the image tag and chart appVersion it ships as).")
+    parser.set_defaults(func=print_version)
+
+
+def print_version(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from understudy.version import PYTHON_VERSION, VERSION
+
+    print(f"understudy {VERSION} (Python {PYTHON_VERSION})", file=out or sys.stdout)
+    return 0
 
 
 # ---- run -----------------------------------------------------------------------------------------

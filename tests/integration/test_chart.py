@@ -357,6 +357,10 @@ def test_prometheus_rules_pass_promtool_and_fire_on_their_scenarios(control_plan
             ],
         }],
     }
+    # Every alert links to its runbook (that the section exists: tests/integration/test_chart_monitoring.py).
+    for case in tests["tests"][0]["alert_rule_test"]:
+        for alert in case["exp_alerts"]:
+            alert["exp_annotations"]["runbook_url"] = f"docs/operations.md#{case['alertname'].lower()}"
     scenario = tmp_path / "tests.yaml"
     scenario.write_text(yaml.safe_dump(tests, sort_keys=False))
     done = subprocess.run([promtool, "test", "rules", str(scenario)], capture_output=True, text=True)

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from understudy.audit.reasons import is_transition
 from understudy.engine.model import AuditRecord
+from understudy.version import PYTHON_VERSION, VERSION
 
 CYCLE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Seconds: one cycle for all policies should take well under the default 5 s evaluation interval."""
@@ -27,6 +28,10 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self.build_info = Gauge(
+            "understudy_build_info", "Always 1; its labels name the running operator's version.",
+            ["version", "python_version"], registry=r)
+        self.build_info.labels(VERSION, PYTHON_VERSION).set(1)
         self.active_tier = Gauge(
             "understudy_active_tier", "1 for the tier that serves the policy's traffic, 0 for its other tiers.",
             ["namespace", "policy", "tier"], registry=r)
