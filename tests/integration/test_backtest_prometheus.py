@@ -293,7 +293,7 @@ def test_steps_equal_the_operators_instant_reads(history_prometheus: PrometheusS
     finally:
         source.close()
     assert history.requests == (3 + 2) * -(-len(times) // 97)
-    by_time = dict(history.samples())
+    by_time = {s.at: s.samples for s in history.steps()}
     ready = {("ml", "rec-large"): (1, 1), ("ml", "rec-small"): (1, 1)}
     with SignalReader(history_prometheus.url, timeout=10) as reader:
         for moment in chosen:
@@ -330,3 +330,35 @@ def write_docs_picture(path: str) -> None:
 
 if __name__ == "__main__":
     write_docs_picture(sys.argv[1] if len(sys.argv) > 1 else "docs/backtest.png")
+
+
+def test_governance_reports_the_rollback_a_creeping_primary_would_get(history_prometheus: PrometheusServer,
+                                                                      tmp_path: Path) -> None:
+    policy = POLICY_ML.replace("action: Alert", "action: RollbackPrimary")
+    status, output = run_cli(policy, tmp_path, "--prometheus", history_prometheus.url, "--json")
+    assert status == 0, output
+    report = json.loads(output)
+    (rollback,) = report["governance"]["rollbacks"]
+    assert rollback["revision"] == "1"
+    assert abs(_ts(rollback["time"]) - expected_ml()["creep_exceeded"]) <= STEP
+    assert at(report, "RolledBack") == [_ts(rollback["time"]) + STEP]  # its outcome, at the next evaluation
+    assert any("revision 1 known-good when the range began" in note for note in report["notes"])
+
+
+def test_governance_scales_a_short_fallback_from_recorded_replicas(history_prometheus: PrometheusServer,
+                                                                   tmp_path: Path) -> None:
+    """`shop` serves 12 + 6 = 18 requests/s; its fallback's 2 replicas at 5 each carry 10, so it is scaled
+    to ceil(18 / 5) = 4 when the primary falls back, and back to 2 once traffic is restored."""
+    policy = POLICY_SHOP.replace(
+        "    degradation: {description: coarser ranking, acceptedBy: ml-product@example.com}\n",
+        "    degradation: {description: coarser ranking, acceptedBy: ml-product@example.com}\n"
+        "    capacity: {requestsPerReplica: \"5\", scaleOnActivate: true, maxReplicas: 20}\n")
+    status, output = run_cli(policy, tmp_path, "--prometheus", history_prometheus.url, "--json")
+    assert status == 0, output
+    report = json.loads(output)
+    fallback, restored = OUTAGE[0] + STEP, OUTAGE[1] + 5 * STEP + 60
+    assert at(report, "CapacityInsufficient") == [fallback]
+    assert report["governance"]["scaleUps"] == [{"time": when(fallback), "tier": "small", "replicas": 4}]
+    assert report["governance"]["scaleBacks"] == [{"time": when(restored), "tier": "small", "replicas": 2}]
+    assert at(report, "ScaledUp") == [fallback + STEP] and at(report, "ScaledDown") == [restored + STEP]
+    assert any("scale-ups are assumed to succeed at once" in note for note in report["notes"])

@@ -10,6 +10,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,18 @@ from kubernetes.client.rest import ApiException
 
 from tests.corpus import INVALID, VALID, Case
 from understudy.api import FallbackPolicy, FallbackPolicyStatus
+from understudy.engine.governance_state import (
+    Attempt,
+    GovernanceState,
+    KnownGood,
+    Phase,
+    PrimaryRevision,
+    Rollback,
+    ScaledTier,
+    Scaling,
+    governance_from_status,
+    governance_to_status,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -146,3 +159,34 @@ def test_status_subresource_and_printer_columns(crd: dict[str, Any], kube_api: A
     assert "must have at most 20 items" in json.loads(caught.value.body)["message"]
     with contextlib.suppress(ApiException):
         api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def test_the_governance_status_is_accepted_and_read_back_exactly(crd: dict[str, Any], kube_api: Any,
+                                                                 namespace: str) -> None:
+    """Every governance field as `governance_to_status` writes it passes the CRD and the models, and reads
+    back into the same state; a scaled-tier size beyond the CRD's ceiling is refused (security review M2)."""
+    case = next(c for c in VALID if c.path.stem == "recommender-istio-full")
+    name = create(kube_api, namespace, {**case.document, "metadata": {"name": "governed"}}, dry_run=False)[
+        "metadata"]["name"]
+    attempt = Attempt(Phase.RETRYING, 1_767_225_600_000, 3, 2, 1_767_225_660_000, "the API server said 429")
+    state = GovernanceState(
+        primary_revision=PrimaryRevision("4", 1_767_225_000_000, 1_767_225_100_000),
+        known_good=KnownGood("3", 1_767_200_000_000),
+        scaled=(ScaledTier("distilled", 2, 8),),
+        rollback=Rollback("3", attempt),
+        scaling=(Scaling("popular-items", 6, 1, replace(attempt, phase=Phase.PENDING, retry_ms=None)),),
+    )
+    written = {k: v for k, v in governance_to_status(state).items() if v is not None}
+    FallbackPolicyStatus.model_validate(written)
+    api = client.CustomObjectsApi(kube_api)
+    try:
+        patched = api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name,
+                                                            {"status": written})
+        assert governance_from_status(patched["status"], 1_767_300_000.0) == (state, ())
+        beyond = {"status": {"scaledTiers": [{"tier": "distilled", "replicas": 5000, "scaledTo": 8}]}}
+        with pytest.raises(ApiException) as caught:
+            api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, beyond)
+        assert "should be less than or equal to 1000" in json.loads(caught.value.body)["message"]
+    finally:
+        with contextlib.suppress(ApiException):
+            api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)

@@ -5,8 +5,10 @@ import pytest
 
 from tests.corpus import VALID
 from understudy.api import FallbackPolicy, to_engine_policy
+from understudy.api.convert import to_engine_capacities
 from understudy.api.durations import parse_duration
 from understudy.engine import model as engine
+from understudy.engine.governance import TierCapacity
 
 
 @pytest.mark.parametrize(
@@ -74,3 +76,11 @@ def test_query_above_and_overrides() -> None:
     assert (compound.interval, compound.min_dwell, compound.triggers[0].threshold) == (90.0, 120.5, 1500.0)
     observe = to_engine_policy(spec_of("observe-without-degradation").spec)
     assert observe.mode is engine.Mode.OBSERVE
+
+
+def test_capacities_convert_to_requests_per_second() -> None:
+    """A decimal string says what an integer cannot: 0.2 requests/s per replica (code review S13)."""
+    assert to_engine_capacities(spec_of("fractional-capacity").spec) == {
+        "distilled": TierCapacity(0.2, scale_on_activate=True, max_replicas=40)}
+    assert to_engine_capacities(spec_of("capacity-check-only").spec) == {"distilled": TierCapacity(40.0)}
+    assert to_engine_capacities(spec_of("minimal-service-routing").spec) == {}

@@ -51,8 +51,20 @@ def resolve(node: Node, defs: Node) -> Node:
     return node
 
 
+def int_or_string(crd_node: Node, model_node: Node, path: str) -> list[str]:
+    """An x-kubernetes-int-or-string field: the models take an integer, or a string with the CRD's constraints
+    (which, like OpenAPI's pattern and maxLength, only apply to strings)."""
+    branches = {b.get("type"): b for b in model_node.get("anyOf", [])}
+    if set(branches) != {"integer", "string"}:
+        return [f"{path}: int-or-string in the CRD, {sorted(map(str, branches))} in the models"]
+    return [f"{path}: {key} {crd_node.get(key)!r} in the CRD, {branches['string'].get(key)!r} in the models"
+            for key in CONSTRAINTS if crd_node.get(key) != branches["string"].get(key)]
+
+
 def walk(crd_node: Node, model_node: Node, defs: Node, path: str) -> list[str]:
     """Every disagreement between the two schemas below `path`, as readable lines."""
+    if crd_node.get("x-kubernetes-int-or-string"):
+        return int_or_string(crd_node, model_node, path)
     model_node = resolve(model_node, defs)
     problems = []
     crd_type = crd_node.get("type")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,10 @@ from understudy.backtest.render import Context, ProgressLine, plot, span, table,
 from understudy.backtest.replay import Replay, replay, summarise
 from understudy.cli import backtest, build_parser
 from tests.corpus import VALID
-from tests.unit.test_backtest_replay import POLICY, STEP, history
+from tests.unit.test_backtest_replay import POLICY, STEP, T0, history
+from understudy.engine import CreepAction
+from understudy.engine.drills import Drill
+from understudy.engine.governance import TierCapacity
 
 CONTEXT = Context("ml", "recommender", "http://127.0.0.1:9090", 5, False, ("a caveat",))
 
@@ -51,6 +55,29 @@ def test_table_of_a_quiet_history_says_so() -> None:
     text = table(summarise(replay(POLICY, history(10), STEP)), CONTEXT)
     assert "Triggers (trips, and evaluations past the threshold)\n  none breached\n" in text
     assert "no decision recorded" in text
+    assert "  rollbacks    none\n  freezes      none\n  scale-ups    none\n" in text
+
+
+def test_table_and_json_report_what_governance_would_have_done() -> None:
+    policy = replace(POLICY, creep_window=600.0, creep_action=CreepAction.ROLLBACK_PRIMARY)
+    steps = [s._replace(load=40.0, replicas={"primary": (4, 4), "distilled": (2, 2)})
+             for s in history(100, slow=set(range(20, 40)))]
+    drill = (Drill("distilled", every=200.0, duration=20.0, share=10),)
+    summary = summarise(replay(policy, steps, STEP, drill, {"distilled": TierCapacity(5.0, True, 12)}))
+    lines = table(summary, CONTEXT).splitlines()
+    section = lines[lines.index("Governance (what the policy would have done besides routing; assumptions in "
+                                "the notes above)") + 1:][:5]
+    assert section == [
+        f"  rollbacks    1: to revision 1 at {when(T0 + 34 * STEP)}",
+        "  freezes      none",
+        f"  scale-ups    1: distilled to 8 replicas at {when(T0 + 21 * STEP)}",
+        f"  scale-backs  1: distilled to 2 replicas at {when(T0 + 57 * STEP)}",
+        "  drills       2 skipped",  # one during the fallback, one while the creep budget is exceeded
+    ]
+    report = to_json(summary, CONTEXT)["governance"]
+    assert report["rollbacks"] == [{"time": when(T0 + 34 * STEP), "revision": "1"}]
+    assert report["scaleUps"] == [{"time": when(T0 + 21 * STEP), "tier": "distilled", "replicas": 8}]
+    assert report["drills"] == {"Skipped": 2}
 
 
 def test_json_is_complete_and_serialisable(spike: Replay) -> None:

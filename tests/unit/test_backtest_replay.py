@@ -4,11 +4,15 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 
+from understudy.backtest.cluster import Step, assumptions
 from understudy.backtest.replay import Event, TierTime, TriggerCount, backtest_policy, replay, summarise
 from understudy.engine import (
     INSUFFICIENT,
     MISSING,
+    AuditRecord,
     Comparison,
+    CreepAction,
+    Mode,
     Policy,
     Reading,
     Samples,
@@ -18,6 +22,8 @@ from understudy.engine import (
     decide,
     initial_state,
 )
+from understudy.engine.drills import Drill
+from understudy.engine.governance import TierCapacity
 
 T0 = 1_000_000.0
 STEP = 5.0
@@ -48,10 +54,10 @@ def samples(p99: float | Reading = 100.0, errors: float | Reading = 0.0) -> Samp
 
 
 def history(steps: int, slow: Collection[int] = (), at: Mapping[int, Samples] | None = None,
-            ) -> list[tuple[float, Samples]]:
+            ) -> list[Step]:
     """Healthy steps, slow (p99 400 ms) at the indexes in `slow`, or the Samples given in `at`."""
     given = at or {}
-    return [(T0 + i * STEP, given.get(i, samples(400.0 if i in slow else 100.0))) for i in range(steps)]
+    return [Step(T0 + i * STEP, given.get(i, samples(400.0 if i in slow else 100.0))) for i in range(steps)]
 
 
 def times(events: Iterable[Event], reason: str) -> list[float]:
@@ -152,7 +158,7 @@ def test_replay_is_the_engines_own_answer() -> None:
     result = replay(POLICY, steps, STEP)
     state = initial_state(POLICY)
     records = []
-    for at, s in steps:
+    for at, s, _, _ in steps:
         decision = decide(POLICY, s, state, at)
         state = decision.state
         records += [(at, r) for r in decision.audit]
@@ -172,7 +178,82 @@ def test_backtest_policy_runs_at_the_step_and_ignores_overrides() -> None:
 def test_coarse_step_still_credits_all_time_off_the_primary() -> None:
     """With interval 5 s the engine credits at most 10 s per evaluation; a 15 s step must not lose time."""
     policy, _ = backtest_policy(POLICY, 15.0)
-    steps = [(T0 + i * 15.0, samples(400.0 if 5 <= i < 40 else 100.0)) for i in range(60)]
+    steps = [Step(T0 + i * 15.0, samples(400.0 if 5 <= i < 40 else 100.0)) for i in range(60)]
     summary = summarise(replay(policy, steps, 15.0))
     off = summary.tiers[1].traffic_seconds
     assert summary.peak_window_ratio == off / 3600
+
+
+# -- governance and drills in the replay ------------------------------------------------------------------
+
+ROLLING_BACK = replace(POLICY, creep_window=600.0, creep_action=CreepAction.ROLLBACK_PRIMARY)
+
+
+def test_a_creeping_primary_is_rolled_back_once_per_episode() -> None:
+    # off the primary from step 21: the budget (60 s of 600 s) is passed at step 34 and stays exceeded
+    result = replay(ROLLING_BACK, history(100, slow=set(range(20, 40))), STEP)
+    summary = summarise(result)
+    assert summary.rollbacks == ((T0 + 34 * STEP, "1"),)
+    assert times(summary.timeline, "RolledBack") == [35]  # the outcome comes back at the next evaluation
+    assert "rolled big back to revision 1" in next(
+        e.record.message for e in summary.timeline if e.record.reason == "RolledBack")
+
+
+def test_without_rollback_primary_nothing_is_rolled_back() -> None:
+    summary = summarise(replay(replace(ROLLING_BACK, creep_action=CreepAction.ALERT),
+                               history(100, slow=set(range(20, 40))), STEP))
+    assert summary.rollbacks == () and "RolledBack" not in {e.record.reason for e in summary.timeline}
+
+
+def test_an_observe_policy_is_replayed_as_enforced() -> None:
+    policy, notes = backtest_policy(replace(ROLLING_BACK, mode=Mode.OBSERVE), STEP)
+    assert policy.mode is Mode.ENFORCE and "Observe replayed as Enforce" in notes[0]
+    assert len(summarise(replay(policy, history(100, slow=set(range(20, 40))), STEP)).rollbacks) == 1
+
+
+SCALING = {"distilled": TierCapacity(5.0, scale_on_activate=True, max_replicas=12)}
+
+
+def recorded(steps: list[Step], replicas: Mapping[str, tuple[int, int]] | None, load: float) -> list[Step]:
+    return [s._replace(load=load, replicas=replicas) for s in steps]
+
+
+def test_a_short_fallback_is_scaled_up_for_the_incident_and_back_after_it() -> None:
+    steps = recorded(history(100, slow=set(range(20, 40))), {"primary": (4, 4), "distilled": (2, 2)}, 40.0)
+    summary = summarise(replay(POLICY, steps, STEP, capacities=SCALING))
+    # two replicas carry 10 requests/s, not 40: skipped at the trip (21), scaled to 8, back once restored (57)
+    assert times(summary.timeline, "CapacityInsufficient") == [21]
+    assert summary.scale_ups == ((T0 + 21 * STEP, "distilled", 8),)
+    assert summary.scale_downs == ((T0 + 57 * STEP, "distilled", 2),)
+    assert times(summary.timeline, "ScaledUp") == [22] and times(summary.timeline, "ScaledDown") == [58]
+
+
+def test_without_recorded_replicas_capacity_is_not_judged() -> None:
+    steps = recorded(history(100, slow=set(range(20, 40))), None, 40.0)
+    summary = summarise(replay(POLICY, steps, STEP, capacities=SCALING))
+    assert summary.scale_ups == () and "CapacityInsufficient" not in {e.record.reason for e in summary.timeline}
+    notes = assumptions(POLICY, SCALING, (), readiness_known=False)
+    assert any("capacity not judged" in n for n in notes)
+
+
+def test_drills_are_replayed_and_need_evidence() -> None:
+    drill = (Drill("distilled", every=100.0, duration=20.0, share=10),)
+    quiet = history(100)  # the fallback reads 80 ms and no errors throughout
+    unread = [Step(s.at, Samples({**s.samples.readings, "distilled": {"p99": INSUFFICIENT, "errors": INSUFFICIENT}}))
+              for s in quiet]
+    assert summarise(replay(POLICY, quiet, STEP, drill)).drills == {"Passed": 4}
+    assert summarise(replay(POLICY, unread, STEP, drill)).drills == {"Inconclusive": 4}
+
+
+def test_freezes_are_counted_from_the_engines_records() -> None:
+    result = replay(POLICY, history(3), STEP)
+    result.events.append(Event(T0 + STEP, AuditRecord("Frozen", "routing frozen on distilled")))
+    assert summarise(result).freezes == (T0 + STEP,)
+
+
+def test_assumptions_are_stated_for_what_the_policy_governs() -> None:
+    assert assumptions(POLICY, {}, (), readiness_known=False) == ()
+    notes = assumptions(ROLLING_BACK, SCALING, (), readiness_known=True)
+    assert "revision 1 known-good when the range began" in notes[0]
+    assert "scale-ups are assumed to succeed at once" in notes[1]
+    assert "changes no signal" in notes[-1]

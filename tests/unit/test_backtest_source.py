@@ -107,9 +107,10 @@ def _history(ready: dict[int, dict[tuple[str, str], tuple[int, int]]] | None) ->
 
 
 def test_history_steps_map_like_the_operator_with_readiness_assumed() -> None:
-    steps = list(_history(None).samples())
-    assert [t for t, _ in steps] == [1.0, 6.0]
-    first, second = steps[0][1], steps[1][1]
+    steps = list(_history(None).steps())
+    assert [s.at for s in steps] == [1.0, 6.0]
+    assert all(s.replicas is None for s in steps)  # unknown, not taken from the assumption above
+    first, second = steps[0].samples, steps[1].samples
     assert first.readings["primary"]["p99"] == Reading.ok(120.0)
     assert second.readings["primary"]["p99"] == Reading.ok(400.0)
     # assumed ready: an idle fallback reads INSUFFICIENT (probe-able), and availability is full
@@ -120,7 +121,9 @@ def test_history_steps_map_like_the_operator_with_readiness_assumed() -> None:
 def test_history_uses_kube_state_metrics_per_step() -> None:
     ready = {1000: {("ml", "rec.large"): (4, 4), ("ml", "rec-small"): (2, 2)},
              6000: {("ml", "rec.large"): (1, 4)}}
-    steps = [s for _, s in _history(ready).samples()]
+    recorded = list(_history(ready).steps())
+    assert [s.replicas for s in recorded] == [{"primary": (4, 4), "distilled": (2, 2)}, {"primary": (1, 4)}]
+    steps = [s.samples for s in recorded]
     assert steps[0].readings["primary"]["availability"] == Reading.ok(1.0)
     assert steps[1].readings["primary"]["availability"] == Reading.ok(0.25)
     # at 6000 the fallback's Deployment is unknown: MISSING, never taken as ready
@@ -133,7 +136,7 @@ def test_a_step_equals_map_results_on_the_same_instant_vector() -> None:
     plan = plan_queries([TARGET])
     ready = {("ml", "rec.large"): (1, 1), ("ml", "rec-small"): (1, 1)}
     instant = {q: list(history.vectors.get(q, {}).get(6000, [])) for q in plan.queries}
-    assert dict(history.samples())[6.0] == map_results(plan, instant, ready)[TARGET.key]
+    assert {s.at: s.samples for s in history.steps()}[6.0] == map_results(plan, instant, ready)[TARGET.key]
 
 
 class Recording(PrometheusHistory):

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from understudy.audit.reasons import REASONS
 from understudy.engine import INSUFFICIENT, Comparison, Mode, Policy, Reading, Samples, SignalKind, Tier, Trigger
 from understudy.engine import decide, initial_state
-from understudy.engine.drills import Drill, DrillRun, step_drills
+from understudy.engine.drills import DRILL_REASONS, Drill, DrillRun, step_drills
 
 POLICY = Policy(
     tiers=(Tier("primary", "big", "big"), Tier("distilled", "small", "small"), Tier("popular", "pop", "pop")),
@@ -39,7 +40,8 @@ def test_a_due_drill_sends_its_share_to_the_fallback() -> None:
 def test_a_drill_passes_when_its_time_is_up_without_a_breach() -> None:
     run = DrillRun("distilled", 10, 10_000.0, 10_300.0)
     going = step_drills((DRILL,), POLICY, steady(), samples(distilled=Reading.ok(0.01)), run, {}, 0.0, 10_100.0)
-    assert going.running == run and going.weights is not None and going.outcome is None
+    assert going.running == dataclasses.replace(run, evidence=("errors",))
+    assert going.weights is not None and going.outcome is None
     done = step_drills((DRILL,), POLICY, steady(), samples(distilled=Reading.ok(0.01)), run, {}, 0.0, 10_300.0)
     assert done.running is None and done.weights is None
     assert done.outcome is not None and done.outcome.result == "Passed"
@@ -81,3 +83,60 @@ def test_the_next_drill_counts_from_the_last_one() -> None:
     last = {"distilled": 9_000.0}
     assert step_drills((DRILL,), POLICY, steady(), samples(), None, last, 0.0, 10_000.0).running is None
     assert step_drills((DRILL,), POLICY, steady(), samples(), None, last, 0.0, 12_600.0).running is not None
+
+
+def test_a_drill_without_a_reading_of_a_trigger_is_inconclusive() -> None:
+    """INSUFFICIENT readings all along used to pass the drill (code review S5)."""
+    run = DrillRun("distilled", 10, 10_000.0, 10_300.0)
+    for t in (10_005.0, 10_150.0):
+        going = step_drills((DRILL,), POLICY, steady(), samples(), run, {}, 0.0, t)
+        assert going.outcome is None and going.running is not None
+        run = going.running
+    done = step_drills((DRILL,), POLICY, steady(), samples(), run, {}, 0.0, 10_300.0)
+    assert done.running is None and done.weights is None
+    assert done.outcome is not None and done.outcome.result == "Inconclusive"
+    (record,) = done.audit
+    assert record.reason == "DrillInconclusive"
+    assert record.message == ("drill of distilled inconclusive: no reading of errors while it served 10% of traffic "
+                              "for 300s, so nothing was proven (LastDrillPassed is left as it was)")
+
+
+def test_evidence_gathered_during_the_drill_counts_at_its_end() -> None:
+    policy = dataclasses.replace(POLICY, triggers=(
+        *POLICY.triggers, Trigger("p99", SignalKind.LATENCY, Comparison.ABOVE, 250.0)))
+
+    def both(errors: Reading, p99: Reading) -> Samples:
+        return Samples({"primary": {"errors": Reading.ok(0.0), "p99": Reading.ok(100.0)},
+                        "distilled": {"errors": errors, "p99": p99}})
+
+    run: DrillRun | None = DrillRun("distilled", 10, 10_000.0, 10_300.0)
+    run = step_drills((DRILL,), policy, steady(policy), both(Reading.ok(0.01), INSUFFICIENT), run, {}, 0.0,
+                      10_100.0).running
+    assert run is not None and run.evidence == ("errors",)
+    run = step_drills((DRILL,), policy, steady(policy), both(INSUFFICIENT, Reading.ok(120.0)), run, {}, 0.0,
+                      10_200.0).running
+    assert run is not None and run.evidence == ("errors", "p99")
+    done = step_drills((DRILL,), policy, steady(policy), both(INSUFFICIENT, INSUFFICIENT), run, {}, 0.0, 10_300.0)
+    assert done.outcome is not None and done.outcome.result == "Passed"
+
+
+def test_a_nan_reading_is_no_evidence() -> None:
+    run = DrillRun("distilled", 10, 10_000.0, 10_300.0)
+    done = step_drills((DRILL,), POLICY, steady(), samples(distilled=Reading.ok(float("nan"))), run, {}, 0.0,
+                       10_300.0)
+    assert done.outcome is not None and done.outcome.result == "Inconclusive"
+
+
+def test_drills_never_send_traffic_in_observe_mode_or_while_paused() -> None:
+    run = DrillRun("distilled", 10, 10_000.0, 10_300.0)
+    for policy in (dataclasses.replace(POLICY, mode=Mode.OBSERVE), dataclasses.replace(POLICY, paused=True)):
+        due = step_drills((DRILL,), policy, steady(policy), samples(), None, {}, 0.0, 10_000.0)
+        assert due.weights is None and due.running is None
+        assert due.outcome is not None and due.outcome.result == "Skipped"
+        running = step_drills((DRILL,), policy, steady(policy), samples(), run, {}, 0.0, 10_100.0)
+        assert running.weights is None and running.running is None
+        assert running.outcome is not None and running.outcome.result == "Aborted"
+
+
+def test_every_drill_reason_is_published() -> None:
+    assert set(DRILL_REASONS) <= REASONS.keys()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from understudy.api.durations import parse_duration
 from understudy.api.models import FallbackPolicySpec, Trigger
 from understudy.engine import model as engine
+from understudy.engine.governance import TierCapacity
 
 
 def to_engine_policy(spec: FallbackPolicySpec) -> engine.Policy:
@@ -34,6 +35,14 @@ def to_engine_policy(spec: FallbackPolicySpec) -> engine.Policy:
         pinned_tier=override.pin_tier if override else None,
         paused=override.paused if override else False,
     )
+
+
+def to_engine_capacities(spec: FallbackPolicySpec) -> dict[str, TierCapacity]:
+    """The fallbacks' capacity stanzas, by tier name, for `capacity_fit` and `govern`."""
+    return {
+        f.name: TierCapacity(f.capacity.requests_per_replica, f.capacity.scale_on_activate, f.capacity.max_replicas)
+        for f in spec.fallbacks if f.capacity is not None
+    }
 
 
 def _trigger(trigger: Trigger, min_requests: int) -> engine.Trigger:

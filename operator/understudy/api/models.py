@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from understudy.api.durations import parse_duration
+from understudy.engine.governance_state import MAX_REPLICAS, Phase
 from understudy.engine.model import PRIMARY, CreepAction, Mode
 from understudy.engine.model import MissingData as OnMissingData
 from understudy.signals.confine import PromQLError, check_syntax
@@ -158,10 +159,35 @@ class Degradation(_Spec):
     accepted_by: Annotated[str, Field(min_length=1, max_length=253)] | None = None
 
 
+MAX_REQUESTS_PER_REPLICA = 1_000_000
+PER_REPLICA_MESSAGE = (
+    'capacity.requestsPerReplica must be a positive number of requests per second up to 1000000, '
+    'such as 50 or "0.2"')
+
+
+def _requests_per_second(value: int | str) -> int | str:
+    if not 0 < float(value) <= MAX_REQUESTS_PER_REPLICA:
+        raise rule_error(PER_REPLICA_MESSAGE)
+    return value
+
+
+RequestRate = Annotated[
+    Annotated[int, Field(strict=True)] | Annotated[str, Field(max_length=16, pattern=DECIMAL)],
+    AfterValidator(_requests_per_second),
+]
+"""A rate as an integer or a decimal string (the CRD's x-kubernetes-int-or-string): 50, or "0.2"."""
+
+
 class Capacity(_Spec):
-    requests_per_replica: Annotated[int, Field(ge=1, le=1_000_000)]
+    per_replica: RequestRate = Field(alias="requestsPerReplica")
+    """As written: an integer (what earlier versions took) or a decimal string."""
     scale_on_activate: bool = False
     max_replicas: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+    @property
+    def requests_per_replica(self) -> float:
+        """Requests per second one ready replica serves."""
+        return float(self.per_replica)
 
     @model_validator(mode="after")
     def _ceiling(self) -> Capacity:
@@ -401,11 +427,13 @@ class DrillRun(_Status):
     share: Annotated[int, Field(ge=1, le=50)]
     started_at: str
     ends_at: str
+    evidence: Annotated[list[Annotated[str, Field(max_length=63)]], Field(max_length=16)] | None = None
 
 
 class DrillResult(str, Enum):
     PASSED = "Passed"
     FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
     ABORTED = "Aborted"
     SKIPPED = "Skipped"
 
@@ -417,14 +445,46 @@ class DrillOutcome(_Status):
     message: Annotated[str, Field(max_length=1024)]
 
 
+Replicas = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]
+Revision = Annotated[str, Field(max_length=20, pattern=r"^[0-9]+$")]
+
+
 class ScaledTier(_Status):
     tier: Annotated[str, Field(max_length=63)]
-    replicas: Annotated[int, Field(ge=0)]
+    replicas: Replicas
+    scaled_to: Replicas | None = None
 
 
 class PrimaryRevision(_Status):
-    revision: Annotated[str, Field(max_length=20, pattern=r"^[0-9]+$")]
+    revision: Revision
     since: str
+    serving_since: str | None = None
+
+
+class RollbackProgress(_Status):
+    """status.rollback: the primary's rollback in the current creep episode."""
+
+    revision: Revision | None = None
+    phase: Phase
+    since: str
+    observed_generation: Annotated[int, Field(ge=0)]
+    failed_attempts: Annotated[int, Field(ge=0)]
+    retry_at: str | None = None
+    message: Annotated[str, Field(max_length=1024)]
+
+
+class ScaleProgress(_Status):
+    """One item of status.scaling: a fallback's scale under way, failing, refused or withheld."""
+
+    tier: Annotated[str, Field(max_length=63)]
+    replicas: Replicas
+    expected: Replicas
+    phase: Phase
+    since: str
+    observed_generation: Annotated[int, Field(ge=0)]
+    failed_attempts: Annotated[int, Field(ge=0)]
+    retry_at: str | None = None
+    message: Annotated[str, Field(max_length=1024)]
 
 
 HISTORY_LIMIT = 20
@@ -440,11 +500,14 @@ class FallbackPolicyStatus(_Status):
     weights: Annotated[list[TierWeight], Field(max_length=9)] | None = None
     conditions: Annotated[list[Condition], Field(max_length=16)] | None = None
     fallback_ratio: Annotated[str, Field(max_length=16, pattern=DECIMAL)] | None = None
-    last_known_good_revision: Annotated[str, Field(max_length=20, pattern=r"^[0-9]+$")] | None = None
+    last_known_good_revision: Revision | None = None
+    known_good_since: str | None = None
     drill: DrillRun | None = None
     last_drills: Annotated[list[DrillOutcome], Field(max_length=8)] | None = None
     scaled_tiers: Annotated[list[ScaledTier], Field(max_length=8)] | None = None
     primary_revision: PrimaryRevision | None = None
+    rollback: RollbackProgress | None = None
+    scaling: Annotated[list[ScaleProgress], Field(max_length=8)] | None = None
     history: Annotated[list[HistoryEntry], Field(max_length=HISTORY_LIMIT)] | None = None
     engine: dict[str, Any] | None = None
 

@@ -43,12 +43,14 @@ REASONS: Final[dict[str, EventKind]] = {
     "Resumed": EventKind(NORMAL, "Override"),
     "CreepBudgetExceeded": EventKind(WARNING, "Observe"),
     "CreepBudgetRecovered": EventKind(NORMAL, "Observe"),
-    # From the shell: what happened when a decision met the cluster.
+    # From the shell and the engine's governance and drills: what happened when a decision met the cluster.
     "RoutingFailed": EventKind(WARNING, "Route"),
     "RoutingRestored": EventKind(NORMAL, "Route"),
     "ScaledUp": EventKind(NORMAL, "Scale"),
     "ScaledDown": EventKind(NORMAL, "Scale"),
     "ScaleFailed": EventKind(WARNING, "Scale"),
+    "ScaleBackSkipped": EventKind(NORMAL, "Scale"),
+    "ActionWithheld": EventKind(NORMAL, "Withhold"),
     "Frozen": EventKind(WARNING, "Freeze"),
     "RolledBack": EventKind(NORMAL, "Rollback"),
     "RollbackFailed": EventKind(WARNING, "Rollback"),
@@ -57,6 +59,7 @@ REASONS: Final[dict[str, EventKind]] = {
     "DrillStarted": EventKind(NORMAL, "Drill"),
     "DrillPassed": EventKind(NORMAL, "Drill"),
     "DrillFailed": EventKind(WARNING, "Drill"),
+    "DrillInconclusive": EventKind(WARNING, "Drill"),
     "DrillAborted": EventKind(NORMAL, "Drill"),
     "DrillSkipped": EventKind(NORMAL, "Drill"),
 }

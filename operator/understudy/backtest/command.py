@@ -15,11 +15,12 @@ import yaml
 from pydantic import ValidationError
 
 from understudy.api import API_VERSION, KIND, FallbackPolicy
+from understudy.api.convert import to_engine_capacities
 from understudy.api.errors import describe
+from understudy.backtest.cluster import Step, assumptions
 from understudy.backtest.render import Context, ProgressLine, plot, table, to_json
 from understudy.backtest.replay import backtest_policy, replay, summarise
 from understudy.backtest.source import PrometheusHistory, SourceError, parse_span, parse_step, parse_time, step_times
-from understudy.engine import Samples
 from understudy.loop import PolicySnapshot, compile_policy
 
 PROGRESS_EVERY = 500
@@ -30,7 +31,7 @@ class UsageError(ValueError):
     """Bad arguments or policy: exit status 2."""
 
 
-def load_policy(path: str) -> dict[str, Any]:
+def load_policy(path: str) -> tuple[dict[str, Any], FallbackPolicy]:
     """The one FallbackPolicy document in `path` (other kinds are skipped), validated as the API server would."""
     try:
         documents = [d for d in yaml.safe_load_all(Path(path).read_text()) if isinstance(d, dict)]
@@ -40,10 +41,9 @@ def load_policy(path: str) -> dict[str, Any]:
     if len(policies) != 1:
         raise UsageError(f"{path}: expected exactly one {KIND} ({API_VERSION}), found {len(policies)}")
     try:
-        FallbackPolicy.model_validate(policies[0])
+        return policies[0], FallbackPolicy.model_validate(policies[0])
     except ValidationError as error:
         raise UsageError(f"{path}: {KIND} is invalid:\n  " + "\n  ".join(describe(error))) from None
-    return policies[0]
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float | None = None) -> int:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float | None = 
 
 
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> int:
-    document = load_policy(args.filename)
+    document, validated = load_policy(args.filename)
     metadata = document.get("metadata") or {}
     namespace = args.namespace or metadata.get("namespace") or "default"
     name = str(metadata.get("name", "<unnamed>"))
@@ -78,17 +78,19 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> int:
         raise UsageError(str(error)) from None
     policy, notes = backtest_policy(compiled.policy, step)
     target = replace(compiled.target, policy=policy)
+    capacities = to_engine_capacities(validated.spec)
 
     source = PrometheusHistory(url, timeout=args.timeout)
     progress = ProgressLine(source.requests_needed(target, times) + len(times), "backtest",
                             enabled=not args.quiet and err.isatty(), stream=err)
     try:
         history = source.read(target, times, progress)
-        result = replay(policy, _counted(history.samples(), progress), step)
+        result = replay(policy, _counted(history.steps(), progress), step, compiled.drills, capacities)
     finally:
         progress.close()
         source.close()
 
+    notes += assumptions(policy, capacities, compiled.drills, history.readiness_known)
     context = Context(namespace, name, url, history.requests, history.readiness_known, notes)
     summary = summarise(result)
     if args.plot:
@@ -102,7 +104,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> int:
     return 0
 
 
-def _counted(steps: Iterable[tuple[float, Samples]], progress: ProgressLine) -> Iterator[tuple[float, Samples]]:
+def _counted(steps: Iterable[Step], progress: ProgressLine) -> Iterator[Step]:
     pending = 0
     for item in steps:
         yield item

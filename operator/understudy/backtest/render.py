@@ -94,6 +94,9 @@ def table(summary: Summary, context: Context) -> str:
             ["evaluations w/o data", f"{s.unavailable_evaluations} (a signal of a serving tier had no data)"],
         ]),
         "",
+        "Governance (what the policy would have done besides routing; assumptions in the notes above)",
+        *_columns(_governance(s)),
+        "",
         "Time per tier",
         *_columns([["TIER", "ACTIVE", "TRAFFIC", "SHARE"]] + [
             [t.tier, span(t.active_seconds), span(t.traffic_seconds),
@@ -111,6 +114,27 @@ def table(summary: Summary, context: Context) -> str:
           if s.timeline else ["  no decision recorded: the policy would have left all traffic on the primary"]),
     ]
     return "\n".join(lines) + "\n"
+
+
+LISTED = 3
+"""Occurrences a table row spells out before it only counts the rest."""
+
+
+def _listed(items: Sequence[str]) -> str:
+    if not items:
+        return "none"
+    shown = ", ".join(items[:LISTED])
+    return f"{len(items)}: {shown}" + (", ..." if len(items) > LISTED else "")
+
+
+def _governance(s: Summary) -> list[list[str]]:
+    return [
+        ["rollbacks", _listed([f"to revision {r} at {when(t)}" for t, r in s.rollbacks])],
+        ["freezes", _listed([when(t) for t in s.freezes])],
+        ["scale-ups", _listed([f"{tier} to {n} replicas at {when(t)}" for t, tier, n in s.scale_ups])],
+        ["scale-backs", _listed([f"{tier} to {n} replicas at {when(t)}" for t, tier, n in s.scale_downs])],
+        ["drills", ", ".join(f"{n} {result.lower()}" for result, n in s.drills.items()) or "none"],
+    ]
 
 
 def to_json(summary: Summary, context: Context) -> dict[str, Any]:
@@ -144,6 +168,13 @@ def to_json(summary: Summary, context: Context) -> dict[str, Any]:
             "exceededAt": [when(t) for t in s.creep_exceeded_at],
         },
         "unavailableEvaluations": s.unavailable_evaluations,
+        "governance": {
+            "rollbacks": [{"time": when(t), "revision": r} for t, r in s.rollbacks],
+            "freezes": [when(t) for t in s.freezes],
+            "scaleUps": [{"time": when(t), "tier": tier, "replicas": n} for t, tier, n in s.scale_ups],
+            "scaleBacks": [{"time": when(t), "tier": tier, "replicas": n} for t, tier, n in s.scale_downs],
+            "drills": dict(s.drills),
+        },
         "timeline": [
             {"time": when(e.at), "reason": e.record.reason, "message": e.record.message,
              **{k: v for k, v in (("tier", e.record.tier), ("trigger", e.record.trigger),

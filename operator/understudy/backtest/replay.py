@@ -1,33 +1,42 @@
-"""Replay a history of Samples through the operator's own `decide`, and summarise what it would have done.
+"""Replay a history through the operator's own engine, and summarise what it would have done.
 
-Pure: no I/O, no clock. The replay starts from `initial_state` and calls `decide` once per step with
-`now` = the step's time, exactly as the operator's loop does once per evaluation interval, so the answer
-is the engine's answer and not a re-implementation of it. What the summary counts comes from the audit
-records `decide` returns (the same words the operator posts as Events), and time is credited the way the
-engine's creep accounting credits it: the weights set at one step hold until the next.
+Pure: no I/O, no clock. The replay starts from `initial_state` and runs, once per step with `now` = the
+step's time, exactly what the operator runs once per evaluation interval: `capacity_fit`, `decide`,
+`step_drills` and `govern`, so the answer is the engine's answer and not a re-implementation of it. What
+the summary counts comes from the audit records they return (the same words the operator posts as
+Events) and from the intents `govern` issues, and time is credited the way the engine's creep accounting
+credits it: the weights set at one step hold until the next.
 
 A replay cannot know how the traffic would have moved had the policy routed it: it judges the history
-as it was recorded (for a policy that did not exist yet, or ran in Observe mode, that is exact).
+as it was recorded (for a policy that did not exist yet, or ran in Observe mode, that is exact). What it
+must assume about revisions and replicas to govern is in `backtest.cluster`, and said in the report.
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from itertools import chain
+from typing import Iterable, Mapping
 
+from understudy.backtest.cluster import AssumedCluster, Step, starting_state
 from understudy.engine import (
     AuditRecord,
     Decision,
+    Mode,
     Policy,
     ReadingStatus,
-    Samples,
     decide,
     initial_state,
 )
 from understudy.engine import reasons
+from understudy.engine.drills import Drill, DrillRun, step_drills
+from understudy.engine.governance import SCALED_UP, TierCapacity, capacity_fit, govern
+from understudy.engine.intents import IntentOutcome, RollbackIntent, ScaleIntent
 
 MOVES = (reasons.FALLBACK_ACTIVATED, reasons.RESTORE_STEP, reasons.RESTORED, reasons.RESTORE_ABORTED)
 """Audit reasons that accompany a change of the weights."""
+FROZEN = "Frozen"
+"""The record `decide` gives when creep.action Freeze holds the routing."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,11 @@ class Replay:
     """The highest off-primary time over max(observed time, creep window), the quantity the budget caps."""
     peak_at: float | None = None
     last: Decision | None = None
+    rollbacks: list[tuple[float, str]] = field(default_factory=list)
+    """(time, revision) of each rollback `govern` asked for."""
+    scales: list[tuple[float, ScaleIntent]] = field(default_factory=list)
+    drills: Counter[str] = field(default_factory=Counter)
+    """Drill outcomes by result: Passed, Failed, Inconclusive, Aborted, Skipped."""
 
 
 def backtest_policy(policy: Policy, step: float) -> tuple[Policy, tuple[str, ...]]:
@@ -64,7 +78,8 @@ def backtest_policy(policy: Policy, step: float) -> tuple[Policy, tuple[str, ...
 
     `interval` becomes the step: the engine credits at most two intervals of time per evaluation (to
     ignore operator downtime), so a step longer than that would silently drop time off the primary.
-    A pin or pause is dropped: a backtest asks what the rules would have done, not a person.
+    A pin or pause is dropped: a backtest asks what the rules would have done, not a person. Observe mode
+    is replayed as Enforce, so the report shows the rollbacks, scales and drills it would do once enforced.
     """
     notes: list[str] = []
     if abs(step - policy.interval) > 1e-9:
@@ -74,21 +89,55 @@ def backtest_policy(policy: Policy, step: float) -> tuple[Policy, tuple[str, ...
         )
     if policy.pinned_tier is not None or policy.paused:
         notes.append("spec.override (pin or pause) ignored: the replay shows what the triggers would have done")
-    return replace(policy, interval=step, pinned_tier=None, paused=False), tuple(notes)
+    if policy.mode is Mode.OBSERVE:
+        notes.append("mode Observe replayed as Enforce: the report shows what the policy would do once enforced")
+    return replace(policy, interval=step, pinned_tier=None, paused=False, mode=Mode.ENFORCE), tuple(notes)
 
 
-def replay(policy: Policy, history: Iterable[tuple[float, Samples]], step: float) -> Replay:
-    """Run `decide` over `history` ((time, samples) in increasing time) from the initial state."""
+def replay(policy: Policy, history: Iterable[Step], step: float, drills: tuple[Drill, ...] = (),
+           capacities: Mapping[str, TierCapacity] | None = None) -> Replay:
+    """Run the engine over `history` (steps in increasing time) from the initial state.
+
+    The policy is taken as created at the first step, so a drill first falls due one period later.
+    """
+    capacities = capacities or {}
     result = Replay(policy=policy, step=step)
     keys = [(tier, trigger.name) for tier in policy.tier_names for trigger in policy.triggers
             if trigger.applies(tier)]
     for key in keys:
         result.signals[key] = []
     window_ms = policy.creep_window * 1000
+    steps = iter(history)
+    first = next(steps, None)
+    if first is None:
+        return result
+    created = first.at
     state = initial_state(policy)
-    for at, samples in history:
+    cluster = AssumedCluster(policy)
+    governance = starting_state(created)
+    outcomes: list[IntentOutcome] = []
+    running: DrillRun | None = None
+    last_drills: dict[str, float] = {}
+    for moment in chain([first], steps):
+        at, samples = moment.at, moment.samples
+        facts = cluster.facts(moment)
+        if capacities:
+            samples = replace(samples, capacity={**samples.capacity, **capacity_fit(capacities, facts)})
         decision = decide(policy, samples, state, at)
         state = decision.state
+        drill = step_drills(drills, policy, decision, samples, running, last_drills, created, at)
+        running = drill.running
+        if drill.outcome is not None:
+            last_drills[drill.outcome.tier] = drill.outcome.time
+            result.drills[drill.outcome.result] += 1
+        governed = govern(policy, capacities, decision, facts, governance, outcomes, at)
+        governance = governed.state
+        outcomes = cluster.carry_out(governed.intents, at)
+        for intent in governed.intents:
+            if isinstance(intent, RollbackIntent):
+                result.rollbacks.append((at, intent.revision))
+            else:
+                result.scales.append((at, intent))
         result.times.append(at)
         result.weights.append(tuple(w for _, w in decision.weights))
         result.active.append(decision.active_tier)
@@ -96,7 +145,7 @@ def replay(policy: Policy, history: Iterable[tuple[float, Samples]], step: float
             reading = samples.readings.get(tier, {}).get(trigger)
             ok = reading is not None and reading.status is ReadingStatus.OK
             result.signals[(tier, trigger)].append(reading.value if ok and reading else None)
-        result.events.extend(Event(at, record) for record in decision.audit)
+        result.events.extend(Event(at, record) for record in (*decision.audit, *drill.audit, *governed.audit))
         result.unavailable += not decision.metrics_available
         # Off-primary time only grows after a step that left the primary some traffic short; skipping the
         # sums otherwise keeps a quiet week cheap.
@@ -155,6 +204,15 @@ class Summary:
     creep_exceeded_at: tuple[float, ...]
     unavailable_evaluations: int
     timeline: tuple[Event, ...]
+    rollbacks: tuple[tuple[float, str], ...] = ()
+    """(time, revision) of each rollback of the primary the policy would have done."""
+    freezes: tuple[float, ...] = ()
+    """When creep.action Freeze would have frozen the routing."""
+    scale_ups: tuple[tuple[float, str, int], ...] = ()
+    """(time, tier, replicas) of each scale-up of a fallback."""
+    scale_downs: tuple[tuple[float, str, int], ...] = ()
+    drills: Mapping[str, int] = field(default_factory=dict)
+    """Drill outcomes by result."""
 
 
 def summarise(result: Replay) -> Summary:
@@ -199,4 +257,9 @@ def summarise(result: Replay) -> Summary:
         creep_exceeded_at=exceeded_at,
         unavailable_evaluations=result.unavailable,
         timeline=tuple(result.events),
+        rollbacks=tuple(result.rollbacks),
+        freezes=tuple(e.at for e in result.events if e.record.reason == FROZEN),
+        scale_ups=tuple((at, i.tier, i.replicas) for at, i in result.scales if i.reason == SCALED_UP),
+        scale_downs=tuple((at, i.tier, i.replicas) for at, i in result.scales if i.reason != SCALED_UP),
+        drills=dict(sorted(result.drills.items())),
     )

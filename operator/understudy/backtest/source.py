@@ -26,8 +26,9 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from understudy.api.durations import parse_duration
+from understudy.backtest.cluster import Step
 from understudy.engine import Samples
-from understudy.signals.promql import ReadyReplicas, Target, map_results, plan_queries
+from understudy.signals.promql import ReadyReplicas, Target, map_loads, map_results, plan_queries
 
 MAX_POINTS = 10_000
 """Steps per range request: below Prometheus's limit of 11,000 points per series."""
@@ -111,14 +112,23 @@ class History:
     def readiness_known(self) -> bool:
         return self.ready is not None
 
-    def samples(self) -> Iterator[tuple[float, Samples]]:
-        """(time, Samples) per step, built lazily so a week of steps never sits in memory at once."""
+    def steps(self) -> Iterator[Step]:
+        """One Step per evaluation time, built lazily so a week of steps never sits in memory at once.
+
+        The load is read when the policy has a capacity to check; replicas by tier only when
+        kube-state-metrics recorded them.
+        """
         plan = plan_queries([self.target])
-        assumed: ReadyReplicas = {(self.target.namespace, t.deployment): (1, 1) for t in self.target.policy.tiers}
+        namespace, key = self.target.namespace, self.target.key
+        assumed: ReadyReplicas = {(namespace, t.deployment): (1, 1) for t in self.target.policy.tiers}
         for ms in self.times_ms:
             results = {q: list(self.vectors.get(q, {}).get(ms, ())) for q in plan.queries}
             ready = assumed if self.ready is None else self.ready.get(ms, {})
-            yield ms / 1000, map_results(plan, results, ready).get(self.target.key, Samples({}))
+            replicas = None if self.ready is None else {
+                t.name: ready[(namespace, t.deployment)] for t in self.target.policy.tiers
+                if (namespace, t.deployment) in ready}
+            yield Step(ms / 1000, map_results(plan, results, ready).get(key, Samples({})),
+                       map_loads(plan, results).get(key), replicas)
 
 
 Progress = Callable[[int], None]

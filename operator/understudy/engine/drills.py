@@ -5,10 +5,14 @@ drill in progress, when each fallback was last drilled, now) and applies the ret
 borrows a share of traffic while the primary serves everything; `decide` never sees it, so hysteresis and
 creep accounting are not disturbed by an intentional exercise. A fallback that breaches one of its own
 triggers while drilled ends the drill at once: a drill must never leave traffic on a failing fallback.
+A drill passes only on evidence: every trigger that applies to the fallback must have had a reading while
+it served. A drill that measured nothing (a small share of little traffic reads below minRequests) is
+Inconclusive, never Passed: certifying a fallback nobody measured would be worse than no drill.
+No drill sends traffic in Observe mode or while spec.override.paused holds the routing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 from understudy.engine.decide import Decision
@@ -19,6 +23,8 @@ DRILL_PASSED = "DrillPassed"
 DRILL_FAILED = "DrillFailed"
 DRILL_ABORTED = "DrillAborted"
 DRILL_SKIPPED = "DrillSkipped"
+DRILL_INCONCLUSIVE = "DrillInconclusive"
+DRILL_REASONS = (DRILL_STARTED, DRILL_PASSED, DRILL_FAILED, DRILL_ABORTED, DRILL_SKIPPED, DRILL_INCONCLUSIVE)
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,8 @@ class DrillRun:
     share: int
     started: float
     ends: float
+    evidence: tuple[str, ...] = ()
+    """The fallback's triggers that have had a reading while it served, sorted (status.drill.evidence)."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class DrillOutcome:
     tier: str
     time: float
     result: str
-    """Passed, Failed, Aborted or Skipped."""
+    """Passed, Failed, Inconclusive, Aborted or Skipped."""
     message: str
 
 
@@ -93,22 +101,31 @@ def _continue(policy: Policy, decision: Decision, samples: Samples, run: DrillRu
     if busy:
         return _end(run, now, "Aborted", DRILL_ABORTED, f"drill of {run.tier} ended early: {busy}")
     readings = samples.readings.get(run.tier, {})
-    for trigger in policy.triggers:
-        if not trigger.applies(run.tier):
-            continue
+    applicable = [t for t in policy.triggers if t.applies(run.tier)]
+    evidence = set(run.evidence)
+    for trigger in applicable:
         reading = readings.get(trigger.name)
-        if reading is not None and reading.status is ReadingStatus.OK and reading.value is not None \
-                and trigger.breached_by(reading.value):
-            message = (f"drill of {run.tier} failed: {trigger.name} {reading.value:g} "
+        value = reading.value if reading is not None and reading.status is ReadingStatus.OK else None
+        if value is None or value != value:  # no data, too few requests, or NaN: no evidence either way
+            continue
+        if trigger.breached_by(value):
+            message = (f"drill of {run.tier} failed: {trigger.name} {value:g} "
                        f"{trigger.comparison.value} {trigger.threshold:g}; traffic is back on the primary")
             step = _end(run, now, "Failed", DRILL_FAILED, message)
             record = AuditRecord(DRILL_FAILED, message, tier=run.tier, trigger=trigger.name,
-                                 observed=reading.value, threshold=trigger.threshold)
+                                 observed=value, threshold=trigger.threshold)
             return DrillStep(None, None, step.outcome, (record,))
+        evidence.add(trigger.name)
+    run = replace(run, evidence=tuple(sorted(evidence)))
     if now >= run.ends:
+        served = f"{run.share}% of traffic for {run.ends - run.started:g}s"
+        unread = [t.name for t in applicable if t.name not in evidence]
+        if unread:
+            return _end(run, now, "Inconclusive", DRILL_INCONCLUSIVE,
+                        f"drill of {run.tier} inconclusive: no reading of {', '.join(unread)} while it served "
+                        f"{served}, so nothing was proven (LastDrillPassed is left as it was)")
         return _end(run, now, "Passed", DRILL_PASSED,
-                    f"drill of {run.tier} passed: {run.share}% of traffic for "
-                    f"{run.ends - run.started:g}s without breaching a trigger")
+                    f"drill of {run.tier} passed: {served}, every trigger read without a breach")
     return DrillStep(run, _split(policy, run), None, ())
 
 
