@@ -233,11 +233,13 @@ def add_run(subparsers: Subparsers) -> None:
         help="run the operator (in a pod, or against KUBECONFIG)",
         description="Watch FallbackPolicies, read their signals from Prometheus, and route traffic between tiers.",
     )
-    parser.add_argument("--prometheus-url", required=True, help="the Prometheus that holds the signals")
+    parser.add_argument("--prometheus-url", required=True, type=_prometheus_url,
+                        help="the Prometheus that holds the signals (no user name or password: see the auth flags)")
     parser.add_argument("--namespace", action="append", default=[], metavar="NS",
                         help="watch this namespace; repeatable; none means every namespace")
-    parser.add_argument("--query-timeout", type=float, default=2.0, metavar="SECONDS",
+    parser.add_argument("--query-timeout", type=_positive, default=2.0, metavar="SECONDS",
                         help="timeout of each PromQL query (default 2)")
+    add_prometheus_access(parser)
     parser.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics; 0 turns it off")
     parser.add_argument("--metrics-address", default="0.0.0.0", help="address /metrics listens on")
     parser.add_argument("--liveness-port", type=int, default=0, help="port of /healthz; 0 turns it off")
@@ -249,6 +251,84 @@ def add_run(subparsers: Subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _prometheus_url(text: str) -> str:
+    from understudy.signals.endpoints import parse_url
+
+    try:
+        parse_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a usable Prometheus URL: {error}") from None
+    return text
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _byte_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError(f"a header is NAME:VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def add_prometheus_access(parser: argparse.ArgumentParser) -> None:
+    """Flags that bound what the operator sends to Prometheus servers and how it proves who it is."""
+    group = parser.add_argument_group(
+        "Prometheus endpoints and limits", "Who may be asked, and how much an answer may cost.")
+    group.add_argument("--policy-prometheus-urls", choices=("deny", "allowlist", "any"), default="deny",
+                       help="a policy's own spec.signals.prometheusURL: refused (default), allowed from "
+                            "--allowed-prometheus-url, or any URL without credentials, query or fragment")
+    group.add_argument("--allowed-prometheus-url", action="append", default=[], metavar="URL",
+                       type=_prometheus_url,
+                       help="with --policy-prometheus-urls=allowlist: scheme://host[:port][/path-prefix] a policy "
+                            "may name (same scheme, host and port; its path or below); repeatable")
+    group.add_argument("--policy-query-timeout", type=_positive, default=1.0, metavar="SECONDS",
+                       help="time for a whole read of one policy's own Prometheus (default 1)")
+    group.add_argument("--max-answer-bytes", type=_byte_count, default=8 << 20, metavar="BYTES",
+                       help="largest answer to a batched built-in query (default 8388608)")
+    group.add_argument("--max-custom-answer-bytes", type=_byte_count, default=64 << 10, metavar="BYTES",
+                       help="largest answer to a custom query (default 65536)")
+    auth = parser.add_argument_group(
+        "Prometheus authentication", "Sent to --prometheus-url only, never to a policy's own URL.")
+    auth.add_argument("--prometheus-bearer-token-file", metavar="PATH", help="a file holding a bearer token")
+    auth.add_argument("--prometheus-username", metavar="NAME", help="basic auth user name")
+    auth.add_argument("--prometheus-password-file", metavar="PATH", help="a file holding the basic auth password")
+    auth.add_argument("--prometheus-ca-file", metavar="PATH", help="CA bundle that signed the server's certificate")
+    auth.add_argument("--prometheus-cert-file", metavar="PATH", help="client certificate (PEM)")
+    auth.add_argument("--prometheus-key-file", metavar="PATH", help="the client certificate's key (PEM)")
+    auth.add_argument("--prometheus-header", action="append", default=[], type=_header, metavar="NAME:VALUE",
+                      help="an extra request header, e.g. X-Scope-OrgID:team-a; repeatable")
+
+
+def prometheus_access(args: argparse.Namespace) -> Any:
+    """The reader's PrometheusAccess from the flags; ValueError for settings that contradict each other."""
+    from understudy.signals.endpoints import EndpointPolicy
+    from understudy.signals.reader import PrometheusAccess
+    from understudy.signals.transport import Credentials
+
+    credentials = Credentials(
+        bearer_token_file=args.prometheus_bearer_token_file, username=args.prometheus_username,
+        password_file=args.prometheus_password_file, ca_file=args.prometheus_ca_file,
+        cert_file=args.prometheus_cert_file, key_file=args.prometheus_key_file,
+        headers=tuple(args.prometheus_header))
+    return PrometheusAccess(
+        policy_urls=EndpointPolicy.of(args.policy_prometheus_urls, args.allowed_prometheus_url),
+        credentials=None if credentials == Credentials() else credentials,
+        max_answer_bytes=args.max_answer_bytes, max_custom_answer_bytes=args.max_custom_answer_bytes,
+        policy_timeout=args.policy_query_timeout)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     import socket
@@ -256,10 +336,16 @@ def run(args: argparse.Namespace) -> int:
     from understudy.handlers import OperatorConfig
     from understudy.handlers import run as run_operator
 
+    try:
+        access = prometheus_access(args)
+    except ValueError as error:
+        print(f"understudy run: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = OperatorConfig(
         prometheus_url=args.prometheus_url,
         query_timeout=args.query_timeout,
+        access=access,
         metrics_port=args.metrics_port or None,
         metrics_address=args.metrics_address,
         leader_election=args.leader_election,
