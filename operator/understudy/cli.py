@@ -23,6 +23,17 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 Subparsers = argparse._SubParsersAction  # the type argparse gives add_subparsers(); private but stable
 
+PROMETHEUS_ENV = "UNDERSTUDY_PROMETHEUS_URL"
+PROMETHEUS_HELP = (f"Prometheus base URL (default: ${PROMETHEUS_ENV}, the operator's Prometheus; never the policy's "
+                   "own spec.signals.prometheusURL, which only this flag can choose)")
+
+
+def cli_prometheus_url(args: argparse.Namespace) -> str | None:
+    """The Prometheus `report` and `backtest` read: the flag, else the operator's (the environment)."""
+    import os
+
+    return args.prometheus or os.environ.get(PROMETHEUS_ENV) or None
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -59,8 +70,7 @@ def add_backtest(subparsers: Subparsers) -> None:
     )
     parser.add_argument("-f", "--filename", required=True, metavar="PATH",
                         help="a manifest holding one FallbackPolicy")
-    parser.add_argument("--prometheus", metavar="URL",
-                        help="Prometheus base URL (default: the policy's spec.signals.prometheusURL)")
+    parser.add_argument("--prometheus", metavar="URL", help=PROMETHEUS_HELP)
     since = parser.add_mutually_exclusive_group(required=True)
     since.add_argument("--start", metavar="TIME", help="start of the range")
     since.add_argument("--since", metavar="DURATION", help="range length before --end, e.g. 7d")
@@ -118,8 +128,7 @@ def add_report(subparsers: Subparsers) -> None:
     )
     parser.add_argument("name", metavar="NAME", help="the FallbackPolicy")
     parser.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's, else default)")
-    parser.add_argument("--prometheus", metavar="URL",
-                        help="Prometheus base URL (default: the policy's spec.signals.prometheusURL)")
+    parser.add_argument("--prometheus", metavar="URL", help=PROMETHEUS_HELP)
     parser.add_argument("--since", default="24h", metavar="DURATION", help="window length, e.g. 7d (default: 24h)")
     parser.add_argument("--end", default="now", metavar="TIME",
                         help="end of the window: RFC 3339, Unix seconds, now, or relative like -1h (default: now)")

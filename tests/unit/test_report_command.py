@@ -66,3 +66,28 @@ def test_a_spec_the_models_reject_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_bad_window_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
     status, _, err = run(monkeypatch, POLICY, "--since", "yesterday")
     assert status == 2 and "not a duration" in err
+
+
+def test_the_policys_own_prometheus_is_never_asked_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admin's report goes to the operator's Prometheus (security review L6), not a URL a tenant wrote."""
+    from e2e.harness.hostile_prometheus import HostilePrometheus
+
+    with HostilePrometheus("ok") as tenants, HostilePrometheus("ok") as operators:
+        own = {**POLICY, "spec": {**POLICY["spec"], "signals": {"prometheusURL": tenants.url}}}
+        monkeypatch.delenv("UNDERSTUDY_PROMETHEUS_URL", raising=False)
+        status, out, _ = run(monkeypatch, own, "--json")
+        assert status == 0 and json.loads(out)["prometheus"] is None
+        monkeypatch.setenv("UNDERSTUDY_PROMETHEUS_URL", operators.url)
+        status, out, _ = run(monkeypatch, own, "--json")
+        doc = json.loads(out)
+        assert doc["prometheus"] == operators.url
+        assert any("its own Prometheus" in note for note in doc["notes"])
+        assert tenants.connections == 0 and operators.requests
+
+
+def test_credentials_in_a_url_are_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    nowhere = f"http://admin:hunter2@127.0.0.1:{free_port()}"
+    status, out, err = run(monkeypatch, POLICY, "--prometheus", nowhere, "--timeout", "2")
+    assert status == 1
+    assert "hunter2" not in out + err and "admin" not in out + err
+    assert f"query failed at http://127.0.0.1:{nowhere.rsplit(':', 1)[1]}" in err

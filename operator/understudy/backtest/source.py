@@ -27,6 +27,7 @@ from urllib3.util.retry import Retry
 
 from understudy.api.durations import parse_duration
 from understudy.engine import Samples
+from understudy.signals.endpoints import redact
 from understudy.signals.promql import ReadyReplicas, Target, map_results, plan_queries
 
 MAX_POINTS = 10_000
@@ -172,7 +173,7 @@ class PrometheusHistory:
             result: list[dict[str, Any]] = self._client.custom_query_range(
                 query, _utc(start_ms), _utc(end_ms), f"{step_ms / 1000:g}", params=params, timeout=self.timeout)
         except Exception as exc:  # connection, timeout, HTTP or PromQL error: the answer would be wrong
-            raise SourceError(f"range query failed at {self.url}: {exc}\n  query: {query}") from exc
+            raise SourceError(f"range query failed at {redact(self.url)}: {exc}\n  query: {query}") from exc
         return result
 
     def close(self) -> None:

@@ -15,10 +15,13 @@ from typing import Any, Mapping, TextIO
 from pydantic import ValidationError
 
 from understudy.api.errors import describe
+from understudy.backtest.command import OWN_URL_NOTE
 from understudy.backtest.source import PrometheusHistory, SourceError, parse_span, parse_time
+from understudy.cli import PROMETHEUS_ENV, cli_prometheus_url
 from understudy.loop import GROUP, PLURAL, VERSION, PolicySnapshot, compile_policy
 from understudy.report.assemble import QueryAnswer, ReportInputs, TierRef, assemble, plan_queries
 from understudy.report.render import table, to_json
+from understudy.signals.endpoints import redact
 
 
 class ReportError(RuntimeError):
@@ -37,7 +40,7 @@ class PrometheusInstant(PrometheusHistory):
         try:
             result: list[dict[str, Any]] = self._client.custom_query(query, params=params, timeout=self.timeout)
         except Exception as exc:  # connection, timeout, HTTP or PromQL error: the figure is unknown
-            raise SourceError(f"query failed at {self.url}: {exc}\n  query: {query}") from exc
+            raise SourceError(f"query failed at {redact(self.url)}: {exc}\n  query: {query}") from exc
         return result
 
 
@@ -84,7 +87,8 @@ def read_policy(name: str, namespace: str | None) -> dict[str, Any]:
 
 
 def build_inputs(obj: Mapping[str, Any], args: argparse.Namespace, now: float) -> tuple[ReportInputs, str | None]:
-    """The report's inputs and the Prometheus URL (the flag, else the policy's own)."""
+    """The report's inputs and the Prometheus URL: the flag, else the operator's (never the policy's own, which
+    a tenant chose: an admin's report must not send requests there unasked)."""
     metadata = obj.get("metadata") or {}
     namespace, name = str(metadata.get("namespace", "default")), str(metadata.get("name", ""))
     try:
@@ -113,7 +117,7 @@ def build_inputs(obj: Mapping[str, Any], args: argparse.Namespace, now: float) -
         segment_label=args.segment_label,
         quantile=args.quantile,
     )
-    return inputs, args.prometheus or compiled.target.prometheus_url
+    return inputs, cli_prometheus_url(args)
 
 
 def read_answers(inputs: ReportInputs, url: str, timeout: float) -> tuple[dict[str, QueryAnswer], str | None]:
@@ -144,16 +148,19 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float | None = 
     report = assemble(inputs, answers)
     notes = list(report.notes)
     if not url:
-        notes.insert(0, "no Prometheus (pass --prometheus or set spec.signals.prometheusURL): "
+        notes.insert(0, f"no Prometheus (pass --prometheus or set {PROMETHEUS_ENV}): "
                         "latency, confidence and segments are unknown")
+    if ((obj.get("spec") or {}).get("signals") or {}).get("prometheusURL") and not args.prometheus:
+        notes.insert(0, OWN_URL_NOTE)
     if failure:
         notes.insert(0, f"Prometheus failed, figures that need it are unknown: {failure.splitlines()[0]}")
     report = replace(report, notes=tuple(notes))
+    shown = redact(url) if url else None
     if args.json:
-        json.dump(to_json(report, url), out, indent=2)
+        json.dump(to_json(report, shown), out, indent=2)
         out.write("\n")
     else:
-        out.write(table(report, url))
+        out.write(table(report, shown))
     if failure:
         print(f"understudy report: {failure}", file=err)
         return 1
