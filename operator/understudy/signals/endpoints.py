@@ -1,7 +1,7 @@
 """Which Prometheus URLs the operator may contact, in the one spelling it compares and logs them by.
 
 A policy's `spec.signals.prometheusURL` is written by a tenant, so by default it is refused: the operator
-sends nothing there and the policy's Prometheus triggers read MISSING. An admin may allow URLs from a list
+sends nothing there and the policy's triggers read MISSING. An admin may allow URLs from a list
 (`EndpointPolicy(mode=ALLOWLIST, allowed=...)`) or any URL (`ANY`, for a single-team cluster). A URL is
 compared as scheme, host and port exactly (the default port made explicit, the host in lower case) and its
 path must equal an entry's path or continue it after a `/`. URLs with a user name or password, a query, a

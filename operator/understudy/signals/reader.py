@@ -8,10 +8,11 @@ MISSING for the policies that asked it and no one else; nothing a server sends r
 
 Each Prometheus URL is a `Lane` with its own workers, so a policy's own URL can never occupy the workers
 of the operator's Prometheus, nor of another policy's (see `lane`). A policy's own URL is contacted only
-when `PrometheusAccess.policy_urls` allows it; a refused one is never contacted, its policy's Prometheus
-triggers read MISSING and `Readout.errors` says why, for its Ready condition. Credentials go to the
-operator's own URL only. A lane is closed, with its connections, plans and bridged results, as soon as no
-policy reads from its URL any more (a policy moved to another URL, or not read for `idle_seconds`).
+when `PrometheusAccess.policy_urls` allows it; a refused one is never contacted, all its policy's triggers
+read MISSING (the policy is misconfigured) and `Readout.errors` says why, for its Ready condition.
+Credentials go to the operator's own URL only. A lane is closed, with its connections, plans and bridged
+results, as soon as no policy reads from its URL any more (a policy moved to another URL, or not read for
+`idle_seconds`).
 
 Retries are off, but one batched query serves every policy, so a single slow answer would flap thousands of
 them: a query that fails right after succeeding reuses its last result for up to `grace_reads` consecutive
@@ -28,7 +29,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable, Mapping
 
-from understudy.engine.model import Samples
+from understudy.engine.model import MISSING, Samples
 from understudy.signals.answer import AnswerError
 from understudy.signals.endpoints import URL_NOT_ALLOWED, EndpointPolicy, PrometheusURL, parse_url
 from understudy.signals.lane import PLANS_KEPT, Lane
@@ -40,7 +41,6 @@ from understudy.signals.promql import (
     Target,
     map_loads,
     map_results,
-    plan_queries,
 )
 from understudy.signals.transport import Credentials, Endpoint, QueryFailed, Watchdog
 
@@ -287,10 +287,10 @@ class SignalReader:
         for url, plan in plans.items():
             samples.update(map_results(plan, results[url], ready))
             loads.update(map_loads(plan, results[url]))
-        if refused:
-            unread = plan_queries(refused, self.max_matcher_chars)
-            samples.update(map_results(unread, {}, ready))
-            loads.update(map_loads(unread, {}))
+        for target in refused:  # nothing was asked: every trigger of every tier is MISSING, the load unknown
+            samples[target.key] = Samples({tier.name: {t.name: MISSING for t in target.policy.triggers
+                                                       if t.applies(tier.name)} for tier in target.policy.tiers})
+            loads[target.key] = None
         self._count(futures, errors_by_lane, started)
         return Readout(samples, loads, errors)
 
