@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -184,3 +185,44 @@ def test_a_policy_not_read_any_more_releases_its_lane(hostile: HostilePrometheus
         time.sleep(0.5)
         reader.read_all([HEALTHY], {})
         assert reader.policy_lanes == 0
+
+
+def test_a_tls_handshake_that_trickles_is_cut_at_the_deadline() -> None:
+    """A server that starts a TLS record and then sends one byte every 0.1 s: the request must end at its
+    deadline and let the connection go, before any HTTP is spoken. (CPython bounds a handshake as a whole,
+    so the old reader passed this too; it guards the watchdog's claim to cover the handshake.)"""
+    stop, hung_up = threading.Event(), threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+
+    def serve() -> None:
+        conns: list[socket.socket] = []
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record promising 16 KiB
+                conns.append(conn)
+            except TimeoutError:
+                pass
+            for conn in conns:
+                try:
+                    conn.sendall(b"\x00")
+                except OSError:
+                    hung_up.set()  # the client closed the connection
+        for conn in conns:
+            conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        with SignalReader(f"https://127.0.0.1:{listener.getsockname()[1]}", timeout=0.5) as reader:
+            started = time.monotonic()
+            readout = reader.read_all([HEALTHY], {})
+            elapsed = time.monotonic() - started
+            assert hung_up.wait(1.0), "the worker still holds the connection after the read"
+    finally:
+        stop.set()
+        server.join(timeout=5)
+        listener.close()
+    assert 0.4 < elapsed < 1.2, f"took {elapsed:.2f}s with a 0.5 s deadline"
+    assert values(readout.samples["healthy"]) == {(ReadingStatus.MISSING, None)}
