@@ -192,6 +192,8 @@ class Endpoint:
 
     def get(self, path: str, deadline: float, max_bytes: int) -> bytes:
         """The body of a 200 answer to `GET <base path><path>`; QueryFailed for anything else."""
+        if time.monotonic() >= deadline:  # queued past its lane's deadline: not worth sending
+            raise QueryFailed("no time left before the deadline", costly=True)
         for attempt in range(2):
             conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
             reused = conn is not None and conn.sock is not None and not _dropped(conn.sock)
@@ -229,9 +231,7 @@ class Endpoint:
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _connect(self, guard: Guard) -> http.client.HTTPConnection:
-        remaining = guard.deadline - time.monotonic()
-        if remaining <= 0:
-            raise QueryFailed("no time left to connect", costly=True)
+        remaining = max(guard.deadline - time.monotonic(), 0.001)
         sock = socket.create_connection((self.url.host, self.url.port), timeout=remaining)
         guard.watch(sock)
         if self.url.scheme == "https":
