@@ -83,6 +83,7 @@ def add_backtest(subparsers: Subparsers) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="timeout of each Prometheus request (default: 30)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display on stderr")
+    add_prometheus_credentials(parser, "The same settings as the operator's, for its Prometheus.")
     # Relative times such as `--start -7d` start with "-": let this parser read them as values, the way
     # argparse already reads negative numbers (it has no option that looks like one).
     parser._negative_number_matcher = re.compile(r"^-[0-9]")
@@ -142,6 +143,7 @@ def add_report(subparsers: Subparsers) -> None:
     parser.add_argument("--quantile", type=_quantile, default=0.99, help="latency quantile (default: 0.99)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="timeout of each Prometheus request (default: 30)")
+    add_prometheus_credentials(parser, "The same settings as the operator's, for its Prometheus.")
     parser._negative_number_matcher = re.compile(r"^-[0-9]")  # `--end -1h`, as in backtest
     parser.set_defaults(func=report)
 
@@ -308,8 +310,11 @@ def add_prometheus_access(parser: argparse.ArgumentParser) -> None:
                        help="largest answer to a batched built-in query (default 8388608)")
     group.add_argument("--max-custom-answer-bytes", type=_byte_count, default=64 << 10, metavar="BYTES",
                        help="largest answer to a custom query (default 65536)")
-    auth = parser.add_argument_group(
-        "Prometheus authentication", "Sent to --prometheus-url only, never to a policy's own URL.")
+    add_prometheus_credentials(parser, "Sent to --prometheus-url only, never to a policy's own URL.")
+
+
+def add_prometheus_credentials(parser: argparse.ArgumentParser, description: str) -> None:
+    auth = parser.add_argument_group("Prometheus authentication", description)
     auth.add_argument("--prometheus-bearer-token-file", metavar="PATH", help="a file holding a bearer token")
     auth.add_argument("--prometheus-username", metavar="NAME", help="basic auth user name")
     auth.add_argument("--prometheus-password-file", metavar="PATH", help="a file holding the basic auth password")
@@ -320,10 +325,8 @@ def add_prometheus_access(parser: argparse.ArgumentParser) -> None:
                       help="an extra request header, e.g. X-Scope-OrgID:team-a; repeatable")
 
 
-def prometheus_access(args: argparse.Namespace) -> Any:
-    """The reader's PrometheusAccess from the flags; ValueError for settings that contradict each other."""
-    from understudy.signals.endpoints import EndpointPolicy
-    from understudy.signals.reader import PrometheusAccess
+def prometheus_credentials(args: argparse.Namespace) -> Any:
+    """The Credentials the auth flags name, or None; ValueError for settings that contradict each other."""
     from understudy.signals.transport import Credentials
 
     credentials = Credentials(
@@ -331,9 +334,17 @@ def prometheus_access(args: argparse.Namespace) -> Any:
         password_file=args.prometheus_password_file, ca_file=args.prometheus_ca_file,
         cert_file=args.prometheus_cert_file, key_file=args.prometheus_key_file,
         headers=tuple(args.prometheus_header))
+    return None if credentials == Credentials() else credentials
+
+
+def prometheus_access(args: argparse.Namespace) -> Any:
+    """The reader's PrometheusAccess from the flags; ValueError for settings that contradict each other."""
+    from understudy.signals.endpoints import EndpointPolicy
+    from understudy.signals.reader import PrometheusAccess
+
     return PrometheusAccess(
         policy_urls=EndpointPolicy.of(args.policy_prometheus_urls, args.allowed_prometheus_url),
-        credentials=None if credentials == Credentials() else credentials,
+        credentials=prometheus_credentials(args),
         max_answer_bytes=args.max_answer_bytes, max_custom_answer_bytes=args.max_custom_answer_bytes,
         policy_timeout=args.policy_query_timeout)
 

@@ -6,6 +6,7 @@ to a log.
 """
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,3 +134,22 @@ def test_bearer_token_and_extra_headers(tmp_path: Path) -> None:
 def test_inconsistent_credentials_are_refused(settings: dict[str, object], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         Credentials(**settings)  # type: ignore[arg-type]
+
+
+def test_backtest_reads_the_authenticated_prometheus_with_the_operators_settings(
+    basic_auth_prometheus: PrometheusServer, password_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.corpus import VALID
+    from understudy.cli import backtest, build_parser
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(VALID[0].path.read_text())
+
+    def run(*flags: str) -> int:
+        args = build_parser().parse_args(["backtest", "-f", str(policy), "--since", "5m", "--step", "1m",
+                                          "--prometheus", basic_auth_prometheus.url, "--json", "-q", *flags])
+        return backtest(args, io.StringIO())
+
+    assert run() == 1 and "401" in capsys.readouterr().err
+    assert run("--prometheus-username", USER, "--prometheus-password-file", str(password_file)) == 0
+    assert PASSWORD not in capsys.readouterr().err

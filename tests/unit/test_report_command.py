@@ -91,3 +91,21 @@ def test_credentials_in_a_url_are_never_printed(monkeypatch: pytest.MonkeyPatch)
     assert status == 1
     assert "hunter2" not in out + err and "admin" not in out + err
     assert f"query failed at http://127.0.0.1:{nowhere.rsplit(':', 1)[1]}" in err
+
+
+def test_the_operators_credentials_and_no_redirects(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """report authenticates like the operator (token file, extra header) and follows no redirect."""
+    from e2e.harness.hostile_prometheus import HostilePrometheus
+
+    token = tmp_path / "token"
+    token.write_text("report-token\n")
+    with HostilePrometheus("ok") as server:
+        status, _, err = run(monkeypatch, POLICY, "--prometheus", server.url, "--json",
+                             f"--prometheus-bearer-token-file={token}", "--prometheus-header=X-Scope-OrgID:team-a")
+        assert status == 0, err
+        assert server.requests and all(r.headers.get("Authorization") == "Bearer report-token"
+                                       and r.headers.get("X-Scope-OrgID") == "team-a" for r in server.requests)
+        with HostilePrometheus("ok") as elsewhere:
+            server.set_mode("redirect", location=elsewhere.url + "/api/v1/query")
+            status, _, err = run(monkeypatch, POLICY, "--prometheus", server.url, "--timeout", "2")
+            assert status == 1 and elsewhere.connections == 0

@@ -19,7 +19,7 @@ from understudy.api.errors import describe
 from understudy.backtest.render import Context, ProgressLine, plot, table, to_json
 from understudy.backtest.replay import backtest_policy, replay, summarise
 from understudy.backtest.source import PrometheusHistory, SourceError, parse_span, parse_step, parse_time, step_times
-from understudy.cli import PROMETHEUS_ENV, cli_prometheus_url
+from understudy.cli import PROMETHEUS_ENV, cli_prometheus_url, prometheus_credentials
 from understudy.engine import Samples
 from understudy.loop import PolicySnapshot, compile_policy
 from understudy.signals.endpoints import redact
@@ -84,7 +84,11 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> int:
     policy, notes = backtest_policy(compiled.policy, step)
     target = replace(compiled.target, policy=policy)
 
-    source = PrometheusHistory(url, timeout=args.timeout)
+    try:
+        credentials = prometheus_credentials(args)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    source = PrometheusHistory(url, timeout=args.timeout, credentials=credentials)
     progress = ProgressLine(source.requests_needed(target, times) + len(times), "backtest",
                             enabled=not args.quiet and err.isatty(), stream=err)
     try:

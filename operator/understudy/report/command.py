@@ -17,11 +17,12 @@ from pydantic import ValidationError
 from understudy.api.errors import describe
 from understudy.backtest.command import OWN_URL_NOTE
 from understudy.backtest.source import PrometheusHistory, SourceError, parse_span, parse_time
-from understudy.cli import PROMETHEUS_ENV, cli_prometheus_url
+from understudy.cli import PROMETHEUS_ENV, cli_prometheus_url, prometheus_credentials
 from understudy.loop import GROUP, PLURAL, VERSION, PolicySnapshot, compile_policy
 from understudy.report.assemble import QueryAnswer, ReportInputs, TierRef, assemble, plan_queries
 from understudy.report.render import table, to_json
 from understudy.signals.endpoints import redact
+from understudy.signals.transport import Credentials
 
 
 class ReportError(RuntimeError):
@@ -120,10 +121,14 @@ def build_inputs(obj: Mapping[str, Any], args: argparse.Namespace, now: float) -
     return inputs, cli_prometheus_url(args)
 
 
-def read_answers(inputs: ReportInputs, url: str, timeout: float) -> tuple[dict[str, QueryAnswer], str | None]:
+def read_answers(inputs: ReportInputs, url: str, timeout: float,
+                 credentials: Credentials | None = None) -> tuple[dict[str, QueryAnswer], str | None]:
     """Every planned query's answer; after the first failure the rest are not sent (None: not known)."""
-    source = PrometheusInstant(url, timeout=timeout)
     answers: dict[str, QueryAnswer] = {}
+    try:
+        source = PrometheusInstant(url, timeout=timeout, credentials=credentials)
+    except SourceError as error:
+        return answers, str(error)
     try:
         for key, query in plan_queries(inputs).items():
             answers[key] = source.instant(query.promql, query.at)
@@ -136,6 +141,10 @@ def read_answers(inputs: ReportInputs, url: str, timeout: float) -> tuple[dict[s
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float | None = None) -> int:
     try:
+        try:
+            credentials = prometheus_credentials(args)
+        except ValueError as error:
+            raise ReportError(str(error), 2) from None
         obj = read_policy(args.name, args.namespace)
         inputs, url = build_inputs(obj, args, time.time() if now is None else now)
     except ReportError as error:
@@ -144,7 +153,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float | None = 
     failure: str | None = None
     answers: dict[str, QueryAnswer] = {}
     if url:
-        answers, failure = read_answers(inputs, url, args.timeout)
+        answers, failure = read_answers(inputs, url, args.timeout, credentials)
     report = assemble(inputs, answers)
     notes = list(report.notes)
     if not url:
