@@ -146,9 +146,9 @@ def read_operator_metrics(port: int, timeout: float = 10.0) -> OperatorMetricsSn
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == "understudy_prometheus_queries_total":
-                queries = s.value
+                queries += s.value  # one series per source
             elif s.name == "understudy_prometheus_query_errors_total":
-                errors = s.value
+                errors += s.value
             elif s.name == "understudy_api_writes_total":
                 writes[s.labels.get("kind", "")] = s.value
             elif s.name == "understudy_events_posted_total":

@@ -4,16 +4,22 @@ Runs Debian's ``prometheus`` binary with its own data directory and a free 127.0
 Scrape targets live in a file_sd file so tests can add and remove them while Prometheus runs;
 Prometheus watches that file, so no reload is needed. ``stop()`` followed by ``start()`` keeps
 the port and the TSDB, which lets a test simulate a monitoring outage and recovery.
+
+``web=WebConfig(...)`` starts it behind its own web configuration (``--web.config.file``): basic auth,
+TLS, or TLS requiring client certificates, as production servers are run; the harness's own requests then
+present the same credentials.
 """
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -23,11 +29,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["PrometheusError", "PrometheusServer", "PrometheusUnavailable", "free_port"]
+__all__ = ["PrometheusError", "PrometheusServer", "PrometheusUnavailable", "WebConfig", "free_port"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -66,6 +73,54 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class WebConfig:
+    """What Prometheus demands of its clients, and what the harness presents to it in return."""
+
+    basic_auth: tuple[str, str, str] | None = None
+    """(user, password, bcrypt hash of the password): Prometheus stores only the hash."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca: Path | None = None
+    """The CA that signed tls_cert; the harness trusts it."""
+    client_ca: Path | None = None
+    """When set, Prometheus requires a client certificate signed by this CA."""
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    """The harness's own client certificate, for a server that requires one."""
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def document(self) -> dict[str, Any]:
+        """The --web.config.file document."""
+        doc: dict[str, Any] = {}
+        if self.tls:
+            server: dict[str, Any] = {"cert_file": str(self.tls_cert), "key_file": str(self.tls_key)}
+            if self.client_ca is not None:
+                server.update(client_auth_type="RequireAndVerifyClientCert", client_ca_file=str(self.client_ca))
+            doc["tls_server_config"] = server
+        if self.basic_auth is not None:
+            user, _, hashed = self.basic_auth
+            doc["basic_auth_users"] = {user: hashed}
+        return doc
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+        if self.client_cert is not None:
+            context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+    def headers(self) -> dict[str, str]:
+        if self.basic_auth is None:
+            return {}
+        user, password, _ = self.basic_auth
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
 def _split_target(url: str) -> tuple[str, dict[str, str]]:
     """Turn ``http://host:port/path`` into a file_sd ``host:port`` plus meta labels."""
     if "://" not in url:
@@ -99,6 +154,7 @@ class PrometheusServer:
         rule_files: Sequence[str | os.PathLike[str]] = (),
         ready_timeout: float = 30.0,
         retention: str = "1d",
+        web: WebConfig | None = None,
     ) -> None:
         resolved = shutil.which(binary)
         if resolved is None:
@@ -114,6 +170,8 @@ class PrometheusServer:
         self.config_file = self.workdir / "prometheus.yml"
         self.targets_file = self.workdir / "targets.json"
         self.log_file = self.workdir / "prometheus.log"
+        self.web = web
+        self.web_config_file = self.workdir / "web.yml"
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
         self.rule_files = [str(Path(p).resolve()) for p in rule_files]
@@ -131,8 +189,9 @@ class PrometheusServer:
 
     @property
     def url(self) -> str:
-        """Base URL of the HTTP API, e.g. ``http://127.0.0.1:40123``."""
-        return f"http://{LOOPBACK}:{self.port}"
+        """Base URL of the HTTP API, e.g. ``http://127.0.0.1:40123`` (``https`` behind TLS)."""
+        scheme = "https" if self.web is not None and self.web.tls else "http"
+        return f"{scheme}://{LOOPBACK}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -158,6 +217,9 @@ class PrometheusServer:
             f"--storage.tsdb.retention.time={self.retention}",
             "--log.level=info",
         ]
+        if self.web is not None:
+            self.web_config_file.write_text(json.dumps(self.web.document(), indent=2) + "\n")
+            cmd.append(f"--web.config.file={self.web_config_file}")
         try:
             # A new session keeps Ctrl-C in a terminal from killing it behind our back.
             self._proc = subprocess.Popen(
@@ -214,13 +276,21 @@ class PrometheusServer:
             if self._proc is None or self._proc.poll() is not None:
                 raise PrometheusError(f"prometheus exited early:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as resp:
+                with self._open(urllib.request.Request(self.url + "/-/ready"), timeout=1) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError) as err:
                 last_error = str(err)
             time.sleep(0.1)
         raise PrometheusError(f"prometheus not ready after {self.ready_timeout}s ({last_error}):\n{self.log_tail()}")
+
+    def _open(self, req: urllib.request.Request, timeout: float) -> Any:
+        """urlopen with the credentials and trust the web configuration asks for."""
+        if self.web is None:
+            return urllib.request.urlopen(req, timeout=timeout)
+        for name, value in self.web.headers().items():
+            req.add_header(name, value)
+        return urllib.request.urlopen(req, timeout=timeout, context=self.web.ssl_context())
 
     def log_tail(self, lines: int = 30) -> str:
         """Last lines of the server log, for error messages."""
@@ -305,7 +375,7 @@ class PrometheusServer:
         if data is not None:
             req.add_header("Content-Type", "application/x-www-form-urlencoded")
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with self._open(req, timeout=10) as resp:
                 body = resp.read()
         except urllib.error.HTTPError as err:
             raise PrometheusError(f"{method} {path} -> {err.code}: {err.read()[:500]!r}") from err

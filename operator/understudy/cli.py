@@ -23,6 +23,17 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 Subparsers = argparse._SubParsersAction  # the type argparse gives add_subparsers(); private but stable
 
+PROMETHEUS_ENV = "UNDERSTUDY_PROMETHEUS_URL"
+PROMETHEUS_HELP = (f"Prometheus base URL (default: ${PROMETHEUS_ENV}, the operator's Prometheus; never the policy's "
+                   "own spec.signals.prometheusURL, which only this flag can choose)")
+
+
+def cli_prometheus_url(args: argparse.Namespace) -> str | None:
+    """The Prometheus `report` and `backtest` read: the flag, else the operator's (the environment)."""
+    import os
+
+    return args.prometheus or os.environ.get(PROMETHEUS_ENV) or None
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -60,8 +71,7 @@ def add_backtest(subparsers: Subparsers) -> None:
     )
     parser.add_argument("-f", "--filename", required=True, metavar="PATH",
                         help="a manifest holding one FallbackPolicy")
-    parser.add_argument("--prometheus", metavar="URL",
-                        help="Prometheus base URL (default: the policy's spec.signals.prometheusURL)")
+    parser.add_argument("--prometheus", metavar="URL", help=PROMETHEUS_HELP)
     since = parser.add_mutually_exclusive_group(required=True)
     since.add_argument("--start", metavar="TIME", help="start of the range")
     since.add_argument("--since", metavar="DURATION", help="range length before --end, e.g. 7d")
@@ -74,6 +84,7 @@ def add_backtest(subparsers: Subparsers) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="timeout of each Prometheus request (default: 30)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display on stderr")
+    add_prometheus_credentials(parser, "The same settings as the operator's, for its Prometheus.")
     # Relative times such as `--start -7d` start with "-": let this parser read them as values, the way
     # argparse already reads negative numbers (it has no option that looks like one).
     parser._negative_number_matcher = re.compile(r"^-[0-9]")
@@ -119,8 +130,7 @@ def add_report(subparsers: Subparsers) -> None:
     )
     parser.add_argument("name", metavar="NAME", help="the FallbackPolicy")
     parser.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's, else default)")
-    parser.add_argument("--prometheus", metavar="URL",
-                        help="Prometheus base URL (default: the policy's spec.signals.prometheusURL)")
+    parser.add_argument("--prometheus", metavar="URL", help=PROMETHEUS_HELP)
     parser.add_argument("--since", default="24h", metavar="DURATION", help="window length, e.g. 7d (default: 24h)")
     parser.add_argument("--end", default="now", metavar="TIME",
                         help="end of the window: RFC 3339, Unix seconds, now, or relative like -1h (default: now)")
@@ -134,6 +144,7 @@ def add_report(subparsers: Subparsers) -> None:
     parser.add_argument("--quantile", type=_quantile, default=0.99, help="latency quantile (default: 0.99)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="timeout of each Prometheus request (default: 30)")
+    add_prometheus_credentials(parser, "The same settings as the operator's, for its Prometheus.")
     parser._negative_number_matcher = re.compile(r"^-[0-9]")  # `--end -1h`, as in backtest
     parser.set_defaults(func=report)
 
@@ -251,11 +262,13 @@ def add_run(subparsers: Subparsers) -> None:
         help="run the operator (in a pod, or against KUBECONFIG)",
         description="Watch FallbackPolicies, read their signals from Prometheus, and route traffic between tiers.",
     )
-    parser.add_argument("--prometheus-url", required=True, help="the Prometheus that holds the signals")
+    parser.add_argument("--prometheus-url", required=True, type=_prometheus_url,
+                        help="the Prometheus that holds the signals (no user name or password: see the auth flags)")
     parser.add_argument("--namespace", action="append", default=[], metavar="NS",
                         help="watch this namespace; repeatable; none means every namespace")
-    parser.add_argument("--query-timeout", type=float, default=2.0, metavar="SECONDS",
+    parser.add_argument("--query-timeout", type=_positive, default=2.0, metavar="SECONDS",
                         help="timeout of each PromQL query (default 2)")
+    add_prometheus_access(parser)
     parser.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics; 0 turns it off")
     parser.add_argument("--metrics-address", default="0.0.0.0", help="address /metrics listens on")
     parser.add_argument("--liveness-port", type=int, default=0, help="port of /healthz; 0 turns it off")
@@ -274,6 +287,93 @@ def add_run(subparsers: Subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _prometheus_url(text: str) -> str:
+    from understudy.signals.endpoints import parse_url
+
+    try:
+        parse_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a usable Prometheus URL: {error}") from None
+    return text
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _byte_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError(f"a header is NAME:VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def add_prometheus_access(parser: argparse.ArgumentParser) -> None:
+    """Flags that bound what the operator sends to Prometheus servers and how it proves who it is."""
+    group = parser.add_argument_group(
+        "Prometheus endpoints and limits", "Who may be asked, and how much an answer may cost.")
+    group.add_argument("--policy-prometheus-urls", choices=("deny", "allowlist", "any"), default="deny",
+                       help="a policy's own spec.signals.prometheusURL: refused (default), allowed from "
+                            "--allowed-prometheus-url, or any URL without credentials, query or fragment")
+    group.add_argument("--allowed-prometheus-url", action="append", default=[], metavar="URL",
+                       type=_prometheus_url,
+                       help="with --policy-prometheus-urls=allowlist: scheme://host[:port][/path-prefix] a policy "
+                            "may name (same scheme, host and port; its path or below); repeatable")
+    group.add_argument("--policy-query-timeout", type=_positive, default=1.0, metavar="SECONDS",
+                       help="time for a whole read of one policy's own Prometheus (default 1)")
+    group.add_argument("--max-answer-bytes", type=_byte_count, default=8 << 20, metavar="BYTES",
+                       help="largest answer to a batched built-in query (default 8388608)")
+    group.add_argument("--max-custom-answer-bytes", type=_byte_count, default=64 << 10, metavar="BYTES",
+                       help="largest answer to a custom query (default 65536)")
+    add_prometheus_credentials(parser, "Sent to --prometheus-url only, never to a policy's own URL.")
+
+
+def add_prometheus_credentials(parser: argparse.ArgumentParser, description: str) -> None:
+    auth = parser.add_argument_group("Prometheus authentication", description)
+    auth.add_argument("--prometheus-bearer-token-file", metavar="PATH", help="a file holding a bearer token")
+    auth.add_argument("--prometheus-username", metavar="NAME", help="basic auth user name")
+    auth.add_argument("--prometheus-password-file", metavar="PATH", help="a file holding the basic auth password")
+    auth.add_argument("--prometheus-ca-file", metavar="PATH", help="CA bundle that signed the server's certificate")
+    auth.add_argument("--prometheus-cert-file", metavar="PATH", help="client certificate (PEM)")
+    auth.add_argument("--prometheus-key-file", metavar="PATH", help="the client certificate's key (PEM)")
+    auth.add_argument("--prometheus-header", action="append", default=[], type=_header, metavar="NAME:VALUE",
+                      help="an extra request header, e.g. X-Scope-OrgID:team-a; repeatable")
+
+
+def prometheus_credentials(args: argparse.Namespace) -> Any:
+    """The Credentials the auth flags name, or None; ValueError for settings that contradict each other."""
+    from understudy.signals.transport import Credentials
+
+    credentials = Credentials(
+        bearer_token_file=args.prometheus_bearer_token_file, username=args.prometheus_username,
+        password_file=args.prometheus_password_file, ca_file=args.prometheus_ca_file,
+        cert_file=args.prometheus_cert_file, key_file=args.prometheus_key_file,
+        headers=tuple(args.prometheus_header))
+    return None if credentials == Credentials() else credentials
+
+
+def prometheus_access(args: argparse.Namespace) -> Any:
+    """The reader's PrometheusAccess from the flags; ValueError for settings that contradict each other."""
+    from understudy.signals.endpoints import EndpointPolicy
+    from understudy.signals.reader import PrometheusAccess
+
+    return PrometheusAccess(
+        policy_urls=EndpointPolicy.of(args.policy_prometheus_urls, args.allowed_prometheus_url),
+        credentials=prometheus_credentials(args),
+        max_answer_bytes=args.max_answer_bytes, max_custom_answer_bytes=args.max_custom_answer_bytes,
+        policy_timeout=args.policy_query_timeout)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     import socket
@@ -282,10 +382,16 @@ def run(args: argparse.Namespace) -> int:
     from understudy.handlers import run as run_operator
     from understudy.signals.confine import Confinement
 
+    try:
+        access = prometheus_access(args)
+    except ValueError as error:
+        print(f"understudy run: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = OperatorConfig(
         prometheus_url=args.prometheus_url,
         query_timeout=args.query_timeout,
+        access=access,
         metrics_port=args.metrics_port or None,
         metrics_address=args.metrics_address,
         leader_election=args.leader_election,

@@ -25,7 +25,7 @@ from understudy.audit.metrics import OperatorMetrics
 from understudy.leader import LeaderElector, LeaseConfig
 from understudy.loop import GROUP, PLURAL, VERSION, DeploymentSnapshot, Evaluator, PolicySnapshot
 from understudy.signals.confine import Confinement
-from understudy.signals.reader import SignalReader
+from understudy.signals.reader import PrometheusAccess, SignalReader
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ FULL_COLLECTION_SECONDS = 600.0
 class OperatorConfig:
     prometheus_url: str
     query_timeout: float = 2.0
+    access: PrometheusAccess = PrometheusAccess()
     metrics_port: int | None = 8080
     metrics_address: str = "0.0.0.0"
     leader_election: bool = False
@@ -123,7 +124,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     metrics = OperatorMetrics()
     if cfg.metrics_port is not None:
         memo.metrics_server, _thread = metrics.serve(cfg.metrics_port, cfg.metrics_address)
-    reader = SignalReader(cfg.prometheus_url, timeout=cfg.query_timeout, confinement=cfg.confinement)
+    reader = SignalReader(cfg.prometheus_url, timeout=cfg.query_timeout, access=cfg.access,
+                          confinement=cfg.confinement)
     recorder = EventRecorder(client.EventsV1Api(api), instance=cfg.identity, metrics=metrics)
     evaluator = Evaluator(api, reader, recorder, metrics, checkpoint_seconds=cfg.checkpoint_seconds)
     elector = (LeaderElector(api, LeaseConfig(cfg.lease_name, cfg.lease_namespace, cfg.identity))

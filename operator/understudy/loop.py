@@ -301,12 +301,10 @@ class Evaluator:
                 self._report_invalid(key, rt, policies[key], now, report)
         if valid:
             ready = {k: (d.ready, d.desired) for k, d in deployments.items()}
-            before = self.reader.stats.queries_sent
-            errors_before = self.reader.stats.query_errors
+            before = self.reader.stats
             readout = self.reader.read_all([rt.compiled.target for _, rt in valid if rt.compiled], ready)
-            report.queries = self.reader.stats.queries_sent - before
-            self.metrics.prometheus_queries.inc(report.queries)
-            self.metrics.prometheus_query_errors.inc(self.reader.stats.query_errors - errors_before)
+            report.queries = self.reader.stats.queries_sent - before.queries_sent
+            self.metrics.count_queries(before, self.reader.stats)
             pending = [self._evaluate(key, rt, policies[key], readout.samples.get(key, Samples({})),
                                       readout.loads.get(key), deployments, now, report)
                        for key, rt in valid]

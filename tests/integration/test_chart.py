@@ -172,9 +172,20 @@ def test_helm_lint_strict(control_plane: ControlPlane, values: tuple[str, ...]) 
     (("--set", "prometheus.queryTimeout=0.0"), "queryTimeout"),
     (("--set", "networkPolicy.enabled=true"), "networkPolicy.apiServerCIDRs"),
     (("--set", "customPromQL.namespaceLabel=not-a-label"), "namespaceLabel"),
+    (("--set", "prometheus.url=http://user:secret@prometheus:9090"), "prometheus/url"),
+    (("--set", "prometheus.policyURLs.mode=sometimes"), "mode"),
+    (("--set", "prometheus.policyURLs.allowed={http://thanos:9090}"), "mode=allowlist"),
+    (("--set", "prometheus.policyURLs.mode=allowlist", "--set", "prometheus.policyURLs.allowed={http://thanos:9090/?x=}"),
+     "allowed"),
+    (("--set", "prometheus.auth.username=understudy"), "passwordSecret"),
+    (("--set", "prometheus.auth.bearerTokenSecret=t", "--set", "prometheus.auth.username=u",
+      "--set", "prometheus.auth.passwordSecret=p"), "not both"),
+    (("--set", "prometheus.headers.X-Scope-OrgID=a\nInjected: b"), "headers"),
 ], ids=["replicas-without-leader-election", "no-replicas", "typo", "root", "url-without-scheme",
         "bad-namespace", "servicemonitor-without-service", "undrainable-pdb", "arg-not-a-flag",
-        "zero-timeout-string", "network-policy-without-api-server", "promql-label-not-a-label"])
+        "zero-timeout-string", "network-policy-without-api-server", "promql-label-not-a-label",
+        "url-with-password", "unknown-url-mode", "allowlist-without-its-mode", "allowed-url-with-query",
+        "username-without-password", "bearer-and-basic", "header-with-newline"])
 def test_schema_and_templates_reject_bad_values(control_plane: ControlPlane, values: tuple[str, ...],
                                                 message: str) -> None:
     done = helm(control_plane, "template", "understudy", str(CHART), *values, check=False)
@@ -251,6 +262,40 @@ def test_ha_render_has_lease_rbac_pdb_and_rolling_update(control_plane: ControlP
 
 
 NAMESPACED = ("--set", "watchNamespaces={ml,search}", "--set", "prometheus.queryTimeout=0.5")
+AUTHENTICATED = ("--set", "prometheus.url=https://mimir.monitoring.svc:8080/prometheus",
+                 "--set", "prometheus.policyURLs.mode=allowlist",
+                 "--set", "prometheus.policyURLs.allowed={http://thanos.monitoring.svc:9090/prom}",
+                 "--set", "prometheus.policyURLs.queryTimeout=0.5",
+                 "--set", "prometheus.maxAnswerBytes=4194304", "--set", "prometheus.maxCustomAnswerBytes=4096",
+                 "--set", "prometheus.auth.username=understudy", "--set", "prometheus.auth.passwordSecret=prom-basic",
+                 "--set", "prometheus.tls.caSecret=prom-ca", "--set", "prometheus.tls.caKey=bundle.pem",
+                 "--set", "prometheus.tls.clientCertSecret=prom-client",
+                 "--set", "prometheus.headers.X-Scope-OrgID=team-a")
+
+
+def test_authenticated_render_mounts_every_secret_the_flags_name(control_plane: ControlPlane) -> None:
+    from understudy.cli import prometheus_access
+
+    (deployment,) = of_kind(render(control_plane, "understudy", "understudy-system", *AUTHENTICATED), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    access = prometheus_access(args)
+    assert [str(u) for u in access.policy_urls.allowed] == ["http://thanos.monitoring.svc:9090/prom"]
+    assert (access.policy_timeout, access.max_answer_bytes, access.max_custom_answer_bytes) == (0.5, 4194304, 4096)
+    credentials = access.credentials
+    assert credentials is not None and credentials.username == "understudy"
+    assert credentials.headers == (("X-Scope-OrgID", "team-a"),)
+    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for path, secret, key in ((credentials.password_file, "prom-basic", "password"),
+                              (credentials.ca_file, "prom-ca", "bundle.pem"),
+                              (credentials.cert_file, "prom-client", "tls.crt"),
+                              (credentials.key_file, "prom-client", "tls.key")):
+        directory, file = str(path).rsplit("/", 1)
+        volume = secrets[mounts[directory]]
+        assert volume["secretName"] == secret and {"key": key, "path": file} in volume["items"]
+    assert not any("prom-basic" in a or "password=" in a for a in container["args"])
 
 
 @pytest.mark.parametrize("values", [(), HA, NAMESPACED], ids=["default", "ha", "namespaced"])
@@ -259,6 +304,7 @@ def test_rendered_command_line_is_what_understudy_run_accepts(control_plane: Con
     (deployment,) = of_kind(render(control_plane, "understudy", "understudy-system", *values), "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    assert args.policy_prometheus_urls == "deny" and args.allowed_prometheus_url == []
     rendered = yaml.safe_load(helm(control_plane, "show", "values", str(CHART)).stdout)
     assert args.command == "run"
     assert args.prometheus_url == rendered["prometheus"]["url"]
@@ -333,9 +379,14 @@ def test_prometheus_rules_pass_promtool_and_fire_on_their_scenarios(control_plan
                 {"series": f'understudy_fallback_ratio{{{policy}, policy="rec"}}', "values": "0+0.002x45"},
                 {"series": f'understudy_transitions_total{{{policy}, policy="rec", reason="RollbackFailed"}}',
                  "values": "0x20 1x25"},
-                # Every second query fails from the start.
-                {"series": f"understudy_prometheus_queries_total{{{job}}}", "values": "0+60x45"},
-                {"series": f"understudy_prometheus_query_errors_total{{{job}}}", "values": "0+30x45"},
+                # Every second query to the operator's Prometheus fails from the start; every query to
+                # policies' own URLs fails too, which must not page whoever runs the operator's Prometheus.
+                {"series": f'understudy_prometheus_queries_total{{{job}, source="default"}}', "values": "0+60x45"},
+                {"series": f'understudy_prometheus_query_errors_total{{{job}, source="default"}}',
+                 "values": "0+30x45"},
+                {"series": f'understudy_prometheus_queries_total{{{job}, source="policy"}}', "values": "0+600x45"},
+                {"series": f'understudy_prometheus_query_errors_total{{{job}, source="policy"}}',
+                 "values": "0+600x45"},
                 # The only replica is up and evaluating until minute 15, then up but no longer evaluating,
                 # and from minute 30 it is not scraped at all.
                 {"series": f"up{{{job}}}", "values": "1x29 _x15"},
@@ -404,8 +455,8 @@ def test_prometheus_rules_pass_promtool_and_fire_on_their_scenarios(control_plan
 # ---- the API server accepts what the chart renders -------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [(), (*HA, "--set", "metrics.grafanaDashboard.enabled=true"), NETWORK_POLICY],
-                         ids=["default", "ha-with-dashboard", "network-policy"])
+@pytest.mark.parametrize("values", [(), (*HA, "--set", "metrics.grafanaDashboard.enabled=true"), NETWORK_POLICY,
+                                    AUTHENTICATED], ids=["default", "ha-with-dashboard", "network-policy", "authenticated"])
 def test_rendered_objects_pass_server_side_dry_run(control_plane: ControlPlane, namespace: str,
                                                    values: tuple[str, ...]) -> None:
     out = helm(control_plane, "template", "understudy", str(CHART), "--namespace", namespace,
@@ -735,7 +786,7 @@ def test_operator_runs_with_exactly_the_charts_permissions(
         assert samples[("understudy_active_tier", (("namespace", other_namespace), ("policy", "recommender"),
                                                     ("tier", "primary")))] == 1
         assert ("understudy_fallback_ratio", (("namespace", other_namespace), ("policy", "recommender"))) in samples
-        assert samples[("understudy_prometheus_query_errors_total", ())] > 0
+        assert samples[("understudy_prometheus_query_errors_total", (("source", "default"),))] > 0
         assert samples[("understudy_evaluation_cycle_duration_seconds_count", ())] > 0
     finally:
         proc.terminate()

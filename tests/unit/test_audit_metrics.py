@@ -5,6 +5,7 @@ import urllib.request
 
 from understudy.audit.metrics import OperatorMetrics
 from understudy.engine.model import AuditRecord
+from understudy.signals.reader import ReaderStats
 
 TIERS = ("primary", "distilled", "popular-items")
 TRIP = AuditRecord("FallbackActivated", "x", from_tier="primary", to_tier="distilled")
@@ -42,7 +43,8 @@ def test_dropped_tier_and_deleted_policy_lose_their_series() -> None:
 def test_serve_exposes_the_private_registry() -> None:
     m = OperatorMetrics()
     m.api_write("VirtualService")
-    m.prometheus_queries.inc()
+    m.count_queries(ReaderStats(), ReaderStats(queries_sent=3, query_errors=2, policy_queries_sent=1,
+                                                policy_query_errors=1))
     with m.cycle_duration.time():
         pass
     server, thread = m.serve(0, "127.0.0.1")
@@ -53,7 +55,10 @@ def test_serve_exposes_the_private_registry() -> None:
         server.shutdown()
         thread.join(timeout=5)
     assert 'understudy_api_writes_total{kind="VirtualService"} 1.0' in body
-    assert "understudy_prometheus_queries_total 1.0" in body
+    assert 'understudy_prometheus_queries_total{source="default"} 2.0' in body
+    assert 'understudy_prometheus_queries_total{source="policy"} 1.0' in body
+    assert 'understudy_prometheus_query_errors_total{source="default"} 1.0' in body
+    assert 'understudy_prometheus_query_errors_total{source="policy"} 1.0' in body
     assert "understudy_evaluation_cycle_duration_seconds_count 1.0" in body
     assert "python_gc" not in body
 

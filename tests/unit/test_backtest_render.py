@@ -144,3 +144,16 @@ def test_start_and_since_are_exclusive(capsys: pytest.CaptureFixture[str]) -> No
         build_parser().parse_args(["backtest", "-f", "p.yaml", "--start", "-1h", "--since", "1h"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["backtest", "-f", "p.yaml"])
+
+
+def test_the_policys_own_prometheus_is_not_the_default(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backtest reads the operator's Prometheus (the flag, else $UNDERSTUDY_PROMETHEUS_URL), never a URL the
+    policy's author wrote (security review L6)."""
+    own = next(c for c in VALID if "prometheusURL: http" in c.path.read_text()).path.read_text()
+    monkeypatch.delenv("UNDERSTUDY_PROMETHEUS_URL", raising=False)
+    status, err = run(tmp_path, own, "--since", "1h", capsys=capsys)
+    assert status == 2 and "no Prometheus" in err and "UNDERSTUDY_PROMETHEUS_URL" in err
+    monkeypatch.setenv("UNDERSTUDY_PROMETHEUS_URL", "http://admin:hunter2@127.0.0.1:9")
+    status, err = run(tmp_path, own, "--since", "1h", "--timeout", "1", capsys=capsys)
+    assert status == 1 and "range query failed at http://127.0.0.1:9" in err and "hunter2" not in err

@@ -5,6 +5,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,55 @@ def test_promql_that_does_not_parse_is_reported_with_the_parsers_message(tmp_pat
     assert status == 1
     assert ("  spec.triggers[0].query.promql: query.promql is not valid PromQL: unclosed left parenthesis"
             in output), output
+
+
+# ---- run: Prometheus endpoints and credentials ----------------------------------------------------------
+
+
+def run_args(*flags: str) -> Any:
+    return build_parser().parse_args(["run", "--prometheus-url", "http://prometheus:9090", *flags])
+
+
+def test_policy_urls_are_denied_unless_the_admin_says_otherwise() -> None:
+    from understudy.cli import prometheus_access
+    from understudy.signals.endpoints import PolicyURLs
+
+    access = prometheus_access(run_args())
+    assert access.policy_urls.mode is PolicyURLs.DENY and access.credentials is None
+    allow = prometheus_access(run_args("--policy-prometheus-urls=allowlist",
+                                       "--allowed-prometheus-url=http://thanos.monitoring.svc:9090/prom",
+                                       "--allowed-prometheus-url=https://mimir.example.com"))
+    assert [str(u) for u in allow.policy_urls.allowed] == ["http://thanos.monitoring.svc:9090/prom",
+                                                           "https://mimir.example.com:443"]
+    with pytest.raises(ValueError, match="allowlist"):
+        prometheus_access(run_args("--allowed-prometheus-url=http://thanos:9090"))
+
+
+def test_limits_and_credentials_reach_the_reader(tmp_path: Path) -> None:
+    from understudy.cli import prometheus_access
+
+    access = prometheus_access(run_args(
+        "--policy-query-timeout=0.5", "--max-answer-bytes=1000", "--max-custom-answer-bytes=100",
+        "--prometheus-username=understudy", f"--prometheus-password-file={tmp_path / 'p'}",
+        f"--prometheus-ca-file={tmp_path / 'ca'}", "--prometheus-header=X-Scope-OrgID: team-a"))
+    assert (access.policy_timeout, access.max_answer_bytes, access.max_custom_answer_bytes) == (0.5, 1000, 100)
+    assert access.credentials is not None and access.credentials.username == "understudy"
+    assert access.credentials.headers == (("X-Scope-OrgID", "team-a"),)
+    with pytest.raises(ValueError, match="password file"):
+        prometheus_access(run_args("--prometheus-username=understudy"))
+
+
+@pytest.mark.parametrize("flags", [
+    ("--prometheus-url", "http://user:secret@prometheus:9090"),
+    ("--prometheus-url", "http://prometheus:9090/?x="),
+    ("--prometheus-url", "http://prometheus:9090", "--allowed-prometheus-url", "http://u:p@thanos:9090"),
+    ("--prometheus-url", "http://prometheus:9090", "--max-answer-bytes", "0"),
+    ("--prometheus-url", "http://prometheus:9090", "--policy-query-timeout", "-1"),
+    ("--prometheus-url", "http://prometheus:9090", "--prometheus-header", "no-colon"),
+])
+def test_bad_flags_are_refused_without_echoing_secrets(flags: tuple[str, ...],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["run", *flags])
+    assert exit_.value.code == 2
+    assert "secret" not in capsys.readouterr().err

@@ -66,3 +66,46 @@ def test_a_spec_the_models_reject_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_bad_window_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
     status, _, err = run(monkeypatch, POLICY, "--since", "yesterday")
     assert status == 2 and "not a duration" in err
+
+
+def test_the_policys_own_prometheus_is_never_asked_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admin's report goes to the operator's Prometheus (security review L6), not a URL a tenant wrote."""
+    from e2e.harness.hostile_prometheus import HostilePrometheus
+
+    with HostilePrometheus("ok") as tenants, HostilePrometheus("ok") as operators:
+        own = {**POLICY, "spec": {**POLICY["spec"], "signals": {"prometheusURL": tenants.url}}}
+        monkeypatch.delenv("UNDERSTUDY_PROMETHEUS_URL", raising=False)
+        status, out, _ = run(monkeypatch, own, "--json")
+        assert status == 0 and json.loads(out)["prometheus"] is None
+        monkeypatch.setenv("UNDERSTUDY_PROMETHEUS_URL", operators.url)
+        status, out, _ = run(monkeypatch, own, "--json")
+        doc = json.loads(out)
+        assert doc["prometheus"] == operators.url
+        assert any("its own Prometheus" in note for note in doc["notes"])
+        assert tenants.connections == 0 and operators.requests
+
+
+def test_credentials_in_a_url_are_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    nowhere = f"http://admin:hunter2@127.0.0.1:{free_port()}"
+    status, out, err = run(monkeypatch, POLICY, "--prometheus", nowhere, "--timeout", "2")
+    assert status == 1
+    assert "hunter2" not in out + err and "admin" not in out + err
+    assert f"query failed at http://127.0.0.1:{nowhere.rsplit(':', 1)[1]}" in err
+
+
+def test_the_operators_credentials_and_no_redirects(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """report authenticates like the operator (token file, extra header) and follows no redirect."""
+    from e2e.harness.hostile_prometheus import HostilePrometheus
+
+    token = tmp_path / "token"
+    token.write_text("report-token\n")
+    with HostilePrometheus("ok") as server:
+        status, _, err = run(monkeypatch, POLICY, "--prometheus", server.url, "--json",
+                             f"--prometheus-bearer-token-file={token}", "--prometheus-header=X-Scope-OrgID:team-a")
+        assert status == 0, err
+        assert server.requests and all(r.headers.get("Authorization") == "Bearer report-token"
+                                       and r.headers.get("X-Scope-OrgID") == "team-a" for r in server.requests)
+        with HostilePrometheus("ok") as elsewhere:
+            server.set_mode("redirect", location=elsewhere.url + "/api/v1/query")
+            status, _, err = run(monkeypatch, POLICY, "--prometheus", server.url, "--timeout", "2")
+            assert status == 1 and elsewhere.connections == 0

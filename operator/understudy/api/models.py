@@ -33,7 +33,8 @@ CONDITION_TYPE = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
 )
-PROMETHEUS_URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
+PROMETHEUS_URL = re.compile(r"^https?://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?(/[A-Za-z0-9._~-]*)*$")
+DOT_SEGMENT = re.compile(r"/\.\.?(/|$)")
 
 
 def rule_error(message: str) -> PydanticCustomError:
@@ -76,7 +77,11 @@ def _quantile(value: str) -> str:
 
 def _prometheus_url(value: str) -> str:
     if value and not PROMETHEUS_URL.match(value):
-        raise rule_error("prometheusURL must be an http:// or https:// URL")
+        raise rule_error(
+            "prometheusURL must be an http:// or https:// URL of a lower-case host, an optional port and a path of "
+            "letters, digits and ._~- (no user name, password, query, fragment or spaces)")
+    if DOT_SEGMENT.search(value):
+        raise rule_error("prometheusURL must not contain . or .. path segments")
     return value
 
 

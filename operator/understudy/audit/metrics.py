@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from understudy.audit.reasons import is_transition
 from understudy.engine.model import AuditRecord
+from understudy.signals.reader import ReaderStats
 from understudy.version import PYTHON_VERSION, VERSION
 
 CYCLE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -45,10 +46,16 @@ class OperatorMetrics:
             "understudy_evaluation_cycle_duration_seconds",
             "Wall time of one evaluation cycle over every due policy.", buckets=CYCLE_BUCKETS, registry=r)
         self.prometheus_queries = Counter(
-            "understudy_prometheus_queries", "PromQL queries sent to Prometheus.", registry=r)
+            "understudy_prometheus_queries",
+            "PromQL queries sent, by source: the operator's own Prometheus (default) or policies' own URLs (policy).",
+            ["source"], registry=r)
         self.prometheus_query_errors = Counter(
             "understudy_prometheus_query_errors",
-            "PromQL queries that failed (timeout, connection, HTTP or PromQL error).", registry=r)
+            "PromQL queries that failed (timeout, connection, HTTP, PromQL error, an answer too large or "
+            "malformed), by source (default or policy).", ["source"], registry=r)
+        for source in ("default", "policy"):  # both series exist from the start, so rate() sees the first error
+            self.prometheus_queries.labels(source)
+            self.prometheus_query_errors.labels(source)
         self.api_writes = Counter(
             "understudy_api_writes", "Writes to the Kubernetes API, by kind of object written.",
             ["kind"], registry=r)
@@ -105,6 +112,16 @@ class OperatorMetrics:
             for reason in self._reasons.pop(key, set()):
                 self.transitions.remove(namespace, policy, reason)
             self.fallback_ratio.remove(namespace, policy)
+
+    def count_queries(self, before: ReaderStats, after: ReaderStats) -> None:
+        """Publish what the reader sent between two of its stats, split by source: a tenant's dead URL must
+        not page whoever runs the operator's Prometheus."""
+        policy_sent = after.policy_queries_sent - before.policy_queries_sent
+        policy_failed = after.policy_query_errors - before.policy_query_errors
+        self.prometheus_queries.labels("default").inc(after.queries_sent - before.queries_sent - policy_sent)
+        self.prometheus_queries.labels("policy").inc(policy_sent)
+        self.prometheus_query_errors.labels("default").inc(after.query_errors - before.query_errors - policy_failed)
+        self.prometheus_query_errors.labels("policy").inc(policy_failed)
 
     def api_write(self, kind: str) -> None:
         self.api_writes.labels(kind).inc()

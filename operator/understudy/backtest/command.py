@@ -21,7 +21,12 @@ from understudy.backtest.cluster import Step, assumptions
 from understudy.backtest.render import Context, ProgressLine, plot, table, to_json
 from understudy.backtest.replay import backtest_policy, replay, summarise
 from understudy.backtest.source import PrometheusHistory, SourceError, parse_span, parse_step, parse_time, step_times
+from understudy.cli import PROMETHEUS_ENV, cli_prometheus_url, prometheus_credentials
 from understudy.loop import PolicySnapshot, compile_policy
+from understudy.signals.endpoints import redact
+
+OWN_URL_NOTE = ("the policy names its own Prometheus (spec.signals.prometheusURL); these figures come from the "
+                "operator's: pass --prometheus to read another")
 
 PROGRESS_EVERY = 500
 """Replayed steps between two progress updates (a bar update per step would cost more than the step)."""
@@ -66,9 +71,9 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> int:
         namespace=namespace, name=name, uid="", generation=0, resource_version="",
         spec=document.get("spec") or {}, status={},
     ))
-    url = args.prometheus or compiled.target.prometheus_url
+    url = cli_prometheus_url(args)
     if not url:
-        raise UsageError("no Prometheus: pass --prometheus or set spec.signals.prometheusURL")
+        raise UsageError(f"no Prometheus: pass --prometheus or set {PROMETHEUS_ENV} to the operator's Prometheus")
     try:
         end = parse_time(args.end, now)
         start = end - parse_span(args.since) if args.since else parse_time(args.start, now)
@@ -80,7 +85,11 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> int:
     target = replace(compiled.target, policy=policy)
     capacities = to_engine_capacities(validated.spec)
 
-    source = PrometheusHistory(url, timeout=args.timeout)
+    try:
+        credentials = prometheus_credentials(args)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    source = PrometheusHistory(url, timeout=args.timeout, credentials=credentials)
     progress = ProgressLine(source.requests_needed(target, times) + len(times), "backtest",
                             enabled=not args.quiet and err.isatty(), stream=err)
     try:
@@ -91,7 +100,9 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> int:
         source.close()
 
     notes += assumptions(policy, capacities, compiled.drills, history.readiness_known)
-    context = Context(namespace, name, url, history.requests, history.readiness_known, notes)
+    if compiled.target.prometheus_url and not args.prometheus:
+        notes = (*notes, OWN_URL_NOTE)
+    context = Context(namespace, name, redact(url), history.requests, history.readiness_known, notes)
     summary = summarise(result)
     if args.plot:
         plot(result, context, args.plot)

@@ -22,13 +22,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping
 
+import requests
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from understudy.api.durations import parse_duration
 from understudy.backtest.cluster import Step
 from understudy.engine import Samples
+from understudy.signals.endpoints import redact
 from understudy.signals.promql import ReadyReplicas, Target, map_loads, map_results, plan_queries
+from understudy.signals.transport import Credentials, QueryFailed
 
 MAX_POINTS = 10_000
 """Steps per range request: below Prometheus's limit of 11,000 points per series."""
@@ -135,14 +138,38 @@ Progress = Callable[[int], None]
 """Told how many more range requests have completed."""
 
 
+def _session(credentials: Credentials | None) -> tuple[requests.Session, dict[str, str]]:
+    """A session that follows no redirect and takes nothing from the environment (proxies, netrc), and the
+    headers that carry the operator's credentials (the same settings as `understudy run`'s)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.max_redirects = 0
+    headers: dict[str, str] = {}
+    if credentials is not None:
+        session.verify = credentials.ca_file or True
+        if credentials.cert_file and credentials.key_file:
+            session.cert = (credentials.cert_file, credentials.key_file)
+        headers.update(credentials.headers)
+        try:
+            authorization = credentials.authorization()
+        except QueryFailed as error:
+            raise SourceError(str(error)) from None
+        if authorization:
+            headers["Authorization"] = authorization
+    return session, headers
+
+
 class PrometheusHistory:
     """Reads a target's signals over a range from one Prometheus."""
 
-    def __init__(self, url: str, timeout: float = 30.0, max_points: int = MAX_POINTS) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, max_points: int = MAX_POINTS,
+                 credentials: Credentials | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.max_points = max_points
-        self._client = PrometheusConnect(url=self.url, retry=Retry(total=0), timeout=timeout)
+        session, headers = _session(credentials)
+        self._client = PrometheusConnect(url=self.url, retry=Retry(total=0), timeout=timeout, session=session,
+                                         headers=headers)
 
     def requests_needed(self, target: Target, times_ms: list[int]) -> int:
         chunks = math.ceil(len(times_ms) / self.max_points)
@@ -182,7 +209,7 @@ class PrometheusHistory:
             result: list[dict[str, Any]] = self._client.custom_query_range(
                 query, _utc(start_ms), _utc(end_ms), f"{step_ms / 1000:g}", params=params, timeout=self.timeout)
         except Exception as exc:  # connection, timeout, HTTP or PromQL error: the answer would be wrong
-            raise SourceError(f"range query failed at {self.url}: {exc}\n  query: {query}") from exc
+            raise SourceError(f"range query failed at {redact(self.url)}: {exc}\n  query: {query}") from exc
         return result
 
     def close(self) -> None:

@@ -15,10 +15,14 @@ from typing import Any, Mapping, TextIO
 from pydantic import ValidationError
 
 from understudy.api.errors import describe
+from understudy.backtest.command import OWN_URL_NOTE
 from understudy.backtest.source import PrometheusHistory, SourceError, parse_span, parse_time
+from understudy.cli import PROMETHEUS_ENV, cli_prometheus_url, prometheus_credentials
 from understudy.loop import GROUP, PLURAL, VERSION, PolicySnapshot, compile_policy
 from understudy.report.assemble import QueryAnswer, ReportInputs, TierRef, assemble, plan_queries
 from understudy.report.render import table, to_json
+from understudy.signals.endpoints import redact
+from understudy.signals.transport import Credentials
 
 
 class ReportError(RuntimeError):
@@ -37,7 +41,7 @@ class PrometheusInstant(PrometheusHistory):
         try:
             result: list[dict[str, Any]] = self._client.custom_query(query, params=params, timeout=self.timeout)
         except Exception as exc:  # connection, timeout, HTTP or PromQL error: the figure is unknown
-            raise SourceError(f"query failed at {self.url}: {exc}\n  query: {query}") from exc
+            raise SourceError(f"query failed at {redact(self.url)}: {exc}\n  query: {query}") from exc
         return result
 
 
@@ -84,7 +88,8 @@ def read_policy(name: str, namespace: str | None) -> dict[str, Any]:
 
 
 def build_inputs(obj: Mapping[str, Any], args: argparse.Namespace, now: float) -> tuple[ReportInputs, str | None]:
-    """The report's inputs and the Prometheus URL (the flag, else the policy's own)."""
+    """The report's inputs and the Prometheus URL: the flag, else the operator's (never the policy's own, which
+    a tenant chose: an admin's report must not send requests there unasked)."""
     metadata = obj.get("metadata") or {}
     namespace, name = str(metadata.get("namespace", "default")), str(metadata.get("name", ""))
     try:
@@ -113,13 +118,17 @@ def build_inputs(obj: Mapping[str, Any], args: argparse.Namespace, now: float) -
         segment_label=args.segment_label,
         quantile=args.quantile,
     )
-    return inputs, args.prometheus or compiled.target.prometheus_url
+    return inputs, cli_prometheus_url(args)
 
 
-def read_answers(inputs: ReportInputs, url: str, timeout: float) -> tuple[dict[str, QueryAnswer], str | None]:
+def read_answers(inputs: ReportInputs, url: str, timeout: float,
+                 credentials: Credentials | None = None) -> tuple[dict[str, QueryAnswer], str | None]:
     """Every planned query's answer; after the first failure the rest are not sent (None: not known)."""
-    source = PrometheusInstant(url, timeout=timeout)
     answers: dict[str, QueryAnswer] = {}
+    try:
+        source = PrometheusInstant(url, timeout=timeout, credentials=credentials)
+    except SourceError as error:
+        return answers, str(error)
     try:
         for key, query in plan_queries(inputs).items():
             answers[key] = source.instant(query.promql, query.at)
@@ -132,6 +141,10 @@ def read_answers(inputs: ReportInputs, url: str, timeout: float) -> tuple[dict[s
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float | None = None) -> int:
     try:
+        try:
+            credentials = prometheus_credentials(args)
+        except ValueError as error:
+            raise ReportError(str(error), 2) from None
         obj = read_policy(args.name, args.namespace)
         inputs, url = build_inputs(obj, args, time.time() if now is None else now)
     except ReportError as error:
@@ -140,20 +153,23 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float | None = 
     failure: str | None = None
     answers: dict[str, QueryAnswer] = {}
     if url:
-        answers, failure = read_answers(inputs, url, args.timeout)
+        answers, failure = read_answers(inputs, url, args.timeout, credentials)
     report = assemble(inputs, answers)
     notes = list(report.notes)
     if not url:
-        notes.insert(0, "no Prometheus (pass --prometheus or set spec.signals.prometheusURL): "
+        notes.insert(0, f"no Prometheus (pass --prometheus or set {PROMETHEUS_ENV}): "
                         "latency, confidence and segments are unknown")
+    if ((obj.get("spec") or {}).get("signals") or {}).get("prometheusURL") and not args.prometheus:
+        notes.insert(0, OWN_URL_NOTE)
     if failure:
         notes.insert(0, f"Prometheus failed, figures that need it are unknown: {failure.splitlines()[0]}")
     report = replace(report, notes=tuple(notes))
+    shown = redact(url) if url else None
     if args.json:
-        json.dump(to_json(report, url), out, indent=2)
+        json.dump(to_json(report, shown), out, indent=2)
         out.write("\n")
     else:
-        out.write(table(report, url))
+        out.write(table(report, shown))
     if failure:
         print(f"understudy report: {failure}", file=err)
         return 1

@@ -26,6 +26,9 @@ import promql_parser
 PLACEHOLDERS = ("deployment", "namespace", "service")
 """The `$words` a custom query may use; each becomes a DNS name of the policy before parsing."""
 
+QUERY_REFUSED = "CustomQueryRefused"
+"""The Ready=False reason of a policy with a custom query that cannot be held to its namespace (not sent)."""
+
 IMPLICIT_SELECTION = frozenset({"info"})
 """Functions that read series no selector of the query names (info() joins target_info): refused when
 confined, because no matcher can be injected into what the query does not write."""

@@ -137,6 +137,8 @@ class QueryPlan:
     """Per target, where its total request rate comes from (for the capacity check)."""
     refused: Mapping[Hashable, str] = field(default_factory=dict)
     """Per target, why one of its custom queries was not sent (it reads MISSING)."""
+    custom: frozenset[str] = frozenset()
+    """The queries written by policies (custom triggers), which must answer with a single value."""
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,9 @@ def plan_queries(
         for t in targets
         if t.needs_load
     }
-    return QueryPlan(queries=tuple(sorted(queries)), bindings=bindings, loads=loads, refused=refused)
+    builtin = set(rendered.values())
+    return QueryPlan(queries=tuple(sorted(queries)), bindings=bindings, loads=loads, refused=refused,
+                     custom=frozenset(q for q in queries if q not in builtin))
 
 
 def _number(raw: Any) -> float | None:
@@ -305,25 +309,31 @@ def _number(raw: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _sample(item: Any) -> float | None:
+    """The value of one vector element `{"metric": ..., "value": [time, "v"]}`; None if it is not one."""
+    value = item.get("value") if isinstance(item, Mapping) else None
+    return _number(value[1]) if isinstance(value, (list, tuple)) and len(value) == 2 else None
+
+
 def _by_series(result: QueryResult, labels: tuple[str, str]) -> dict[tuple[str, str], float | None]:
+    """A vector indexed by two labels; elements of any other shape are skipped (the reader refuses such
+    answers whole, this keeps a stray one from raising wherever a result comes from)."""
     indexed: dict[tuple[str, str], float | None] = {}
-    for item in result or ():
-        if not isinstance(item, Mapping):
-            continue
-        metric = item.get("metric", {})
-        value = item.get("value") or (None, None)
-        indexed[(metric.get(labels[0], ""), metric.get(labels[1], ""))] = _number(value[1])
+    for item in result if isinstance(result, (list, tuple)) else ():
+        metric = item.get("metric", {}) if isinstance(item, Mapping) else None
+        if isinstance(metric, Mapping):
+            indexed[(str(metric.get(labels[0], "")), str(metric.get(labels[1], "")))] = _sample(item)
     return indexed
 
 
 def _single(result: QueryResult) -> Reading:
-    """A custom query must yield exactly one value; none or several (ambiguous) read as MISSING."""
-    if result is None:
+    """A custom query must yield exactly one value; none, several (ambiguous) or a malformed one read MISSING."""
+    if not isinstance(result, (list, tuple)):
         return MISSING
     if len(result) == 2 and not isinstance(result[0], Mapping):  # a scalar: [time, "value"]
         value = _number(result[1])
-    elif len(result) == 1 and isinstance(result[0], Mapping):
-        value = _number((result[0].get("value") or (None, None))[1])
+    elif len(result) == 1:
+        value = _sample(result[0])
     else:
         return MISSING
     return MISSING if value is None else Reading.ok(value)
@@ -403,11 +413,13 @@ def map_loads(plan: QueryPlan, results: Mapping[str, QueryResult]) -> dict[Hasha
     """Requests per second each target receives across all its tiers; None when it cannot be known.
 
     A failed query, or no request series for any tier, is unknown rather than zero: a capacity check
-    must not conclude that a fallback can carry a load nobody measured.
+    must not conclude that a fallback can carry a load nobody measured. So is a count no counter can have
+    (infinite or negative): it would size a scale-up.
     """
     loads: dict[Hashable, float | None] = {}
     for key, binding in plan.loads.items():
         indexed = _by_series(results.get(binding.query), binding.labels)
         values = [v for v in (indexed.get(s) for s in binding.series) if v is not None]
-        loads[key] = sum(values) / binding.window if values and results.get(binding.query) is not None else None
+        total = sum(values) / binding.window if values and results.get(binding.query) is not None else None
+        loads[key] = total if total is not None and math.isfinite(total) and total >= 0 else None
     return loads

@@ -1,10 +1,23 @@
 """The I/O shell around `promql`: sends one cycle's batched queries and maps the answers to Samples.
 
-prometheus-api-client is synchronous and has no timeout of its own, so every query carries three bounds:
-the HTTP client timeout (connect and each read), Prometheus's own `timeout` parameter (the server stops
-evaluating), and a deadline on the whole batch (a server trickling bytes cannot hold a cycle). Retries are
-off, but one batched query serves every policy, so a single slow answer would flap thousands of them:
-a query that fails right after succeeding reuses its last result for up to `grace_reads` consecutive
+Every query is bounded three ways: Prometheus's own `timeout` parameter (the server stops evaluating), a
+wall-clock deadline enforced while the answer is read (`transport`: a server trickling bytes cannot hold a
+worker past it), and a byte cap (64 KiB for a custom query, which must yield one value; 8 MiB for a batched
+built-in). An answer that is not a well-formed vector or scalar fails its query. A failed query reads
+MISSING for the policies that asked it and no one else; nothing a server sends raises out of `read_all`.
+
+Each Prometheus URL is a `Lane` with its own workers, so a policy's own URL can never occupy the workers
+of the operator's Prometheus, nor of another policy's (see `lane`). A policy's own URL is contacted only
+when `PrometheusAccess.policy_urls` allows it; a refused one is never contacted, all its policy's triggers
+read MISSING (the policy is misconfigured) and `Readout.errors` says why, for its Ready condition. Every
+lane plans with the operator's `Confinement`: a custom query that cannot be held to its policy's namespace
+is not sent, that trigger reads MISSING and `Readout.errors` says why (`QueryPlan.refused`).
+Credentials go to the operator's own URL only. A lane is closed, with its connections, plans and bridged
+results, as soon as no policy reads from its URL any more (a policy moved to another URL, or not read for
+`idle_seconds`).
+
+Retries are off, but one batched query serves every policy, so a single slow answer would flap thousands of
+them: a query that fails right after succeeding reuses its last result for up to `grace_reads` consecutive
 reads (one by default) before it reads MISSING. The failure still counts in `ReaderStats` and is logged.
 Reads at an explicit instant (`at`, backtests) get no grace: a stale answer would be wrong history.
 `read` blocks; the operator calls it from a worker thread, never from the event loop.
@@ -12,18 +25,17 @@ Reads at an explicit instant (`at`, backtests) get no grace: a stale answer woul
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any, Hashable, Iterable, Sequence
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
+from typing import Hashable, Iterable, Mapping
 
-from prometheus_api_client import PrometheusConnect
-from urllib3.util.retry import Retry
-
-from understudy.engine.model import Samples
-from understudy.signals.confine import Confinement
+from understudy.engine.model import MISSING, Samples
+from understudy.signals.answer import AnswerError
+from understudy.signals.confine import QUERY_REFUSED, Confinement
+from understudy.signals.endpoints import URL_NOT_ALLOWED, EndpointPolicy, PrometheusURL, parse_url
+from understudy.signals.lane import PLANS_KEPT, Lane
 from understudy.signals.promql import (
     DEFAULT_MAX_MATCHER_CHARS,
     QueryPlan,
@@ -32,13 +44,38 @@ from understudy.signals.promql import (
     Target,
     map_loads,
     map_results,
-    plan_queries,
 )
+from understudy.signals.transport import Credentials, Endpoint, QueryFailed, Watchdog
+
+__all__ = ["PLANS_KEPT", "PrometheusAccess", "ReaderStats", "Readout", "SignalError", "SignalReader"]
 
 _LOG = logging.getLogger(__name__)
 
-PLANS_KEPT = 4
-"""Query plans cached per Prometheus: policies of different intervals fall due in a few recurring mixes."""
+
+@dataclass(frozen=True)
+class PrometheusAccess:
+    """Whom the reader may ask, with which credentials, within which bounds (the operator's flags)."""
+
+    policy_urls: EndpointPolicy = EndpointPolicy()
+    """Which of the policies' own prometheusURLs may be contacted: none by default."""
+    credentials: Credentials | None = None
+    """Sent to the operator's own Prometheus only."""
+    max_answer_bytes: int = 8 << 20
+    """Cap of an answer to a batched built-in query (a vector of every due workload)."""
+    max_custom_answer_bytes: int = 64 << 10
+    """Cap of an answer to a custom query, which must be a single value."""
+    policy_timeout: float = 1.0
+    """Time for a whole read of a policy's own Prometheus."""
+    policy_workers: int = 2
+    """Concurrent requests to one policy's own Prometheus."""
+    idle_seconds: float = 900.0
+    """A policy not read for this long releases its own Prometheus's lane."""
+
+    def __post_init__(self) -> None:
+        if min(self.max_answer_bytes, self.max_custom_answer_bytes, self.policy_workers) < 1:
+            raise ValueError("answer caps and policy workers must be at least 1")
+        if self.policy_timeout <= 0 or self.idle_seconds <= 0:
+            raise ValueError("policy_timeout and idle_seconds must be positive")
 
 
 @dataclass(frozen=True)
@@ -48,9 +85,21 @@ class ReaderStats:
     cycles: int = 0
     queries_sent: int = 0
     query_errors: int = 0
+    policy_queries_sent: int = 0
+    """Of queries_sent, those sent to policies' own Prometheus URLs."""
+    policy_query_errors: int = 0
+    """Of query_errors, those of policies' own Prometheus URLs."""
     last_cycle_queries: int = 0
     last_cycle_errors: int = 0
     last_cycle_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SignalError:
+    """Why a policy's signals could not be read at all, for its Ready condition."""
+
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -58,6 +107,9 @@ class Readout:
     samples: dict[Hashable, Samples]
     loads: dict[Hashable, float | None]
     """Requests per second per target over its window, summed across its tiers (None: unknown)."""
+    errors: Mapping[Hashable, SignalError] = field(default_factory=dict)
+    """Per target key, why its signals (all, or one custom query's) were not read: reason
+    PrometheusURLNotAllowed or CustomQueryRefused."""
 
 
 class SignalReader:
@@ -70,92 +122,109 @@ class SignalReader:
         max_workers: int = 4,
         max_matcher_chars: int = DEFAULT_MAX_MATCHER_CHARS,
         grace_reads: int = 1,
+        access: PrometheusAccess = PrometheusAccess(),
         confinement: Confinement = Confinement(),
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if isinstance(grace_reads, bool) or not isinstance(grace_reads, int) or grace_reads < 0:
             raise ValueError("grace_reads must be a non-negative int")
-        self.url = url.rstrip("/")
+        self.default = parse_url(url)
+        self.url = str(self.default)
         self.timeout = timeout
         self.max_matcher_chars = max_matcher_chars
         self.max_workers = max_workers
         self.grace_reads = grace_reads
+        self.access = access
         self.confinement = confinement
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="understudy-promql")
-        self._local = threading.local()
-        self._clients: list[PrometheusConnect] = []
+        self._watchdog = Watchdog()
+        self._lanes: dict[PrometheusURL, Lane] = {
+            self.default: Lane(self.default, Endpoint(self.default, self._watchdog, access.credentials),
+                               max_workers, timeout, own=True)}
+        self._readers: dict[Hashable, tuple[PrometheusURL, float]] = {}
+        """Key of a policy read from its own URL -> (that URL, when it was last read)."""
+        self._swept = time.monotonic()
         self._lock = threading.Lock()
         self._stats = ReaderStats()
-        self._failing: set[str] = set()
-        self._plans: dict[str, list[tuple[tuple[Target, ...], QueryPlan]]] = {}
-        # url -> query -> (last successful result, failed reads since): only the latest plan's queries.
-        self._held: dict[str, dict[str, tuple[Sequence[Any], int]]] = {}
+        self._failing: set[PrometheusURL] = set()
 
     @property
     def stats(self) -> ReaderStats:
         return self._stats
 
-    def _client(self, url: str) -> PrometheusConnect:
-        """One client per worker thread and URL: requests sessions are not documented as thread-safe."""
-        clients: dict[str, PrometheusConnect] = getattr(self._local, "clients", None) or {}
-        self._local.clients = clients
-        if url not in clients:
-            clients[url] = PrometheusConnect(url=url, retry=Retry(total=0), timeout=self.timeout)
-            with self._lock:
-                self._clients.append(clients[url])
-        return clients[url]
+    @property
+    def policy_lanes(self) -> int:
+        """Policies' own Prometheus URLs with a lane open (connections, workers, plans)."""
+        return len(self._lanes) - 1
 
-    def _query(self, url: str, promql: str, at: float | None) -> QueryResult:
-        params = {"timeout": f"{self.timeout:g}"}  # plain seconds: Prometheus rejects "0.5s"
-        if at is not None:
-            params["time"] = f"{at:.3f}"
+    def _plan(self, url: PrometheusURL, batch: list[Target]) -> QueryPlan:
+        return self._lane(url).plan(batch, self.max_matcher_chars, self.confinement)
+
+    def _lane(self, url: PrometheusURL) -> Lane:
+        lane = self._lanes.get(url)
+        if lane is None:
+            lane = Lane(url, Endpoint(url, self._watchdog), self.access.policy_workers, self.access.policy_timeout,
+                        own=False)
+            self._lanes[url] = lane
+        return lane
+
+    def _route(self, target: Target) -> PrometheusURL | SignalError:
+        """The URL to read a target from, or why its own URL is refused."""
+        if not target.prometheus_url:
+            return self.default
         try:
-            result: list[Any] = self._client(url).custom_query(promql, params=params, timeout=self.timeout)
-        except Exception as exc:  # unreachable, timeout, HTTP or PromQL error: all read as MISSING
-            # One warning per outage of a Prometheus, not one per query and cycle.
-            with self._lock:
-                first = url not in self._failing
-                self._failing.add(url)
-            _LOG.log(logging.WARNING if first else logging.DEBUG, "Prometheus query failed at %s: %s",
-                     url, str(exc)[:300])
-            return None
-        with self._lock:
-            if url in self._failing:
+            if parse_url(target.prometheus_url) == self.default:
+                return self.default
+        except ValueError:
+            pass
+        verdict = self.access.policy_urls.check(target.prometheus_url)
+        return verdict if isinstance(verdict, PrometheusURL) else SignalError(URL_NOT_ALLOWED, verdict)
+
+    def _claim(self, key: Hashable, url: PrometheusURL | None, now: float) -> None:
+        """Note which policy URL a key reads from now (None: the operator's own, or none at all)."""
+        previous = self._readers.get(key)
+        if previous is not None and previous[0] != url:
+            self._release(key)
+        if url is not None:
+            self._readers[key] = (url, now)
+            self._lane(url).users.add(key)
+
+    def _release(self, key: Hashable) -> None:
+        url, _ = self._readers.pop(key)
+        lane = self._lanes.get(url)
+        if lane is not None:
+            lane.users.discard(key)
+            if not lane.users:
+                del self._lanes[url]
                 self._failing.discard(url)
-                _LOG.warning("Prometheus at %s answers again", url)
-        return result
+                lane.close()
 
-    def _plan(self, url: str, batch: list[Target]) -> QueryPlan:
-        """The batch's plan, reused while the same Target objects come due together.
+    def _sweep(self, now: float) -> None:
+        """Release the URLs of policies not read for `idle_seconds` (deleted ones, mostly), at most once a minute."""
+        if now - self._swept < min(60.0, self.access.idle_seconds):
+            return
+        self._swept = now
+        for key in [k for k, (_, seen) in self._readers.items() if now - seen > self.access.idle_seconds]:
+            self._release(key)
 
-        The operator builds a Target once per spec generation and policies of one interval fall due
-        together, so cycles keep passing the very same batches (one per mix of intervals due at once):
-        an identity check is far cheaper than planning thousands of policies again.
-        """
-        cached = self._plans.setdefault(url, [])
-        for i, (targets, plan) in enumerate(cached):
-            if len(targets) == len(batch) and all(a is b for a, b in zip(targets, batch)):
-                cached.insert(0, cached.pop(i))
-                return plan
-        plan = plan_queries(batch, self.max_matcher_chars, self.confinement)
-        cached.insert(0, (tuple(batch), plan))
-        del cached[PLANS_KEPT:]
-        return plan
-
-    def _bridge(self, url: str, results: dict[str, QueryResult]) -> None:
-        """Bridge failed queries with their last success; remembering only the queries of the plans still
-        cached for this Prometheus bounds memory."""
-        held = self._held.get(url, {})
-        planned = {q for _, plan in self._plans.get(url, ()) for q in plan.queries}
-        kept = {q: entry for q, entry in held.items() if q in planned and q not in results}
-        for q, result in results.items():
-            if result is not None:
-                kept[q] = (result, 0)
-            elif q in held and held[q][1] < self.grace_reads:
-                results[q] = held[q][0]
-                kept[q] = (held[q][0], held[q][1] + 1)
-        self._held[url] = kept
+    def _query(self, lane: Lane, promql: str, at: float | None, deadline: float,
+               max_bytes: int) -> tuple[QueryResult, bool]:
+        """(result, costly): the result is None when the query failed, `costly` when it ran out of time or bytes."""
+        try:
+            result = lane.query(promql, at, min(deadline, time.monotonic() + lane.timeout), max_bytes)
+        except (QueryFailed, AnswerError) as failure:
+            # One warning per outage of a Prometheus, not one per query and cycle; never a body or credential.
+            with self._lock:
+                first = lane.url not in self._failing
+                self._failing.add(lane.url)
+            _LOG.log(logging.WARNING if first else logging.DEBUG, "Prometheus query failed at %s: %s",
+                     lane.url, failure)
+            return None, isinstance(failure, QueryFailed) and failure.costly
+        with self._lock:
+            if lane.url in self._failing:
+                self._failing.discard(lane.url)
+                _LOG.warning("Prometheus at %s answers again", lane.url)
+        return result, False
 
     def read(
         self, targets: Iterable[Target], ready: ReadyReplicas, at: float | None = None
@@ -168,61 +237,95 @@ class SignalReader:
 
         Target keys must be unique across the call. `ready` should hold every tier's Deployment (see
         `map_results`). `at` evaluates every query at one instant (Unix seconds), e.g. for a backtest; None
-        means now, and only such reads bridge a failed query (see the module docstring). A query still
-        running at the batch deadline (a server trickling bytes defeats the per-read client timeout) keeps
-        its worker until the connection ends; later cycles may queue behind it and read MISSING, as a
-        misbehaving Prometheus deserves.
+        means now, and only such reads bridge a failed query (see the module docstring). Every lane's read
+        ends at its deadline (`Lane.deadline`), so the call returns by the latest of them.
         """
         started = time.monotonic()
-        by_url: dict[str, list[Target]] = {}
+        batches: dict[PrometheusURL, list[Target]] = {}
+        refused: list[Target] = []
+        errors: dict[Hashable, SignalError] = {}
         for target in targets:
-            by_url.setdefault((target.prometheus_url or self.url).rstrip("/"), []).append(target)
+            route = self._route(target)
+            if isinstance(route, SignalError):
+                errors[target.key] = route
+                refused.append(target)
+                self._claim(target.key, None, started)
+            else:
+                batches.setdefault(route, []).append(target)
+                self._claim(target.key, None if route == self.default else route, started)
+        self._sweep(started)
 
-        plans = {url: self._plan(url, batch) for url, batch in by_url.items()}
-        futures: dict[tuple[str, str], Future[QueryResult]] = {
-            (url, q): self._pool.submit(self._query, url, q, at)
-            for url, plan in plans.items()
-            for q in plan.queries
-        }
-        # Each query has its own client timeout; this deadline bounds the batch should one trickle.
-        waves = math.ceil(len(futures) / self.max_workers)
-        wait(futures.values(), timeout=self.timeout * (waves + 1))
-        results: dict[str, dict[str, QueryResult]] = {url: {} for url in plans}
-        errors = 0
+        plans = {url: self._plan(url, batch) for url, batch in batches.items()}
+        for plan in plans.values():
+            errors.update((key, SignalError(QUERY_REFUSED, message)) for key, message in plan.refused.items())
+        futures: dict[tuple[PrometheusURL, str], Future[tuple[QueryResult, bool]]] = {}
+        last_deadline = started
+        for url, plan in plans.items():
+            lane = self._lanes[url]
+            if lane.backing_off(started):
+                continue
+            deadline = lane.deadline(started, len(plan.queries))
+            last_deadline = max(last_deadline, deadline)
+            for q in plan.queries:
+                cap = self.access.max_custom_answer_bytes if q in plan.custom else self.access.max_answer_bytes
+                futures[(url, q)] = lane.pool.submit(self._query, lane, q, at, deadline, cap)
+        # The watchdog ends every request by its deadline; the margin covers the thread's hand-over.
+        wait(futures.values(), timeout=max(last_deadline - time.monotonic(), 0.0) + 0.25)
+
+        results: dict[PrometheusURL, dict[str, QueryResult]] = {url: {} for url in plans}
+        costly: set[PrometheusURL] = set()
+        errors_by_lane: dict[PrometheusURL, int] = {}
         for (url, q), future in futures.items():
-            if not future.done():
-                future.cancel()  # still queued behind a stuck query: not worth sending any more
-            result = future.result() if future.done() and not future.cancelled() else None
-            errors += result is None
+            result, expensive = (None, True) if not future.done() else future.result()
+            future.cancel()
             results[url][q] = result
-        if at is None:
-            for url in plans:
-                self._bridge(url, results[url])
+            errors_by_lane[url] = errors_by_lane.get(url, 0) + (result is None)
+            if expensive:
+                costly.add(url)
+        for url in plans:
+            lane = self._lanes[url]
+            if not lane.backing_off(started) and lane.settle(url in costly, time.monotonic()):
+                _LOG.warning("Prometheus at %s ran out of time or bytes; not asked again for %.0fs",
+                             url, lane.resume_at - time.monotonic())
+            if at is None:
+                lane.bridge(results[url], self.grace_reads)
 
         samples: dict[Hashable, Samples] = {}
         loads: dict[Hashable, float | None] = {}
         for url, plan in plans.items():
             samples.update(map_results(plan, results[url], ready))
             loads.update(map_loads(plan, results[url]))
+        for target in refused:  # nothing was asked: every trigger of every tier is MISSING, the load unknown
+            samples[target.key] = Samples({tier.name: {t.name: MISSING for t in target.policy.triggers
+                                                       if t.applies(tier.name)} for tier in target.policy.tiers})
+            loads[target.key] = None
+        self._count(futures, errors_by_lane, started)
+        return Readout(samples, loads, errors)
+
+    def _count(self, futures: Mapping[tuple[PrometheusURL, str], object], errors_by_lane: Mapping[PrometheusURL, int],
+               started: float) -> None:
+        sent = len(futures)
+        policy_sent = sum(1 for url, _ in futures if url != self.default)
+        failed = sum(errors_by_lane.values())
+        policy_failed = failed - errors_by_lane.get(self.default, 0)
         with self._lock:
             previous = self._stats
             self._stats = ReaderStats(
                 cycles=previous.cycles + 1,
-                queries_sent=previous.queries_sent + len(futures),
-                query_errors=previous.query_errors + errors,
-                last_cycle_queries=len(futures),
-                last_cycle_errors=errors,
+                queries_sent=previous.queries_sent + sent,
+                query_errors=previous.query_errors + failed,
+                policy_queries_sent=previous.policy_queries_sent + policy_sent,
+                policy_query_errors=previous.policy_query_errors + policy_failed,
+                last_cycle_queries=sent,
+                last_cycle_errors=failed,
                 last_cycle_seconds=time.monotonic() - started,
             )
-        return Readout(samples, loads)
 
     def close(self) -> None:
-        """Stop the worker threads and close every HTTP session."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            for client in self._clients:
-                client.close()
-            self._clients.clear()
+        """Stop the worker threads and close every connection."""
+        for lane in self._lanes.values():
+            lane.close()
+        self._watchdog.close()
 
     def __enter__(self) -> SignalReader:
         return self
