@@ -329,8 +329,12 @@ def test_per_policy_prometheus_is_its_own_batch(sims: dict[str, ModelServer], pr
 
 
 def test_prometheus_error_answer_reads_missing(sims: dict[str, ModelServer], reader: SignalReader) -> None:
-    """A query Prometheus rejects (HTTP 400) is MISSING for what it served, and the rest still reads."""
-    broken = Trigger("broken", SignalKind.QUERY, Comparison.ABOVE, 1.0, promql="sum(rate(x[5m]) by")
+    """A query Prometheus rejects (an error answer) is MISSING for what it served, and the rest still reads.
+
+    The query parses, so confinement sends it; Prometheus refuses its regular expression. (One that does not
+    parse, or cannot be held to the namespace, is never sent: tests/integration/test_tenancy_promql.py.)"""
+    broken = Trigger("broken", SignalKind.QUERY, Comparison.ABOVE, 1.0,
+                     promql='label_replace(vector(1), "x", "$1", "y", "(")')
     samples = read_until(
         reader,
         [target("mixed", "rec-large", "rec-small", (P99, broken))],
