@@ -60,7 +60,7 @@ from understudy.routing import (
     backend_for,
 )
 from understudy.signals.promql import MetricNames, Target
-from understudy.signals.reader import SignalReader
+from understudy.signals.reader import SignalError, SignalReader
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,8 @@ class Runtime:
     persisted_essential: Essential | None = None
     last_checkpoint: float = 0.0
     routing_error: str | None = None
+    signal_error: SignalError | None = None
+    """Why the last read left some of this policy's signals unread on purpose (a refused URL or query)."""
     frozen: bool = False
     unchanged_by: tuple[Any, ...] | None = None
     """The inputs of the last evaluation that found status already right (reset whenever status changes)."""
@@ -305,6 +307,8 @@ class Evaluator:
             readout = self.reader.read_all([rt.compiled.target for _, rt in valid if rt.compiled], ready)
             report.queries = self.reader.stats.queries_sent - before.queries_sent
             self.metrics.count_queries(before, self.reader.stats)
+            for key, rt in valid:
+                rt.signal_error = readout.errors.get(key)
             pending = [self._evaluate(key, rt, policies[key], readout.samples.get(key, Samples({})),
                                       readout.loads.get(key), deployments, now, report)
                        for key, rt in valid]
@@ -526,6 +530,8 @@ class Evaluator:
         if rt.routing_error is not None:
             reason, _, message = rt.routing_error.partition(": ")
             return False, reason, message
+        if rt.signal_error is not None:
+            return False, rt.signal_error.reason, rt.signal_error.message
         return True, "Evaluating", "Signals are read and decisions applied every evaluation interval."
 
     def _route(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, report: CycleReport) -> list[AuditRecord]:

@@ -195,6 +195,23 @@ def test_a_broken_policy_reports_itself_and_leaves_neighbours_alone(make_scenari
     assert "RoutingFailed" in sc.reasons("broken")
 
 
+def test_signals_the_operator_refuses_to_read_make_their_policy_not_ready(
+        make_scenario: Callable[..., Scenario], prometheus: PrometheusServer) -> None:
+    """A policy's own Prometheus URL (denied by default) and a custom query that cannot be held to its
+    namespace are never sent; each policy says why in Ready, and the policy beside them is not disturbed."""
+    sc = _started(make_scenario, prometheus)
+    sc.apply_policy(sc.policy("own-prometheus", mode="Observe",
+                              signals={"prometheusURL": "http://thanos.example:9090"}))
+    sc.apply_policy(sc.policy("info-query", mode="Observe", triggers=[
+        {"name": "inventory", "query": {"promql": "info(up)", "above": "0"}}]))
+    for name, reason, says in (("own-prometheus", "PrometheusURLNotAllowed", "prometheusURL"),
+                               ("info-query", "CustomQueryRefused", "trigger inventory")):
+        ready = wait_until(lambda: (c := sc.condition("Ready", name)) and c["status"] == "False" and c, 30,
+                           f"{name} Ready=False")
+        assert ready["reason"] == reason and says in ready["message"], ready
+    assert _ready(sc)["reason"] == "Evaluating"
+
+
 def test_two_replicas_elect_one_leader_and_the_standby_takes_over(make_scenario: Callable[..., Scenario],
                                                                   prometheus: PrometheusServer) -> None:
     sc = make_scenario(prometheus)
