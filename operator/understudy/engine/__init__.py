@@ -1,5 +1,6 @@
 """The pure decision engine: `decide(policy, samples, state, now) -> Decision`, and its vocabulary."""
-from understudy.engine.decide import CREEP_BUCKETS, Decision, decide
+from understudy.engine.decide import Decision, decide
+from understudy.engine.plan import CREEP_BUCKETS
 from understudy.engine.model import (
     INSUFFICIENT,
     MISSING,
