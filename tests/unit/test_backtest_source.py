@@ -18,7 +18,7 @@ from understudy.backtest.source import (
     parse_time,
     step_times,
 )
-from understudy.engine import INSUFFICIENT, MISSING, Comparison, Policy, Reading, SignalKind, Tier, Trigger
+from understudy.engine import MISSING, Comparison, Policy, Reading, SignalKind, Tier, Trigger
 from understudy.signals.promql import Target, map_results, plan_queries
 
 NOW = 1_767_571_200.0  # 2026-01-05T00:00:00Z
@@ -113,7 +113,7 @@ def test_history_steps_map_like_the_operator_with_readiness_assumed() -> None:
     assert first.readings["primary"]["p99"] == Reading.ok(120.0)
     assert second.readings["primary"]["p99"] == Reading.ok(400.0)
     # assumed ready: an idle fallback reads INSUFFICIENT (probe-able), and availability is full
-    assert first.readings["distilled"]["p99"] == INSUFFICIENT
+    assert first.readings["distilled"]["p99"] == Reading.insufficient(0.0)
     assert first.readings["primary"]["availability"] == Reading.ok(1.0)
 
 

@@ -114,14 +114,23 @@ class ReadingStatus(str, Enum):
 class Reading:
     status: ReadingStatus
     value: float | None = None
+    """The signal's value; on an INSUFFICIENT reading, the value computed from too few requests, if any."""
+    requests: float | None = None
+    """On an INSUFFICIENT reading, the requests the tier served in the window (None: not known). A restore
+    step adds these up over evaluations when each window alone holds too few (see README)."""
 
     @staticmethod
     def ok(value: float) -> Reading:
         return Reading(ReadingStatus.OK, value)
 
+    @staticmethod
+    def insufficient(requests: float, value: float | None = None) -> Reading:
+        return Reading(ReadingStatus.INSUFFICIENT, value, requests)
+
 
 MISSING = Reading(ReadingStatus.MISSING)
 INSUFFICIENT = Reading(ReadingStatus.INSUFFICIENT)
+"""Too few requests, and how many is not known."""
 
 
 @dataclass(frozen=True)
