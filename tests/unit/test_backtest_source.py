@@ -115,6 +115,7 @@ def test_history_steps_map_like_the_operator_with_readiness_assumed() -> None:
     # assumed ready: an idle fallback reads INSUFFICIENT (probe-able), and availability is full
     assert first.readings["distilled"]["p99"] == Reading.insufficient(0.0)
     assert first.readings["primary"]["availability"] == Reading.ok(1.0)
+    assert first.ready == {} and second.ready == {}  # assumed for the mapping, unknown to the engine
 
 
 def test_history_uses_kube_state_metrics_per_step() -> None:
@@ -126,6 +127,10 @@ def test_history_uses_kube_state_metrics_per_step() -> None:
     # at 6000 the fallback's Deployment is unknown: MISSING, never taken as ready
     assert steps[1].readings["distilled"]["availability"] == MISSING
     assert steps[1].readings["distilled"]["p99"] == MISSING
+    # The engine gets the ready replicas kube-state-metrics reported at each step; a tier without a series
+    # at that step has unknown readiness (not 0: a gap in the history is no proof the Deployment was gone).
+    assert steps[0].ready == {"primary": 4, "distilled": 2}
+    assert steps[1].ready == {"primary": 1}
 
 
 def test_a_step_equals_map_results_on_the_same_instant_vector() -> None:

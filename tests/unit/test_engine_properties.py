@@ -84,25 +84,33 @@ def reading(byte: int, trigger: Trigger, missing: bool) -> Reading | None:
     return (MISSING, None, INSUFFICIENT)[k - len(FACTORS)]
 
 
+READY = (None, None, 2, 2, 1, 0)
+"""Ready replicas of a tier's Deployment: mostly unknown or some, sometimes none."""
+
+
 @st.composite
 def streams(draw: st.DrawFn, policy: Policy, missing: bool = True, capacity: bool = True,
             max_size: int = 60) -> list[tuple[float, Samples]]:
-    """(now, samples) pairs decoded from one byte string: a single draw keeps generation cheap."""
-    width = 1 + len(policy.tier_names) * (len(policy.triggers) + 1)
+    """(now, samples) pairs decoded from one byte string: a single draw keeps generation cheap.
+
+    With `capacity`, tiers may also be short of capacity or known to have no ready replicas."""
+    width = 1 + len(policy.tier_names) * (len(policy.triggers) + 2)
     size = draw(st.integers(1, max_size))
     raw = draw(st.binary(min_size=size * width, max_size=size * width))
     now, out = START + draw(st.integers(0, 10_000)), []
     for row in (raw[k:k + width] for k in range(0, len(raw), width)):
         now += GAPS[row[0] % len(GAPS)]
-        readings, caps, at = {}, {}, 1
+        readings, caps, ready, at = {}, {}, {}, 1
         for tier in policy.tier_names:
             values = {t.name: reading(row[at + m], t, missing) for m, t in enumerate(policy.triggers)}
             readings[tier] = {k: v for k, v in values.items() if v is not None}
             at += len(policy.triggers)
             if capacity:
                 caps[tier] = row[at] % 4 != 3
-            at += 1
-        out.append((now, Samples(readings, caps)))
+                if (count := READY[row[at + 1] % len(READY)]) is not None:
+                    ready[tier] = count
+            at += 2
+        out.append((now, Samples(readings, caps, ready)))
     return out
 
 
@@ -153,11 +161,12 @@ def test_weights_are_whole_percent_summing_to_100_over_every_tier(data: st.DataO
 
 
 def routing_held(policy: Policy, before: State, samples: Samples) -> bool:
-    """onMissingData=Hold and a serving tier has missing data and no breach (recomputed independently)."""
+    """onMissingData=Hold and a serving tier that may still have pods has missing data and no breach
+    (recomputed independently)."""
     if policy.on_missing_data is not MissingData.HOLD:
         return False
     for tier, weight in before.weights:
-        if weight == 0:
+        if weight == 0 or samples.ready.get(tier) == 0:
             continue
         got = samples.readings.get(tier, {})
         applicable = [t for t in policy.triggers if t.applies(tier)]
@@ -169,22 +178,71 @@ def routing_held(policy: Policy, before: State, samples: Samples) -> bool:
     return False
 
 
+def fit_tiers(e: Eval) -> set[str]:
+    """Tiers that may serve after the decision: not tripped, capacity not reported short, not known to
+    have 0 ready replicas."""
+    return {t.name for t in e.decision.state.tiers
+            if not t.tripped and e.samples.capacity.get(t.name, True) and e.samples.ready.get(t.name) != 0}
+
+
+def has_evidence(policy: Policy, tier: str, samples: Samples) -> bool:
+    """Ready replicas reported above 0, or, readiness unknown, an applicable trigger with a reading."""
+    if tier in samples.ready:
+        return samples.ready[tier] > 0
+    got = samples.readings.get(tier, {})
+    for trigger in policy.triggers:
+        r = got.get(trigger.name)
+        if trigger.applies(tier) and r is not None and (
+                r.status is ReadingStatus.INSUFFICIENT
+                or r.status is ReadingStatus.OK and r.value is not None and r.value == r.value):
+            return True
+    return False
+
+
 @SETTINGS
 @given(st.data())
-def test_no_tripped_or_short_tier_serves_while_a_fit_tier_exists(data: st.DataObject) -> None:
+def test_no_tripped_short_or_podless_tier_serves_while_a_fit_tier_exists(data: st.DataObject) -> None:
     """After any decision free to move (minDwell elapsed, routing not held by missing data under Hold,
-    no pin or pause), if some tier is fit (not tripped, capacity not reported short), then every tier
-    that receives traffic is fit."""
+    no pin or pause), if some tier is fit (not tripped, capacity not reported short, not known to have 0
+    ready replicas), then every tier that receives traffic is fit."""
     policy = data.draw(policies())
     for e in run(policy, data.draw(streams(policy))):
         last = e.before.last_transition_ms
         free = last is None or round(e.now * 1000) - last >= round(policy.min_dwell * 1000)
         if not free or routing_held(policy, e.before, e.samples):
             continue
-        fit = {t.name for t in e.decision.state.tiers
-               if not t.tripped and e.samples.capacity.get(t.name, True)}
+        fit = fit_tiers(e)
         if fit:
             assert {n for n, w in e.decision.weights if w > 0} <= fit
+
+
+@SETTINGS
+@given(st.data())
+def test_traffic_never_goes_to_a_tier_without_ready_replicas_unless_no_tier_has_any(data: st.DataObject) -> None:
+    """A tier whose share rises is never known to have 0 ready replicas, unless every tier is: then no tier
+    can serve, the whenAllBreached tier takes the traffic, and AllTiersBreached says so."""
+    policy = data.draw(policies())
+    for e in run(policy, data.draw(streams(policy))):
+        before, after = dict(e.before.weights), dict(e.decision.weights)
+        for tier in (n for n in policy.tier_names if after[n] > before.get(n, 0)):
+            if e.samples.ready.get(tier) == 0:
+                assert all(e.samples.ready.get(n) == 0 for n in policy.tier_names)
+                assert tier == (policy.when_all_breached or policy.tier_names[-1])
+                assert e.decision.state.all_tiers_breached
+
+
+@SETTINGS
+@given(st.data())
+def test_a_tier_without_evidence_takes_new_traffic_only_when_no_fit_tier_has_evidence(data: st.DataObject) -> None:
+    """A tier that had no traffic and now gets some has evidence that it can serve, unless no fit tier
+    had any (when no tier is fit at all, the whenAllBreached rule decides instead)."""
+    policy = data.draw(policies())
+    for e in run(policy, data.draw(streams(policy))):
+        before = dict(e.before.weights)
+        fit = fit_tiers(e)
+        for tier, weight in e.decision.weights:
+            if weight > 0 and before.get(tier, 0) == 0 and not has_evidence(policy, tier, e.samples):
+                assert not fit or not any(has_evidence(policy, n, e.samples) for n in fit)
 
 
 @SETTINGS

@@ -49,13 +49,15 @@ POLICY = Policy(
 Value = float | Reading
 
 
-def obs(capacity: Mapping[str, bool] | None = None, **tiers: Mapping[str, Value]) -> Samples:
-    """Samples where every tier is healthy unless given: obs(primary={"p99": 400})."""
+def obs(capacity: Mapping[str, bool] | None = None, ready: Mapping[str, int] | None = None,
+        **tiers: Mapping[str, Value]) -> Samples:
+    """Samples where every tier is healthy unless given: obs(primary={"p99": 400}); readiness unknown
+    unless given: obs(ready={"distilled": 0})."""
     readings = {}
     for name in TIERS:
         values = {**HEALTHY, **tiers.get(name, {})}
         readings[name] = {k: v if isinstance(v, Reading) else Reading.ok(v) for k, v in values.items()}
-    return Samples(readings, dict(capacity or {}))
+    return Samples(readings, dict(capacity or {}), dict(ready or {}))
 
 
 @dataclass(frozen=True)
@@ -210,9 +212,78 @@ def test_missing_data_hold_freezes_streaks_and_routing() -> None:
     assert all(s.decision.metrics_available for s in steps if s.t >= 100)
 
 
-def test_missing_data_on_an_idle_tier_does_not_matter() -> None:
-    steps = run(POLICY, 0, 60, lambda t: obs(popular={"p99": MISSING}))
+NO_DATA = {"p99": MISSING, "errors": MISSING}
+
+
+def test_missing_data_on_an_idle_tier_is_no_news_but_no_evidence_either() -> None:
+    # While the primary serves, an idle tier's missing data raises no alarm and moves nothing ...
+    steps = run(POLICY, 0, 60, lambda t: obs(distilled=NO_DATA))
     assert moves(steps) == [] and all(s.reasons == () and s.decision.metrics_available for s in steps)
+    # ... but when the primary trips, a tier with no evidence at all (readiness unknown, every trigger
+    # missing) ranks after every tier with evidence: traffic skips distilled for popular.
+    steps = run(POLICY, 0, 60, lambda t: obs(primary={"p99": 400.0} if t >= 10 else {}, distilled=NO_DATA))
+    assert moves(steps) == [(15, w(0, 0, 100))]
+    assert at(steps, 15).decision.audit[-1].to_tier == "popular"
+
+
+def test_a_tier_without_evidence_still_serves_when_no_tier_has_any() -> None:
+    steps = run(POLICY, 0, 60, lambda t: obs(primary={"p99": 400.0} if t >= 10 else {},
+                                             distilled=NO_DATA, popular=NO_DATA))
+    assert moves(steps) == [(15, w(0, 100, 0))]  # the chain's order decides between tiers without evidence
+
+
+def test_known_ready_replicas_are_evidence_even_without_readings() -> None:
+    ready = {"primary": 2, "distilled": 1, "popular": 3}
+    steps = run(POLICY, 0, 60, lambda t: obs(ready=ready, primary={"p99": 400.0} if t >= 10 else {},
+                                             distilled=NO_DATA))
+    assert moves(steps) == [(15, w(0, 100, 0))]
+
+
+def test_a_fallback_without_ready_replicas_is_skipped_once_per_episode() -> None:
+    # distilled's Deployment is gone (the shell reports 0 ready) until t=100; its triggers read nothing.
+    def samples(t: float) -> Samples:
+        gone = t < 100
+        return obs(ready={"primary": 2, "distilled": 0 if gone else 2, "popular": 2},
+                   primary={"p99": 400.0} if t >= 10 else {}, distilled=NO_DATA if gone else {})
+
+    steps = run(POLICY, 0, 200, samples)
+    assert at(steps, 15).reasons == ("TierTripped", "NoReadyReplicas", "FallbackActivated")
+    record = at(steps, 15).decision.audit[1]
+    assert record.tier == "distilled" and "no ready replicas" in record.message
+    assert count(steps, "NoReadyReplicas") == 1
+    # Ready again at 100: distilled is better than popular, so it is restored to in steps.
+    assert moves(steps) == [(15, w(0, 0, 100)), (100, w(0, 10, 90)), (130, w(0, 50, 50)), (160, w(0, 100, 0))]
+
+
+def test_a_serving_tier_losing_every_pod_is_left_even_when_its_data_is_missing() -> None:
+    # The primary's Deployment is scaled to 0 at t=20: its series vanish (MISSING). Under Hold, missing
+    # data would keep traffic where it is; a tier known to have no ready replicas cannot serve at all.
+    def samples(t: float) -> Samples:
+        down = t >= 20
+        return obs(ready={"primary": 0 if down else 2, "distilled": 2, "popular": 2},
+                   primary=NO_DATA if down else {})
+
+    steps = run(POLICY, 0, 60, samples)
+    assert moves(steps) == [(20, w(0, 100, 0))]
+    assert at(steps, 20).reasons == ("MetricsMissing", "NoReadyReplicas", "FallbackActivated")
+    assert "no ready replicas" in at(steps, 20).decision.audit[-1].message
+
+
+def test_when_every_tier_breaches_a_last_resort_without_pods_is_passed_over() -> None:
+    everything_bad = {n: {"errors": 0.5} for n in TIERS}
+    steps = run(POLICY, 0, 60, lambda t: obs(ready={"primary": 2, "distilled": 2, "popular": 0},
+                                             **(everything_bad if t >= 10 else {})))
+    # popular (the last fallback, whenAllBreached's default) has no pods: the best tier that has some serves.
+    assert moves(steps) == []
+    assert count(steps, "AllTiersBreached") == 1
+    text = first_with(steps, "AllTiersBreached").decision.audit
+    assert any("popular has no ready replicas" in a.message for a in text if a.reason == "AllTiersBreached")
+
+
+def test_when_no_tier_has_pods_the_when_all_breached_tier_serves() -> None:
+    steps = run(POLICY, 0, 60, lambda t: obs(ready={n: 0 for n in TIERS} if t >= 10 else None))
+    assert moves(steps) == [(10, w(0, 0, 100))]
+    assert at(steps, 10).reasons[-2:] == ("AllTiersBreached", "FallbackActivated")
 
 
 def test_missing_data_fallback_counts_as_breach_of_the_serving_tier() -> None:
@@ -419,7 +490,7 @@ def test_status_form_has_no_floats_and_camel_case_keys() -> None:
 
 
 def test_every_emitted_reason_is_listed() -> None:
-    assert len(set(AUDIT_REASONS)) == 16
+    assert len(set(AUDIT_REASONS)) == 17
     assert all(r[0].isupper() and r.isalnum() for r in AUDIT_REASONS)
 
 

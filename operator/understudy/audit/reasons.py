@@ -35,6 +35,7 @@ REASONS: Final[dict[str, EventKind]] = {
     "RestoreAborted": EventKind(WARNING, "Restore"),
     "AllTiersBreached": EventKind(WARNING, "Route"),
     "CapacityInsufficient": EventKind(WARNING, "Route"),
+    "NoReadyReplicas": EventKind(WARNING, "Route"),
     "MetricsMissing": EventKind(WARNING, "Observe"),
     "MetricsRestored": EventKind(NORMAL, "Observe"),
     "Pinned": EventKind(NORMAL, "Override"),

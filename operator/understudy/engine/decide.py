@@ -7,7 +7,8 @@ caller passes `now`, and the result depends on the arguments alone.
 One evaluation goes through four stages, in this order, each in a module of its own:
 1. health (`health`): each tier's readings become a verdict (breach, missing, inconclusive, clear) that
    moves its streaks, and streaks trip or recover the tier (hysteresis);
-2. eligibility (`route`): a tier may receive traffic when it is not tripped and has capacity;
+2. eligibility (`route`): a tier may receive traffic when it is not tripped, has capacity and is not
+   known to have 0 ready replicas; tiers with evidence of health are preferred;
 3. routing (`route`): overrides (pause, pin) first, then at most one transition, never within minDwell of
    the previous one, never while missing data holds routing;
 4. creep (`creep`): time spent off the primary, in a sliding window.
@@ -22,7 +23,7 @@ from understudy.engine.health import Verdict, effective, evaluate, update_tier
 from understudy.engine.model import AuditRecord, MissingData, Mode, Policy, Samples
 from understudy.engine.plan import plan_for
 from understudy.engine.restore import fit
-from understudy.engine.route import Routing, capacity_episodes, repin, transition, why
+from understudy.engine.route import Routing, fitness, repin, skip_episodes, transition, why
 from understudy.engine.state import State
 
 
@@ -72,6 +73,11 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         evaluate(plan.triggers[i], samples.readings.get(n), prev[i] > 0) for i, n in enumerate(names)
     )
     capacity = tuple(samples.capacity.get(n, True) for n in names)
+    ready = samples.ready
+    unready = tuple(ready.get(n, 1) <= 0 for n in names)
+    evidence = tuple(
+        ready[n] > 0 if n in ready else len(evals[i].missing) < len(plan.triggers[i]) for i, n in enumerate(names)
+    )
 
     missing = [(names[i], t) for i in range(len(names)) if prev[i] > 0 for t in evals[i].missing]
     if missing and not state.metrics_missing:
@@ -89,15 +95,17 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
                      on_probation=names[i] == state.restore_tier, audit=audit)
         for i in range(len(names))
     ]
-    eligible = tuple(not tiers[i].tripped and capacity[i] for i in range(len(names)))
-    first = next((i for i, ok in enumerate(eligible) if ok), None)
-    capacity_episodes(tiers, capacity, prev, first, audit)
-    if first is None and not state.all_tiers_breached:
+    fit_ = fitness(plan, tiers, capacity, unready, evidence)
+    skip_episodes(tiers, fit_, prev, audit)
+    if fit_.first is None and not state.all_tiers_breached:
+        serves = names[fit_.last_resort]
+        passed_over = (f"{names[plan.last_resort]} has no ready replicas, so {serves} serves"
+                       if fit_.last_resort != plan.last_resort else f"{serves} serves")
         audit.append(AuditRecord(
             reasons.ALL_TIERS_BREACHED,
-            f"no tier can serve, {names[plan.last_resort]} serves: "
-            + "; ".join(f"{n}: {why(plan, tiers, evals, capacity, i)[3]}" for i, n in enumerate(names)),
-            to_tier=names[plan.last_resort],
+            f"no tier can serve; {passed_over}: "
+            + "; ".join(f"{n}: {why(plan, tiers, evals, fit_, i)[3]}" for i, n in enumerate(names)),
+            to_tier=serves,
         ))
 
     routing = Routing(
@@ -113,11 +121,13 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         if policy.pinned_tier != pinned:
             pinned = repin(plan, routing, pinned, policy.pinned_tier, now_ms)
         dwell_ok = state.last_transition_ms is None or now_ms - state.last_transition_ms >= plan.dwell_ms
+        # Missing data holds routing only on a tier that may still serve: one known to have no ready
+        # replicas has no data because it has no pods.
         held = policy.on_missing_data is MissingData.HOLD and any(
-            prev[i] > 0 and evals[i].verdict is Verdict.MISSING for i in range(len(names))
+            prev[i] > 0 and evals[i].verdict is Verdict.MISSING and not unready[i] for i in range(len(names))
         )
         if pinned is None and dwell_ok and not held:
-            transition(plan, routing, tiers, evals, capacity, eligible, first, now_ms)
+            transition(plan, routing, tiers, evals, fit_, now_ms)
 
     buckets, off_ms, observed_ms = credit(plan, state, prev[0], now_ms)
     ratio = off_ms / observed_ms if observed_ms else 0.0
@@ -141,7 +151,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         last_evaluation_ms=now_ms,
         pinned_tier=pinned,
         paused=policy.paused,
-        all_tiers_breached=first is None,
+        all_tiers_breached=fit_.first is None,
         metrics_missing=bool(missing),
         creep_exceeded=exceeded,
         creep_buckets=buckets,

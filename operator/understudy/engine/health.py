@@ -119,7 +119,7 @@ def update_tier(policy: Policy, ts: TierState, verdict: Verdict, ev: Eval, *,
         ))
     if (breach, clear, tripped, trip_trigger) == (ts.breach_streak, ts.clear_streak, ts.tripped, ts.trip_trigger):
         return ts
-    return TierState(ts.name, breach, clear, tripped, trip_trigger, ts.capacity_short)
+    return TierState(ts.name, breach, clear, tripped, trip_trigger, ts.capacity_short, ts.unready)
 
 
 def describe(trigger: Trigger, value: float) -> str:

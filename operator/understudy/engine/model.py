@@ -142,10 +142,14 @@ class Samples:
     lets a tripped tier with no traffic recover and be probed by the first restore step.
     capacity[tier] is False when the tier's ready replicas cannot carry the load it would receive;
     an absent entry means it can.
+    ready[tier] is the ready replica count of the tier's Deployment, 0 when the Deployment does not exist;
+    a tier absent from it has unknown readiness (the backtest without kube-state-metrics). A tier with 0
+    ready replicas never receives traffic while another tier can take it.
     """
 
     readings: Mapping[str, Mapping[str, Reading]]
     capacity: Mapping[str, bool] = field(default_factory=dict)
+    ready: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

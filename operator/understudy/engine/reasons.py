@@ -21,6 +21,9 @@ ALL_TIERS_BREACHED = "AllTiersBreached"
 """No tier is fit to serve; the whenAllBreached tier serves anyway."""
 CAPACITY_INSUFFICIENT = "CapacityInsufficient"
 """A tier that would have received traffic cannot carry it and was skipped."""
+NO_READY_REPLICAS = "NoReadyReplicas"
+"""A tier that would have received traffic has no ready replicas (its Deployment is missing or scaled to
+zero) and was skipped."""
 METRICS_MISSING = "MetricsMissing"
 """A signal of a tier that receives traffic has no data."""
 METRICS_RESTORED = "MetricsRestored"
@@ -42,6 +45,7 @@ AUDIT_REASONS: tuple[str, ...] = (
     RESTORE_ABORTED,
     ALL_TIERS_BREACHED,
     CAPACITY_INSUFFICIENT,
+    NO_READY_REPLICAS,
     METRICS_MISSING,
     METRICS_RESTORED,
     PINNED,

@@ -22,23 +22,66 @@ class Routing:
     audit: list[AuditRecord]
 
 
-def capacity_episodes(tiers: list[TierState], capacity: tuple[bool, ...], prev: tuple[int, ...],
-                      first: int | None, audit: list[AuditRecord]) -> None:
-    """Open a CapacityInsufficient episode when a short tier is actually skipped: it would have been the
-    first healthy tier, or it carries traffic now. A scaled-down fallback nobody needs is not news."""
+@dataclass(frozen=True, slots=True)
+class Fitness:
+    """Which tiers may receive traffic in this evaluation, and in which order of preference."""
+
+    eligible: tuple[bool, ...]
+    """Not tripped, with capacity, and not known to have 0 ready replicas."""
+    evidence: tuple[bool, ...]
+    """Evidence that the tier can serve: ready replicas reported above 0, or, with readiness unknown, at
+    least one applicable trigger with a reading (OK or Insufficient). A tier without evidence ranks after
+    every tier with evidence."""
+    capacity: tuple[bool, ...]
+    unready: tuple[bool, ...]
+    """Known to have no ready replicas."""
+    first: int | None
+    """The preferred eligible tier: the best in the chain with evidence, else the best without."""
+    last_resort: int
+    """The tier that serves when none is eligible: whenAllBreached's, unless it has no ready replicas."""
+
+
+def fitness(plan: Plan, tiers: list[TierState], capacity: tuple[bool, ...], unready: tuple[bool, ...],
+            evidence: tuple[bool, ...]) -> Fitness:
+    eligible = tuple(not tiers[i].tripped and capacity[i] and not unready[i] for i in range(len(tiers)))
+    first = next((i for i, ok in enumerate(eligible) if ok and evidence[i]), None)
+    if first is None:
+        first = next((i for i, ok in enumerate(eligible) if ok), None)
+    last_resort = plan.last_resort
+    if unready[last_resort]:
+        last_resort = next((i for i, down in enumerate(unready) if not down), last_resort)
+    return Fitness(eligible, evidence, capacity, unready, first, last_resort)
+
+
+def skip_episodes(tiers: list[TierState], fit: Fitness, prev: tuple[int, ...], audit: list[AuditRecord]) -> None:
+    """Open a CapacityInsufficient or NoReadyReplicas episode when such a tier is actually skipped: it would
+    have been the first fit tier, or it carries traffic now. A scaled-down fallback nobody needs is not
+    news. An episode closes quietly once the tier could serve again."""
+    first = fit.first
     for i, ts in enumerate(tiers):
-        if capacity[i]:
-            if ts.capacity_short:
-                tiers[i] = replace(ts, capacity_short=False)
-        elif not ts.capacity_short and not ts.tripped and (first is None or i < first or prev[i] > 0):
+        short, down = not fit.capacity[i], fit.unready[i]
+        if ts.capacity_short == short and ts.unready == down:
+            continue
+        skipped = not ts.tripped and (first is None or i < first or prev[i] > 0)
+        capacity_short, unready = ts.capacity_short and short, ts.unready and down
+        if down and not ts.unready and skipped:
+            audit.append(AuditRecord(
+                reasons.NO_READY_REPLICAS,
+                f"{ts.name} has no ready replicas (its Deployment is missing or scaled to zero); skipped",
+                tier=ts.name,
+            ))
+            unready = True
+        if short and not ts.capacity_short and skipped:
             audit.append(AuditRecord(
                 reasons.CAPACITY_INSUFFICIENT,
                 f"{ts.name} cannot carry its traffic (not enough ready replicas); skipped", tier=ts.name,
             ))
-            tiers[i] = replace(ts, capacity_short=True)
+            capacity_short = True
+        if (capacity_short, unready) != (ts.capacity_short, ts.unready):
+            tiers[i] = replace(ts, capacity_short=capacity_short, unready=unready)
 
 
-def why(plan: Plan, tiers: list[TierState], evals: tuple[Eval, ...], capacity: tuple[bool, ...],
+def why(plan: Plan, tiers: list[TierState], evals: tuple[Eval, ...], fit: Fitness,
         i: int) -> tuple[str | None, float | None, float | None, str]:
     """(trigger, observed, threshold, text) explaining why tier i is unfit, for audit records."""
     worst = evals[i].worst
@@ -47,7 +90,9 @@ def why(plan: Plan, tiers: list[TierState], evals: tuple[Eval, ...], capacity: t
             return worst.trigger.name, worst.value, worst.trigger.threshold, describe(worst.trigger, worst.value)
         name = tiers[i].trip_trigger
         return name, None, plan.thresholds.get(name or ""), f"tripped by {name}"
-    if not capacity[i]:
+    if fit.unready[i]:
+        return None, None, None, "no ready replicas"
+    if not fit.capacity[i]:
         return None, None, None, "capacity insufficient"
     return None, None, None, "healthy"
 
@@ -71,29 +116,32 @@ def repin(plan: Plan, routing: Routing, old: str | None, new: str | None, now_ms
     return new
 
 
-def transition(plan: Plan, routing: Routing, tiers: list[TierState], evals: tuple[Eval, ...],
-               capacity: tuple[bool, ...], eligible: tuple[bool, ...], first: int | None, now_ms: int) -> None:
+def transition(plan: Plan, routing: Routing, tiers: list[TierState], evals: tuple[Eval, ...], fit: Fitness,
+               now_ms: int) -> None:
     """At most one move per evaluation, chosen in this order:
 
-    - no tier fit to serve: everything on the whenAllBreached tier;
+    - no tier fit to serve: everything on the last resort (the whenAllBreached tier, unless it has no
+      ready replicas: then the best tier that has some);
     - the anchor tier itself unfit: everything at once on the next fit tier down the chain, or, when none
-      below is fit, on the best fit tier above. Down first, because a better tier that has been idle since
-      it tripped has no evidence of health (idle tiers read as clear so that a restore can probe them):
-      it gets traffic back through the restore steps, not all at once in the middle of an incident;
+      below is fit, on the best fit tier above; tiers with evidence first in either case. Down first,
+      because a better tier that has been idle since it tripped has little evidence of health (idle tiers
+      read as clear so that a restore can probe them): it gets traffic back through the restore steps,
+      not all at once in the middle of an incident;
     - a restore under way: abort it if the better tier became unfit, else take the next step when the
       better tier was clear in this very evaluation (inconclusive or missing data waits);
-    - a better tier is fit: start restoring to it (the first step is the probe). A restore in progress
-      is finished before an even better tier is considered, so steps never jump between targets.
+    - the preferred fit tier is better: start restoring to it (the first step is the probe). A restore in
+      progress is finished before an even better tier is considered, so steps never jump between targets.
     """
-    c, t = routing.active, routing.restore
+    c, t, first = routing.active, routing.restore, fit.first
     if first is None:
-        _move_all(plan, routing, plan.last_resort, tiers, evals, capacity, now_ms)
-    elif not eligible[c]:
-        below = next((i for i in range(c + 1, len(eligible)) if eligible[i]), first)
-        _move_all(plan, routing, below, tiers, evals, capacity, now_ms)
+        _move_all(plan, routing, fit.last_resort, tiers, evals, fit, now_ms)
+    elif not fit.eligible[c]:
+        to = min((i for i, ok in enumerate(fit.eligible) if ok and i != c),
+                 key=lambda i: (not fit.evidence[i], i < c, i))
+        _move_all(plan, routing, to, tiers, evals, fit, now_ms)
     elif t is not None:
-        if not eligible[t]:
-            _move_all(plan, routing, c, tiers, evals, capacity, now_ms)
+        if not fit.eligible[t]:
+            _move_all(plan, routing, c, tiers, evals, fit, now_ms)
         elif evals[t].verdict is Verdict.CLEAR:
             # min(): restoreSteps may have been shortened by a spec edit during the restore.
             _restore_step(plan, routing, t, min(routing.step + 1, len(plan.steps) - 1), now_ms)
@@ -102,21 +150,21 @@ def transition(plan: Plan, routing: Routing, tiers: list[TierState], evals: tupl
 
 
 def _move_all(plan: Plan, routing: Routing, to: int, tiers: list[TierState], evals: tuple[Eval, ...],
-              capacity: tuple[bool, ...], now_ms: int) -> None:
+              fit: Fitness, now_ms: int) -> None:
     weights = [0] * len(plan.names)
     weights[to] = 100
     if weights == routing.weights:
         return
     names, c, t = plan.names, routing.active, routing.restore
     if t is not None and to != t:
-        trigger, observed, threshold, text = why(plan, tiers, evals, capacity, t)
+        trigger, observed, threshold, text = why(plan, tiers, evals, fit, t)
         routing.audit.append(AuditRecord(
             reasons.RESTORE_ABORTED, f"{names[t]} failed during restore ({text}); all traffic to {names[to]}",
             tier=names[t], trigger=trigger, observed=observed, threshold=threshold,
             from_tier=names[t], to_tier=names[to],
         ))
     if to != c:
-        trigger, observed, threshold, text = why(plan, tiers, evals, capacity, c)
+        trigger, observed, threshold, text = why(plan, tiers, evals, fit, c)
         worse = to > c
         routing.audit.append(AuditRecord(
             reasons.FALLBACK_ACTIVATED if worse else reasons.RESTORED,

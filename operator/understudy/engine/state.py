@@ -26,6 +26,8 @@ class TierState:
     """The trigger that tripped the tier, kept to explain later moves away from it."""
     capacity_short: bool = False
     """A CapacityInsufficient episode is open for this tier."""
+    unready: bool = False
+    """A NoReadyReplicas episode is open for this tier."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,8 @@ def _tier_to_status(t: TierState) -> dict[str, Any]:
         "tripped": t.tripped,
         "capacityShort": t.capacity_short,
     }
+    if t.unready:
+        d["unready"] = True
     if t.trip_trigger is not None:
         d["tripTrigger"] = t.trip_trigger
     return d
@@ -143,6 +147,7 @@ def _tier_from_status(d: Any) -> TierState:
         tripped=_bool(d, "tripped"),
         trip_trigger=_opt_str(d, "tripTrigger"),
         capacity_short=_bool(d, "capacityShort"),
+        unready=_opt_bool(d, "unready"),
     )
 
 
@@ -179,6 +184,11 @@ def _bool(d: Any, key: str) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"{key}: expected a boolean, got {v!r}")
     return v
+
+
+def _opt_bool(d: Mapping[str, Any], key: str) -> bool:
+    """A flag added after the first release: absent in statuses written before it, and then False."""
+    return _bool(d, key) if d.get(key) is not None else False
 
 
 def _list(d: Any, key: str) -> list[Any]:
