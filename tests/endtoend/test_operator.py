@@ -73,7 +73,9 @@ def test_chain_moves_down_on_breaches_and_restores_step_by_step(make_scenario: C
 @pytest.mark.parametrize("backend", ["service", "gatewayapi"])
 def test_other_backends_fall_back_and_restore(make_scenario: Callable[..., Scenario],
                                               prometheus: PrometheusServer, backend: str) -> None:
-    sc = _started(make_scenario, prometheus, backend, evaluation={"restoreSteps": [100]})
+    # Service routing runs the default restore (no restoreSteps): one step, since it cannot split traffic.
+    sc = _started(make_scenario, prometheus, backend, **({} if backend == "service" else
+                                                          {"evaluation": {"restoreSteps": [100]}}))
     sc.wait_for_weights(ALL_PRIMARY)
     sc.inject("primary", **FAILING)
     sc.wait_for_weights(ON_DISTILLED, timeout=30)

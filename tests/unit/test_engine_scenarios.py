@@ -494,6 +494,16 @@ def test_every_emitted_reason_is_listed() -> None:
     assert all(r[0].isupper() and r.isalnum() for r in AUDIT_REASONS)
 
 
+def test_routing_that_cannot_split_traffic_restores_in_one_step() -> None:
+    # A Service selector sends all traffic to one tier: a 10% step would send the primary nothing, its
+    # readings would stay too thin and the restore would never advance. Whatever restoreSteps says (a
+    # policy stored with an older default), the engine returns all traffic at once.
+    policy = dataclasses.replace(POLICY, traffic_split=False)
+    steps = run(policy, 0, 200, lambda t: obs(primary={"p99": 400.0}) if 10 <= t < 60 else obs())
+    assert moves(steps) == [(15, w(0, 100, 0)), (70, w(100, 0, 0))]
+    assert at(steps, 70).reasons == ("TierRecovered", "Restored")
+
+
 def test_restore_steps_shortened_mid_restore_finishes_the_restore() -> None:
     def policy_at(t: float) -> Policy:
         return dataclasses.replace(POLICY, restore_steps=(10,)) if t >= 90 else POLICY

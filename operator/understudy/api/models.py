@@ -265,7 +265,8 @@ class Evaluation(_Spec):
     recover_after: Annotated[int, Field(ge=1, le=1000)] = 6
     restore_steps: Annotated[
         list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=10), AfterValidator(_restore_steps)
-    ] = [10, 50, 100]
+    ] | None = None
+    """None: [10, 50, 100] where the routing can split traffic, one step where it cannot (Service)."""
     min_dwell: NonNegativeDuration = "30s"
     on_missing_data: OnMissingData = OnMissingData.HOLD
     when_all_breached: TierName | None = None
@@ -350,6 +351,9 @@ class FallbackPolicySpec(_Spec):
         if any(d.tier not in tiers - {PRIMARY} for d in self.drills or ()):
             raise rule_error(
                 "drills[].tier must name a fallback of this policy (a drill exercises a fallback, not the primary)")
+        if self.routing.service is not None and self.evaluation.restore_steps not in (None, [100]):
+            raise rule_error(
+                "routing.service moves all traffic at once: evaluation.restoreSteps must be omitted or [100]")
         return self
 
 

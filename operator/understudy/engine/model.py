@@ -84,6 +84,9 @@ class Policy:
     trip_after: int = 2
     recover_after: int = 6
     restore_steps: tuple[int, ...] = (10, 50, 100)
+    traffic_split: bool = True
+    """The routing can split traffic between tiers (Istio, Gateway API). A Service selector cannot: it
+    sends everything to one tier, so a restore there is one step to 100% whatever restore_steps says."""
     min_dwell: float = 30.0
     on_missing_data: MissingData = MissingData.HOLD
     when_all_breached: str | None = None

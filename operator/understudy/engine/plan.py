@@ -70,8 +70,9 @@ def _make_plan(policy: Policy) -> Plan:
         index={n: i for i, n in enumerate(names)},
         triggers=tuple(tuple(t for t in policy.triggers if t.applies(n)) for n in names),
         thresholds={t.name: t.threshold for t in policy.triggers},
-        # A restore always ends with all traffic on the better tier, whether or not the spec says 100.
-        steps=steps if steps and steps[-1] == 100 else (*steps, 100),
+        # A restore always ends with all traffic on the better tier, whether or not the spec says 100; where
+        # the routing cannot split traffic, a smaller step would send the better tier nothing to judge.
+        steps=(100,) if not policy.traffic_split else steps if steps and steps[-1] == 100 else (*steps, 100),
         last_resort=len(names) - 1 if policy.when_all_breached is None else names.index(policy.when_all_breached),
         dwell_ms=round(policy.min_dwell * 1000),
         credit_cap_ms=round(2 * policy.interval * 1000),
