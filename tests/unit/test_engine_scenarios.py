@@ -494,6 +494,51 @@ def test_every_emitted_reason_is_listed() -> None:
     assert all(r[0].isupper() and r.isalnum() for r in AUDIT_REASONS)
 
 
+LOW = dataclasses.replace(POLICY, window=60.0, triggers=tuple(
+    dataclasses.replace(t, min_requests=20) for t in POLICY.triggers))
+
+
+def thin(requests: float, p99: float | None = 100.0) -> dict[str, Value]:
+    """A tier's readings from too few requests: the count and the values they gave."""
+    return {"p99": Reading.insufficient(requests, p99), "errors": Reading.insufficient(requests, 0.0)}
+
+
+def low_traffic(t: float, during: Callable[[float], dict[str, Value]] = lambda t: thin(6.0)) -> Samples:
+    """The primary breaches from 10 to 60, is idle until its first restore step at 70 and then serves its
+    10% share at about 6 requests per 60 s window: never the 20 one window needs."""
+    if 10 <= t < 60:
+        return obs(primary={"p99": 400.0})
+    return obs(primary=thin(0.0) if t < 75 else during(t))
+
+
+def test_a_thin_restore_step_advances_on_requests_added_up_over_evaluations() -> None:
+    steps = run(LOW, 0, 600, low_traffic)
+    # Each 5 s evaluation credits what arrived since the previous one: 6 requests x 5 s / 60 s = 0.5, so
+    # 20 requests take 40 evaluations (not 4, as adding up the overlapping windows' counts would).
+    assert moves(steps) == [(15, w(0, 100, 0)), (70, w(10, 90, 0)), (270, w(50, 50, 0)), (470, w(100, 0, 0))]
+    assert at(steps, 270).reasons == ("RestoreStep",)
+
+
+def test_a_breaching_value_from_too_few_requests_starts_the_count_again() -> None:
+    def during(t: float) -> dict[str, Value]:
+        return thin(6.0, 400.0 if t == 170 else 100.0)
+
+    steps = run(LOW, 0, 600, lambda t: low_traffic(t, during))
+    # 170 breaches (too few requests to trip, enough to distrust): the count restarts at 175.
+    assert moves(steps)[2] == (370, w(50, 50, 0))
+    assert count(steps, "TierTripped") == 1
+
+
+def test_missing_data_neither_adds_to_nor_resets_the_count() -> None:
+    def during(t: float) -> dict[str, Value]:
+        return {"p99": MISSING, "errors": MISSING} if 170 <= t < 200 else thin(6.0)
+
+    steps = run(LOW, 0, 600, lambda t: low_traffic(t, during))
+    # Six evaluations without data (routing held, onMissingData=Hold) add nothing and keep what was counted:
+    # the step comes 30 s later than with data throughout.
+    assert moves(steps)[2] == (300, w(50, 50, 0))
+
+
 def test_routing_that_cannot_split_traffic_restores_in_one_step() -> None:
     # A Service selector sends all traffic to one tier: a 10% step would send the primary nothing, its
     # readings would stay too thin and the restore would never advance. Whatever restoreSteps says (a

@@ -30,6 +30,7 @@ def to_engine_policy(spec: FallbackPolicySpec) -> engine.Policy:
         on_missing_data=engine.MissingData(evaluation.on_missing_data.value),
         when_all_breached=evaluation.when_all_breached,
         interval=parse_duration(evaluation.interval),
+        window=parse_duration(evaluation.window),
         creep_max_ratio=float(creep.max_fallback_ratio),
         creep_window=parse_duration(creep.window),
         creep_action=engine.CreepAction(creep.action.value),

@@ -23,7 +23,7 @@ from understudy.engine.health import Verdict, effective, evaluate, update_tier
 from understudy.engine.model import AuditRecord, MissingData, Mode, Policy, Samples
 from understudy.engine.plan import plan_for
 from understudy.engine.restore import fit
-from understudy.engine.route import Routing, fitness, repin, skip_episodes, transition, why
+from understudy.engine.route import Routing, fitness, repin, restore_evidence, skip_episodes, transition, why
 from understudy.engine.state import State
 
 
@@ -113,6 +113,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         active=plan.index[state.active_tier],
         restore=None if state.restore_tier is None else plan.index[state.restore_tier],
         step=state.restore_step,
+        evidence=restore_evidence(plan, state, evals, now_ms),
         last_transition_ms=state.last_transition_ms,
         audit=audit,
     )
@@ -147,6 +148,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         tiers=tuple(tiers),
         restore_tier=None if routing.restore is None else names[routing.restore],
         restore_step=0 if routing.restore is None else routing.step,
+        restore_evidence=0 if routing.restore is None else routing.evidence,
         last_transition_ms=routing.last_transition_ms,
         last_evaluation_ms=now_ms,
         pinned_tier=pinned,

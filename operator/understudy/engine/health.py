@@ -1,6 +1,7 @@
 """Stage 1 of `decide`: each tier's readings become a verdict, and verdicts move streaks (hysteresis)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Mapping
@@ -29,6 +30,13 @@ class Eval:
     worst: Breach | None
     missing: tuple[str, ...]
     """Applicable triggers without data on this tier."""
+    requests: float = 0.0
+    """The largest request count an Insufficient reading carried (0 when none did)."""
+    floor: int = 1
+    """The largest request minimum among the triggers that read Insufficient (at least 1)."""
+    thin_breach: bool = False
+    """An Insufficient reading carried a value past its threshold: too few requests to trip the tier,
+    enough to distrust it."""
 
 
 def evaluate(triggers: tuple[Trigger, ...], readings: Mapping[str, Reading] | None, has_traffic: bool) -> Eval:
@@ -42,13 +50,20 @@ def evaluate(triggers: tuple[Trigger, ...], readings: Mapping[str, Reading] | No
     worst: Breach | None = None
     worst_severity = 0.0
     missing: list[str] = []
-    insufficient = False
+    insufficient = thin_breach = False
+    requests, floor = 0.0, 1
     for trigger in triggers:
         reading = readings.get(trigger.name) if readings is not None else None
         if reading is None or reading.status is ReadingStatus.MISSING:
             missing.append(trigger.name)
         elif reading.status is ReadingStatus.INSUFFICIENT:
             insufficient = True
+            floor = max(floor, trigger.min_requests)
+            count, value = reading.requests, reading.value
+            if count is not None and count > requests and math.isfinite(count):
+                requests = count
+            if value is not None and value == value and trigger.breached_by(value):
+                thin_breach = True
         elif reading.value is None or reading.value != reading.value:
             missing.append(trigger.name)
         elif trigger.breached_by(reading.value):
@@ -63,7 +78,9 @@ def evaluate(triggers: tuple[Trigger, ...], readings: Mapping[str, Reading] | No
         verdict = Verdict.INCONCLUSIVE
     else:
         verdict = Verdict.CLEAR
-    return Eval(verdict, worst, tuple(missing))
+    if not insufficient:
+        return Eval(verdict, worst, tuple(missing))
+    return Eval(verdict, worst, tuple(missing), requests, floor, thin_breach)
 
 
 def _severity(trigger: Trigger, value: float) -> float:

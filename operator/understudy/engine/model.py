@@ -94,6 +94,9 @@ class Policy:
     interval: float = 5.0
     """evaluation.interval: the engine credits at most twice this much time to one evaluation in the creep
     accounting, so a gap (operator down, leader change) is not counted as time spent off the primary."""
+    window: float = 60.0
+    """evaluation.window, the rate() window request counts cover: a thin restore step credits a count
+    once per window (see README), not once per evaluation."""
     creep_max_ratio: float = 0.10
     creep_window: float = 86400.0
     creep_action: CreepAction = CreepAction.ALERT

@@ -24,6 +24,9 @@ class Plan:
     credit_cap_ms: int
     bucket_ms: int
     window_ms: int
+    """The creep window."""
+    rate_window_ms: int
+    """The rate() window request counts cover (evaluation.window)."""
 
 
 _plans: dict[int, tuple[weakref.ref[Policy], Plan]] = {}
@@ -78,4 +81,5 @@ def _make_plan(policy: Policy) -> Plan:
         credit_cap_ms=round(2 * policy.interval * 1000),
         bucket_ms=max(1, -(-window_ms // CREEP_BUCKETS)),
         window_ms=window_ms,
+        rate_window_ms=max(1, round(policy.window * 1000)),
     )

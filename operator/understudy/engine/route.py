@@ -7,7 +7,7 @@ from understudy.engine import reasons
 from understudy.engine.health import Eval, Verdict, describe
 from understudy.engine.model import AuditRecord
 from understudy.engine.plan import Plan
-from understudy.engine.state import TierState
+from understudy.engine.state import State, TierState
 
 
 @dataclass
@@ -18,8 +18,32 @@ class Routing:
     active: int
     restore: int | None
     step: int
+    evidence: int
+    """Requests credited to the current restore step, in thousandths; 0 outside a restore."""
     last_transition_ms: int | None
     audit: list[AuditRecord]
+
+
+def restore_evidence(plan: Plan, state: State, evals: tuple[Eval, ...], now_ms: int) -> int:
+    """The requests (in thousandths) the restore target has served without a breaching value since the
+    current step began, for a step whose windows each hold too few requests to judge.
+
+    Each evaluation credits what arrived since the previous one: the window's request count times the
+    time elapsed over the window's length (at most the whole count), so overlapping windows count each
+    request about once. Any breaching value, even from too few requests, starts the count again; missing
+    data adds nothing and keeps what was counted. The count stops at the largest minimum it is needed for.
+    """
+    if state.restore_tier is None:
+        return 0
+    ev = evals[plan.index[state.restore_tier]]
+    if ev.worst is not None or ev.thin_breach:
+        return 0
+    if ev.verdict is Verdict.MISSING or not ev.requests:
+        return state.restore_evidence
+    last = state.last_evaluation_ms
+    elapsed = plan.credit_cap_ms // 2 if last is None else now_ms - last
+    share = min(max(elapsed, 0), plan.rate_window_ms) / plan.rate_window_ms
+    return min(state.restore_evidence + int(ev.requests * share * 1000), ev.floor * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +136,7 @@ def repin(plan: Plan, routing: Routing, old: str | None, new: str | None, now_ms
     if weights != routing.weights:
         routing.weights = weights
         routing.last_transition_ms = now_ms
-    routing.active, routing.restore, routing.step = plan.index[new], None, 0
+    routing.active, routing.restore, routing.step, routing.evidence = plan.index[new], None, 0, 0
     return new
 
 
@@ -128,7 +152,8 @@ def transition(plan: Plan, routing: Routing, tiers: list[TierState], evals: tupl
       read as clear so that a restore can probe them): it gets traffic back through the restore steps,
       not all at once in the middle of an incident;
     - a restore under way: abort it if the better tier became unfit, else take the next step when the
-      better tier was clear in this very evaluation (inconclusive or missing data waits);
+      better tier was clear in this very evaluation, or too thin to judge but has served enough requests
+      since the step began (`restore_evidence`); missing data waits;
     - the preferred fit tier is better: start restoring to it (the first step is the probe). A restore in
       progress is finished before an even better tier is considered, so steps never jump between targets.
     """
@@ -142,11 +167,19 @@ def transition(plan: Plan, routing: Routing, tiers: list[TierState], evals: tupl
     elif t is not None:
         if not fit.eligible[t]:
             _move_all(plan, routing, c, tiers, evals, fit, now_ms)
-        elif evals[t].verdict is Verdict.CLEAR:
+        elif _proven(evals[t], routing.evidence):
             # min(): restoreSteps may have been shortened by a spec edit during the restore.
             _restore_step(plan, routing, t, min(routing.step + 1, len(plan.steps) - 1), now_ms)
     elif first < c:
         _restore_step(plan, routing, first, 0, now_ms)
+
+
+def _proven(ev: Eval, evidence: int) -> bool:
+    """The restore target earned its next step: clear in this evaluation, or too thin to judge but with
+    enough requests added up since the step began (see `restore_evidence`)."""
+    if ev.verdict is Verdict.CLEAR:
+        return True
+    return ev.verdict is Verdict.INCONCLUSIVE and not ev.thin_breach and evidence >= ev.floor * 1000
 
 
 def _move_all(plan: Plan, routing: Routing, to: int, tiers: list[TierState], evals: tuple[Eval, ...],
@@ -173,6 +206,7 @@ def _move_all(plan: Plan, routing: Routing, to: int, tiers: list[TierState], eva
             from_tier=names[c], to_tier=names[to],
         ))
     routing.weights, routing.active, routing.restore, routing.step = weights, to, None, 0
+    routing.evidence = 0
     routing.last_transition_ms = now_ms
 
 
@@ -195,5 +229,5 @@ def _restore_step(plan: Plan, routing: Routing, to: int, step: int, now_ms: int)
             tier=names[to], from_tier=names[c], to_tier=names[to],
         ))
         routing.restore, routing.step = to, step
-    routing.weights = weights
+    routing.weights, routing.evidence = weights, 0
     routing.last_transition_ms = now_ms

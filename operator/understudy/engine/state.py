@@ -50,6 +50,8 @@ class State:
     """The better tier being restored to, if a restore is under way."""
     restore_step: int = 0
     """Index into the policy's restore steps while restoring."""
+    restore_evidence: int = 0
+    """Requests credited to the current restore step, in thousandths (see `route.restore_evidence`)."""
     last_transition_ms: int | None = None
     last_evaluation_ms: int | None = None
     pinned_tier: str | None = None
@@ -88,6 +90,8 @@ def state_to_status(state: State) -> dict[str, Any]:
     }
     if state.restore_tier is not None:
         status["restore"] = {"tier": state.restore_tier, "step": state.restore_step}
+        if state.restore_evidence:
+            status["restore"]["evidenceMilli"] = state.restore_evidence
     if state.last_transition_ms is not None:
         status["lastTransitionMs"] = state.last_transition_ms
     if state.last_evaluation_ms is not None:
@@ -110,6 +114,7 @@ def state_from_status(status: Mapping[str, Any]) -> State:
         tiers=tuple(_tier_from_status(t) for t in _list(status, "tiers")),
         restore_tier=None if restore is None else _str(restore, "tier"),
         restore_step=0 if restore is None else _int(restore, "step"),
+        restore_evidence=0 if restore is None else _opt_int(restore, "evidenceMilli") or 0,
         last_transition_ms=_opt_int(status, "lastTransitionMs"),
         last_evaluation_ms=_opt_int(status, "lastEvaluationMs"),
         pinned_tier=_opt_str(status, "pinnedTier"),
