@@ -490,7 +490,7 @@ def test_status_form_has_no_floats_and_camel_case_keys() -> None:
 
 
 def test_every_emitted_reason_is_listed() -> None:
-    assert len(set(AUDIT_REASONS)) == 17
+    assert len(set(AUDIT_REASONS)) == 18
     assert all(r[0].isupper() and r.isalnum() for r in AUDIT_REASONS)
 
 
@@ -537,6 +537,37 @@ def test_missing_data_neither_adds_to_nor_resets_the_count() -> None:
     # Six evaluations without data (routing held, onMissingData=Hold) add nothing and keep what was counted:
     # the step comes 30 s later than with data throughout.
     assert moves(steps)[2] == (300, w(50, 50, 0))
+
+
+def test_a_restore_that_cannot_progress_is_reported_once() -> None:
+    # 0.6 requests per 60 s window, 0.05 credited per evaluation: 20 take 2,000 s. The step taken at 70 is
+    # reported stalled once, 120 s after it.
+    policy = dataclasses.replace(LOW, restore_stall_after=120.0)
+    steps = run(policy, 0, 2400, lambda t: low_traffic(t, lambda t: thin(0.6)))
+    stalled = first_with(steps, "RestoreStalled")
+    assert stalled.t == 190 and count(steps, "RestoreStalled") == 2  # once per step: 10% and 50%
+    record = next(a for a in stalled.decision.audit if a.reason == "RestoreStalled")
+    assert record.tier == "primary" and record.from_tier is None  # not a move: Events only, no history entry
+    assert "step 1/3 (10% to primary)" in record.message and "1.2 of the 20 requests" in record.message
+    assert all(s.decision.restore_stalled == (190 <= s.t < 2070) for s in steps if s.t < 2070)
+    assert moves(steps)[2] == (2070, w(50, 50, 0))  # it does advance, late: the stall ends with the step
+    assert not at(steps, 2070).decision.restore_stalled and not at(steps, 2070).decision.state.restore_stalled
+
+
+def test_a_restore_held_by_missing_data_says_so() -> None:
+    policy = dataclasses.replace(LOW, restore_stall_after=120.0)
+    steps = run(policy, 0, 400, lambda t: low_traffic(t, lambda t: {"p99": MISSING, "errors": MISSING}))
+    record = next(a for a in first_with(steps, "RestoreStalled").decision.audit if a.reason == "RestoreStalled")
+    assert "no data for primary/p99, primary/errors" in record.message
+
+
+def test_a_paused_restore_is_not_reported_stalled() -> None:
+    def policy_at(t: float) -> Policy:
+        return dataclasses.replace(LOW, restore_stall_after=120.0, paused=100 <= t < 1000)
+
+    steps = run(LOW, 0, 1000, lambda t: low_traffic(t, lambda t: thin(0.6)), policy_at=policy_at)
+    assert count(steps, "RestoreStalled") == 0  # 70 -> 100 is under the bound, then paused
+    assert all(not s.decision.restore_stalled for s in steps)
 
 
 def test_routing_that_cannot_split_traffic_restores_in_one_step() -> None:

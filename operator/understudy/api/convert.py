@@ -27,6 +27,7 @@ def to_engine_policy(spec: FallbackPolicySpec) -> engine.Policy:
         restore_steps=steps,
         traffic_split=spec.routing.service is None,
         min_dwell=parse_duration(evaluation.min_dwell),
+        restore_stall_after=parse_duration(evaluation.restore_stall_after),
         on_missing_data=engine.MissingData(evaluation.on_missing_data.value),
         when_all_breached=evaluation.when_all_breached,
         interval=parse_duration(evaluation.interval),

@@ -268,6 +268,7 @@ class Evaluation(_Spec):
     ] | None = None
     """None: [10, 50, 100] where the routing can split traffic, one step where it cannot (Service)."""
     min_dwell: NonNegativeDuration = "30s"
+    restore_stall_after: PositiveDuration = "10m"
     on_missing_data: OnMissingData = OnMissingData.HOLD
     when_all_breached: TierName | None = None
 
@@ -277,6 +278,9 @@ class Evaluation(_Spec):
             raise rule_error("evaluation.recoverAfter must be at least tripAfter, or traffic flaps between tiers")
         if parse_duration(self.window) < parse_duration(self.interval):
             raise rule_error("evaluation.window must be at least evaluation.interval")
+        if parse_duration(self.restore_stall_after) <= parse_duration(self.min_dwell):
+            raise rule_error("evaluation.restoreStallAfter must be longer than evaluation.minDwell, "
+                             "or every restore step would be reported stalled")
         return self
 
 

@@ -33,6 +33,7 @@ REASONS: Final[dict[str, EventKind]] = {
     "RestoreStep": EventKind(NORMAL, "Restore"),
     "Restored": EventKind(NORMAL, "Restore"),
     "RestoreAborted": EventKind(WARNING, "Restore"),
+    "RestoreStalled": EventKind(WARNING, "Restore"),
     "AllTiersBreached": EventKind(WARNING, "Route"),
     "CapacityInsufficient": EventKind(WARNING, "Route"),
     "NoReadyReplicas": EventKind(WARNING, "Route"),

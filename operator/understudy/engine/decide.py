@@ -23,7 +23,16 @@ from understudy.engine.health import Verdict, effective, evaluate, update_tier
 from understudy.engine.model import AuditRecord, MissingData, Mode, Policy, Samples
 from understudy.engine.plan import plan_for
 from understudy.engine.restore import fit
-from understudy.engine.route import Routing, fitness, repin, restore_evidence, skip_episodes, transition, why
+from understudy.engine.route import (
+    Routing,
+    fitness,
+    repin,
+    restore_evidence,
+    skip_episodes,
+    stall_record,
+    transition,
+    why,
+)
 from understudy.engine.state import State
 
 
@@ -44,6 +53,9 @@ class Decision:
     """False while a signal of a tier that receives traffic has no data."""
     changed: bool
     """The weights differ from the previous decision's."""
+    restore_stalled: bool = False
+    """A restore step has not advanced within evaluation.restoreStallAfter (RestoreStalled was audited
+    when it began); the shell shows it as a condition until the restore moves on or ends."""
 
 
 def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decision:
@@ -129,6 +141,13 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         )
         if pinned is None and dwell_ok and not held:
             transition(plan, routing, tiers, evals, fit_, now_ms)
+    # A pause holds the stall report as it holds the restore: neither opens nor closes the episode.
+    stalled = routing.restore is not None and (state.restore_stalled if policy.paused else (
+        routing.last_transition_ms is not None and now_ms - routing.last_transition_ms >= plan.stall_ms))
+    if stalled and not state.restore_stalled:
+        held_by = (f"no data for {', '.join(f'{n}/{t}' for n, t in missing)} "
+                   f"(onMissingData={policy.on_missing_data.value} holds routing)") if missing else None
+        audit.append(stall_record(plan, routing, evals, held_by, now_ms))
 
     buckets, off_ms, observed_ms = credit(plan, state, prev[0], now_ms)
     ratio = off_ms / observed_ms if observed_ms else 0.0
@@ -157,6 +176,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         metrics_missing=bool(missing),
         creep_exceeded=exceeded,
         creep_buckets=buckets,
+        restore_stalled=stalled,
     )
     return Decision(
         state=new_state,
@@ -168,5 +188,6 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         creep_exceeded=exceeded,
         metrics_available=not missing,
         changed=weights != before.weights,
+        restore_stalled=stalled,
     )
 

@@ -84,6 +84,8 @@ class Policy:
     trip_after: int = 2
     recover_after: int = 6
     restore_steps: tuple[int, ...] = (10, 50, 100)
+    restore_stall_after: float = 600.0
+    """evaluation.restoreStallAfter: a restore step that has not advanced for this long is reported once."""
     traffic_split: bool = True
     """The routing can split traffic between tiers (Istio, Gateway API). A Service selector cannot: it
     sends everything to one tier, so a restore there is one step to 100% whatever restore_steps says."""

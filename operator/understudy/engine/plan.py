@@ -21,6 +21,7 @@ class Plan:
     steps: tuple[int, ...]
     last_resort: int
     dwell_ms: int
+    stall_ms: int
     credit_cap_ms: int
     bucket_ms: int
     window_ms: int
@@ -62,8 +63,8 @@ def _make_plan(policy: Policy) -> Plan:
             raise ValueError(f"{label} {value!r} is not a tier of this policy")
     if policy.trip_after < 1 or policy.recover_after < 1:
         raise ValueError("tripAfter and recoverAfter must be at least 1")
-    if policy.min_dwell < 0 or policy.interval <= 0 or policy.creep_window <= 0:
-        raise ValueError("minDwell must be >= 0, interval and creep window > 0")
+    if policy.min_dwell < 0 or policy.interval <= 0 or policy.creep_window <= 0 or policy.restore_stall_after <= 0:
+        raise ValueError("minDwell must be >= 0, interval, creep window and restoreStallAfter > 0")
     steps = policy.restore_steps
     if any(not 0 < s <= 100 for s in steps) or any(a >= b for a, b in zip(steps, steps[1:])):
         raise ValueError(f"restore steps must increase within 1..100: {steps}")
@@ -78,6 +79,7 @@ def _make_plan(policy: Policy) -> Plan:
         steps=(100,) if not policy.traffic_split else steps if steps and steps[-1] == 100 else (*steps, 100),
         last_resort=len(names) - 1 if policy.when_all_breached is None else names.index(policy.when_all_breached),
         dwell_ms=round(policy.min_dwell * 1000),
+        stall_ms=round(policy.restore_stall_after * 1000),
         credit_cap_ms=round(2 * policy.interval * 1000),
         bucket_ms=max(1, -(-window_ms // CREEP_BUCKETS)),
         window_ms=window_ms,

@@ -17,6 +17,8 @@ RESTORED = "Restored"
 """All traffic is on the better tier again."""
 RESTORE_ABORTED = "RestoreAborted"
 """The better tier failed during a restore; its share went back to the tier that was serving."""
+RESTORE_STALLED = "RestoreStalled"
+"""A restore step has not advanced within evaluation.restoreStallAfter; the note says what it waits for."""
 ALL_TIERS_BREACHED = "AllTiersBreached"
 """No tier is fit to serve; the whenAllBreached tier serves anyway."""
 CAPACITY_INSUFFICIENT = "CapacityInsufficient"
@@ -43,6 +45,7 @@ AUDIT_REASONS: tuple[str, ...] = (
     RESTORE_STEP,
     RESTORED,
     RESTORE_ABORTED,
+    RESTORE_STALLED,
     ALL_TIERS_BREACHED,
     CAPACITY_INSUFFICIENT,
     NO_READY_REPLICAS,

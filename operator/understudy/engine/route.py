@@ -42,8 +42,8 @@ def restore_evidence(plan: Plan, state: State, evals: tuple[Eval, ...], now_ms: 
         return state.restore_evidence
     last = state.last_evaluation_ms
     elapsed = plan.credit_cap_ms // 2 if last is None else now_ms - last
-    share = min(max(elapsed, 0), plan.rate_window_ms) / plan.rate_window_ms
-    return min(state.restore_evidence + int(ev.requests * share * 1000), ev.floor * 1000)
+    credited = round(ev.requests * 1000 * min(max(elapsed, 0), plan.rate_window_ms) / plan.rate_window_ms)
+    return min(state.restore_evidence + credited, ev.floor * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +172,30 @@ def transition(plan: Plan, routing: Routing, tiers: list[TierState], evals: tupl
             _restore_step(plan, routing, t, min(routing.step + 1, len(plan.steps) - 1), now_ms)
     elif first < c:
         _restore_step(plan, routing, first, 0, now_ms)
+
+
+def stall_record(plan: Plan, routing: Routing, evals: tuple[Eval, ...], held_by: str | None,
+                 now_ms: int) -> AuditRecord:
+    """RestoreStalled, saying where the restore stands and what it waits for."""
+    assert routing.restore is not None and routing.last_transition_ms is not None
+    names, t = plan.names, routing.restore
+    ev = evals[t]
+    if held_by is not None:
+        waits = held_by
+    elif ev.verdict is Verdict.INCONCLUSIVE:
+        waits = (f"{names[t]} served {routing.evidence / 1000:.1f} of the {ev.floor} requests a step needs "
+                 f"(too few per window)")
+    elif ev.verdict is Verdict.MISSING:
+        waits = f"no data for {', '.join(f'{names[t]}/{m}' for m in ev.missing)}"
+    else:
+        waits = f"{names[t]} reads {ev.verdict.value.lower()}"
+    share = plan.steps[min(routing.step, len(plan.steps) - 1)]
+    return AuditRecord(
+        reasons.RESTORE_STALLED,
+        f"restore step {routing.step + 1}/{len(plan.steps)} ({share}% to {names[t]}) has not advanced for "
+        f"{(now_ms - routing.last_transition_ms) / 1000:.0f}s: {waits}",
+        tier=names[t],
+    )
 
 
 def _proven(ev: Eval, evidence: int) -> bool:

@@ -61,6 +61,8 @@ class State:
     metrics_missing: bool = False
     creep_exceeded: bool = False
     creep_buckets: tuple[CreepBucket, ...] = ()
+    restore_stalled: bool = False
+    """A RestoreStalled episode is open: the current restore step has not advanced within the bound."""
 
 
 def initial_state(policy: Policy) -> State:
@@ -92,6 +94,8 @@ def state_to_status(state: State) -> dict[str, Any]:
         status["restore"] = {"tier": state.restore_tier, "step": state.restore_step}
         if state.restore_evidence:
             status["restore"]["evidenceMilli"] = state.restore_evidence
+    if state.restore_stalled:
+        status["restoreStalled"] = True
     if state.last_transition_ms is not None:
         status["lastTransitionMs"] = state.last_transition_ms
     if state.last_evaluation_ms is not None:
@@ -126,6 +130,7 @@ def state_from_status(status: Mapping[str, Any]) -> State:
             CreepBucket(_int(b, "bucket"), _int(b, "offPrimaryMs"), _int(b, "observedMs"))
             for b in _list(status, "creepBuckets")
         ),
+        restore_stalled=_opt_bool(status, "restoreStalled"),
     )
 
 
