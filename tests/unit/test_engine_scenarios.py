@@ -13,6 +13,7 @@ from understudy.engine import (
     INSUFFICIENT,
     MISSING,
     Comparison,
+    CreepAction,
     Decision,
     MissingData,
     Mode,
@@ -388,6 +389,44 @@ def test_creep_budget_exceeded_and_recovered() -> None:
     assert len(steps[-1].decision.state.creep_buckets) <= 48
 
 
+FREEZE = dataclasses.replace(POLICY, creep_window=600.0, creep_max_ratio=0.1, creep_action=CreepAction.FREEZE)
+
+
+def test_freeze_holds_routing_while_the_creep_budget_is_exceeded() -> None:
+    # Budget: 60 s off the primary in 600 s. The fallback at 15 spends it by 80: routing freezes there, so
+    # the primary, healthy again from 100 and recovered at 110, gets nothing back. A person's pin still
+    # applies (200); with no time off the primary the ratio falls back within budget and the freeze ends.
+    def policy_at(t: float) -> Policy:
+        return dataclasses.replace(FREEZE, pinned_tier="primary") if 200 <= t < 1000 else FREEZE
+
+    steps = run(FREEZE, 0, 1100, lambda t: obs(primary={"p99": 400.0}) if 10 <= t < 100 else obs(),
+                policy_at=policy_at)
+    assert at(steps, 80).reasons == ("CreepBudgetExceeded", "Frozen")
+    record = at(steps, 80).decision.audit[1]
+    assert record.tier == "distilled" and "routing frozen" in record.message
+    assert "TierRecovered" in at(steps, 110).reasons
+    assert moves(steps) == [(15, w(0, 100, 0)), (200, w(100, 0, 0))]
+    assert at(steps, 200).reasons == ("Pinned",)
+    unfrozen = first_with(steps, "Unfrozen")
+    assert unfrozen.reasons == ("CreepBudgetRecovered", "Unfrozen")
+    assert all(s.decision.frozen == (80 <= s.t < unfrozen.t) for s in steps)
+    assert count(steps, "Frozen") == 1 and count(steps, "Unfrozen") == 1
+    assert not {"Paused", "Resumed"} & {r for s in steps for r in s.reasons}  # no one paused anything
+    assert all(s.decision.route for s in steps)
+
+
+def test_a_freeze_never_keeps_traffic_on_a_tier_without_ready_replicas() -> None:
+    def samples(t: float) -> Samples:
+        gone = t >= 300
+        return obs(ready={"primary": 2, "distilled": 0 if gone else 2, "popular": 2},
+                   primary={"p99": 400.0} if t >= 10 else {}, distilled=NO_DATA if gone else {})
+
+    steps = run(FREEZE, 0, 400, samples)
+    assert at(steps, 80).decision.frozen
+    assert moves(steps) == [(15, w(0, 100, 0)), (300, w(0, 0, 100))]
+    assert at(steps, 300).decision.frozen  # still frozen, now on popular
+
+
 def test_long_gap_between_evaluations_is_not_counted_as_fallback() -> None:
     policy = dataclasses.replace(POLICY, creep_window=86400.0)
     state = run(policy, 0, 30, lambda t: obs(primary={"p99": 400.0}))[-1].decision.state
@@ -490,7 +529,7 @@ def test_status_form_has_no_floats_and_camel_case_keys() -> None:
 
 
 def test_every_emitted_reason_is_listed() -> None:
-    assert len(set(AUDIT_REASONS)) == 18
+    assert len(set(AUDIT_REASONS)) == 20
     assert all(r[0].isupper() and r.isalnum() for r in AUDIT_REASONS)
 
 

@@ -45,13 +45,14 @@ REASONS: Final[dict[str, EventKind]] = {
     "Resumed": EventKind(NORMAL, "Override"),
     "CreepBudgetExceeded": EventKind(WARNING, "Observe"),
     "CreepBudgetRecovered": EventKind(NORMAL, "Observe"),
+    "Frozen": EventKind(WARNING, "Freeze"),
+    "Unfrozen": EventKind(NORMAL, "Freeze"),
     # From the shell: what happened when a decision met the cluster.
     "RoutingFailed": EventKind(WARNING, "Route"),
     "RoutingRestored": EventKind(NORMAL, "Route"),
     "ScaledUp": EventKind(NORMAL, "Scale"),
     "ScaledDown": EventKind(NORMAL, "Scale"),
     "ScaleFailed": EventKind(WARNING, "Scale"),
-    "Frozen": EventKind(WARNING, "Freeze"),
     "RolledBack": EventKind(NORMAL, "Rollback"),
     "RollbackFailed": EventKind(WARNING, "Rollback"),
     "InvalidPolicy": EventKind(WARNING, "Validate"),
@@ -68,7 +69,7 @@ UNKNOWN_REASON: Final = EventKind(NORMAL, "Observe")
 
 TRANSITION_REASONS: Final[frozenset[str]] = frozenset({
     "FallbackActivated", "AllTiersBreached", "RestoreStep", "Restored", "RestoreAborted",
-    "Pinned", "Unpinned", "Paused", "Resumed", "Frozen", "RolledBack", "RollbackFailed",
+    "Pinned", "Unpinned", "Paused", "Resumed", "Frozen", "Unfrozen", "RolledBack", "RollbackFailed",
 })
 """Reasons that belong in status.history and the transitions counter: changes of who serves traffic,
 overrides, and rollbacks. Observations (MetricsMissing, TierTripped...) only go to Events."""

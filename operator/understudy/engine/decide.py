@@ -9,9 +9,9 @@ One evaluation goes through four stages, in this order, each in a module of its 
    moves its streaks, and streaks trip or recover the tier (hysteresis);
 2. eligibility (`route`): a tier may receive traffic when it is not tripped, has capacity and is not
    known to have 0 ready replicas; tiers with evidence of health are preferred;
-3. routing (`route`): overrides (pause, pin) first, then at most one transition, never within minDwell of
-   the previous one, never while missing data holds routing;
-4. creep (`creep`): time spent off the primary, in a sliding window.
+3. creep (`creep`): time spent off the primary, in a sliding window, credited at the previous weights;
+4. routing (`route`): overrides (pause, pin) first, then at most one transition, never within minDwell of
+   the previous one, never while missing data holds routing or creep.action Freeze holds it.
 """
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from understudy.engine import reasons
 from understudy.engine.creep import credit
 from understudy.engine.health import Verdict, effective, evaluate, update_tier
-from understudy.engine.model import AuditRecord, MissingData, Mode, Policy, Samples
+from understudy.engine.model import AuditRecord, CreepAction, MissingData, Mode, Policy, Samples
 from understudy.engine.plan import plan_for
 from understudy.engine.restore import fit
 from understudy.engine.route import (
     Routing,
     fitness,
+    freeze_record,
     repin,
     restore_evidence,
     skip_episodes,
@@ -53,6 +54,9 @@ class Decision:
     """False while a signal of a tier that receives traffic has no data."""
     changed: bool
     """The weights differ from the previous decision's."""
+    frozen: bool = False
+    """creep.action Freeze holds routing while the creep budget is exceeded (Frozen/Unfrozen are audited at
+    the edges); only a tier without ready replicas is still left, and a pin still applies."""
     restore_stalled: bool = False
     """A restore step has not advanced within evaluation.restoreStallAfter (RestoreStalled was audited
     when it began); the shell shows it as a condition until the restore moves on or ends."""
@@ -129,29 +133,34 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         last_transition_ms=state.last_transition_ms,
         audit=audit,
     )
+    # Creep credits the time since the previous evaluation at the previous weights, so it is known before
+    # this evaluation moves anything: a Freeze it calls for holds this evaluation's routing already.
+    buckets, off_ms, observed_ms = credit(plan, state, prev[0], now_ms)
+    ratio = off_ms / observed_ms if observed_ms else 0.0
+    exceeded = off_ms > policy.creep_max_ratio * max(observed_ms, plan.window_ms)
+    frozen = exceeded and policy.creep_action is CreepAction.FREEZE
+
     pinned = state.pinned_tier
     if not policy.paused:
         if policy.pinned_tier != pinned:
             pinned = repin(plan, routing, pinned, policy.pinned_tier, now_ms)
         dwell_ok = state.last_transition_ms is None or now_ms - state.last_transition_ms >= plan.dwell_ms
         # Missing data holds routing only on a tier that may still serve: one known to have no ready
-        # replicas has no data because it has no pods.
+        # replicas has no data because it has no pods. Neither does a freeze keep traffic on such a tier.
+        podless = any(prev[i] > 0 and unready[i] for i in range(len(names)))
         held = policy.on_missing_data is MissingData.HOLD and any(
             prev[i] > 0 and evals[i].verdict is Verdict.MISSING and not unready[i] for i in range(len(names))
         )
-        if pinned is None and dwell_ok and not held:
+        if pinned is None and dwell_ok and not held and (not frozen or podless):
             transition(plan, routing, tiers, evals, fit_, now_ms)
-    # A pause holds the stall report as it holds the restore: neither opens nor closes the episode.
-    stalled = routing.restore is not None and (state.restore_stalled if policy.paused else (
+    # A pause or a freeze holds the stall report as it holds the restore: neither opens nor closes it.
+    stalled = routing.restore is not None and (state.restore_stalled if policy.paused or frozen else (
         routing.last_transition_ms is not None and now_ms - routing.last_transition_ms >= plan.stall_ms))
     if stalled and not state.restore_stalled:
         held_by = (f"no data for {', '.join(f'{n}/{t}' for n, t in missing)} "
                    f"(onMissingData={policy.on_missing_data.value} holds routing)") if missing else None
         audit.append(stall_record(plan, routing, evals, held_by, now_ms))
 
-    buckets, off_ms, observed_ms = credit(plan, state, prev[0], now_ms)
-    ratio = off_ms / observed_ms if observed_ms else 0.0
-    exceeded = off_ms > policy.creep_max_ratio * max(observed_ms, plan.window_ms)
     if exceeded != state.creep_exceeded:
         audit.append(AuditRecord(
             reasons.CREEP_BUDGET_EXCEEDED if exceeded else reasons.CREEP_BUDGET_RECOVERED,
@@ -159,6 +168,8 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
             f"(ratio {ratio:.3f}, budget {policy.creep_max_ratio:g}; action {policy.creep_action.value})",
             tier=names[0], observed=ratio, threshold=policy.creep_max_ratio,
         ))
+    if frozen != state.frozen:
+        audit.append(freeze_record(plan, routing, frozen, exceeded, ratio, policy.creep_max_ratio))
 
     weights = tuple(zip(names, routing.weights))
     new_state = State(
@@ -176,6 +187,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         metrics_missing=bool(missing),
         creep_exceeded=exceeded,
         creep_buckets=buckets,
+        frozen=frozen,
         restore_stalled=stalled,
     )
     return Decision(
@@ -188,6 +200,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         creep_exceeded=exceeded,
         metrics_available=not missing,
         changed=weights != before.weights,
+        frozen=frozen,
         restore_stalled=stalled,
     )
 

@@ -30,6 +30,10 @@ METRICS_MISSING = "MetricsMissing"
 """A signal of a tier that receives traffic has no data."""
 METRICS_RESTORED = "MetricsRestored"
 """Every signal of the tiers that receive traffic has data again."""
+FROZEN = "Frozen"
+"""creep.action Freeze took effect: the creep budget is exceeded and routing holds where it is."""
+UNFROZEN = "Unfrozen"
+"""The freeze ended: the creep budget is met again (or creep.action changed)."""
 PINNED = "Pinned"
 UNPINNED = "Unpinned"
 PAUSED = "Paused"
@@ -57,4 +61,6 @@ AUDIT_REASONS: tuple[str, ...] = (
     RESUMED,
     CREEP_BUDGET_EXCEEDED,
     CREEP_BUDGET_RECOVERED,
+    FROZEN,
+    UNFROZEN,
 )

@@ -198,6 +198,21 @@ def stall_record(plan: Plan, routing: Routing, evals: tuple[Eval, ...], held_by:
     )
 
 
+def freeze_record(plan: Plan, routing: Routing, frozen: bool, exceeded: bool, ratio: float,
+                  budget: float) -> AuditRecord:
+    """Frozen or Unfrozen: creep.action Freeze took effect, or ended."""
+    tier = plan.names[routing.active]
+    if frozen:
+        shares = ", ".join(f"{n} {w}%" for n, w in zip(plan.names, routing.weights) if w)
+        return AuditRecord(
+            reasons.FROZEN,
+            f"fallback ratio {ratio:.3f} is over the budget {budget:g}: routing frozen ({shares}) until it is "
+            f"within budget again; only a tier without ready replicas is still left, and override.pinTier "
+            f"still applies", tier=tier)
+    why_ = "the fallback ratio is within budget again" if not exceeded else "creep.action is no longer Freeze"
+    return AuditRecord(reasons.UNFROZEN, f"routing follows the triggers again: {why_} ({ratio:.3f})", tier=tier)
+
+
 def _proven(ev: Eval, evidence: int) -> bool:
     """The restore target earned its next step: clear in this evaluation, or too thin to judge but with
     enough requests added up since the step began (see `restore_evidence`)."""

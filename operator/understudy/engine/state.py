@@ -61,6 +61,8 @@ class State:
     metrics_missing: bool = False
     creep_exceeded: bool = False
     creep_buckets: tuple[CreepBucket, ...] = ()
+    frozen: bool = False
+    """creep.action Freeze holds routing: the creep budget is exceeded."""
     restore_stalled: bool = False
     """A RestoreStalled episode is open: the current restore step has not advanced within the bound."""
 
@@ -94,6 +96,8 @@ def state_to_status(state: State) -> dict[str, Any]:
         status["restore"] = {"tier": state.restore_tier, "step": state.restore_step}
         if state.restore_evidence:
             status["restore"]["evidenceMilli"] = state.restore_evidence
+    if state.frozen:
+        status["frozen"] = True
     if state.restore_stalled:
         status["restoreStalled"] = True
     if state.last_transition_ms is not None:
@@ -130,6 +134,7 @@ def state_from_status(status: Mapping[str, Any]) -> State:
             CreepBucket(_int(b, "bucket"), _int(b, "offPrimaryMs"), _int(b, "observedMs"))
             for b in _list(status, "creepBuckets")
         ),
+        frozen=_opt_bool(status, "frozen"),
         restore_stalled=_opt_bool(status, "restoreStalled"),
     )
 
