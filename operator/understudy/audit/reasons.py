@@ -47,6 +47,7 @@ REASONS: Final[dict[str, EventKind]] = {
     "CreepBudgetRecovered": EventKind(NORMAL, "Observe"),
     "Frozen": EventKind(WARNING, "Freeze"),
     "Unfrozen": EventKind(NORMAL, "Freeze"),
+    "StateRepaired": EventKind(WARNING, "Validate"),
     # From the shell: what happened when a decision met the cluster.
     "RoutingFailed": EventKind(WARNING, "Route"),
     "RoutingRestored": EventKind(NORMAL, "Route"),

@@ -19,6 +19,7 @@ from understudy.engine.model import (
     Trigger,
 )
 from understudy.engine.reasons import AUDIT_REASONS
+from understudy.engine.restore import Restored, restore_state
 from understudy.engine.state import CreepBucket, State, TierState, initial_state, state_from_status, state_to_status
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "Policy",
     "Reading",
     "ReadingStatus",
+    "Restored",
     "Samples",
     "SignalKind",
     "State",
@@ -45,6 +47,7 @@ __all__ = [
     "Trigger",
     "decide",
     "initial_state",
+    "restore_state",
     "state_from_status",
     "state_to_status",
 ]

@@ -41,6 +41,8 @@ RESUMED = "Resumed"
 CREEP_BUDGET_EXCEEDED = "CreepBudgetExceeded"
 """Time off the primary within the creep window is above the policy's budget."""
 CREEP_BUDGET_RECOVERED = "CreepBudgetRecovered"
+STATE_REPAIRED = "StateRepaired"
+"""status.engine held fields that could not be trusted; they were repaired or dropped (the note lists them)."""
 
 AUDIT_REASONS: tuple[str, ...] = (
     TIER_TRIPPED,
@@ -63,4 +65,5 @@ AUDIT_REASONS: tuple[str, ...] = (
     CREEP_BUDGET_RECOVERED,
     FROZEN,
     UNFROZEN,
+    STATE_REPAIRED,
 )

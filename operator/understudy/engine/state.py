@@ -1,6 +1,6 @@
 """The engine's memory between evaluations, and its status form.
 
-State lives in the FallbackPolicy's status, so an operator restart (or a new leader) loses nothing. It
+State lives in the FallbackPolicy's status, so an operator restart (or a new leader) resumes it. It
 holds only ints, strings, bools and tuples, times as integer epoch milliseconds: that makes the status
 form float-free (API conventions) and the round trip exact, so `decide` after a restart behaves exactly
 as it would have without one. Streaks are capped at the policy's thresholds so a steady situation does
@@ -110,7 +110,11 @@ def state_to_status(state: State) -> dict[str, Any]:
 
 
 def state_from_status(status: Mapping[str, Any]) -> State:
-    """Invert `state_to_status`; raises ValueError on a malformed dict so the shell can start afresh."""
+    """Invert `state_to_status` exactly; raises ValueError on a malformed dict.
+
+    For statuses this engine just wrote (round trips, benchmarks). A status read from the API server is
+    input anyone with `patch` on the status may have written: read it with `restore.restore_state`, which
+    checks every field against the policy and the clock and repairs instead of raising."""
     restore = status.get("restore")
     if restore is not None and not isinstance(restore, Mapping):
         raise ValueError("restore: expected an object")
