@@ -283,7 +283,7 @@ def test_the_charts_service_account_is_enough_for_a_full_failover(
 
 def test_drills_exercise_a_fallback_fail_fast_and_wait_out_a_real_fallback(
         make_scenario: Callable[..., Scenario], prometheus: PrometheusServer) -> None:
-    drill = {"tier": "distilled", "every": "15s", "duration": "8s", "share": 20}
+    drill = {"tier": "distilled", "every": "30s", "duration": "8s", "share": 20}
     sc = _started(make_scenario, prometheus, drills=[drill], evaluation={"restoreSteps": [100]})
     drilling = {"primary": 80, "distilled": 20, "popular-items": 0}
 

@@ -77,6 +77,6 @@ def test_query_above_and_overrides() -> None:
     assert (pinned.pinned_tier, pinned.paused) == ("distilled", True)
     compound = to_engine_policy(spec_of("compound-durations").spec)
     assert (compound.interval, compound.min_dwell, compound.triggers[0].threshold) == (90.0, 120.5, 1500.0)
-    assert (compound.window, compound.restore_stall_after) == (90.0, 5400.0)
+    assert (compound.window, compound.restore_stall_after) == (180.0, 5400.0)
     observe = to_engine_policy(spec_of("observe-without-degradation").spec)
     assert observe.mode is engine.Mode.OBSERVE

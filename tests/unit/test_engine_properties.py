@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from understudy.engine import (
     INSUFFICIENT,
     MISSING,
     Comparison,
+    CreepBucket,
     Decision,
     MissingData,
     Mode,
@@ -22,9 +25,11 @@ from understudy.engine import (
     SignalKind,
     State,
     Tier,
+    TierState,
     Trigger,
     decide,
     initial_state,
+    restore_state,
     state_from_status,
     state_to_status,
 )
@@ -72,16 +77,27 @@ def policies(draw: st.DrawFn, overrides: bool = False) -> Policy:
 
 
 GAPS = (1.0, 5.0, 5.0, 5.0, 10.0, 30.0, 300.0)
+BACKWARDS = (-1.0, -5.0, -300.0)
+"""Clock steps backwards: a leader change to a replica whose clock is behind, or a clock correction."""
 FACTORS = (0.5, 0.9, 1.0, 1.1, 2.0, 0.5, 0.9, 1.1, 2.0)
 """Reading values as multiples of the threshold, so that streams cross it often."""
+ODD = (math.nan, math.inf, -math.inf, -1.0)
+"""Values a broken exporter or a strange query can yield (-1 as a multiple of the threshold)."""
 
 
-def reading(byte: int, trigger: Trigger, missing: bool) -> Reading | None:
-    """One reading from one random byte: mostly values around the threshold, sometimes no data."""
-    k = byte % (len(FACTORS) + 3) if missing else byte % len(FACTORS)
+def reading(byte: int, trigger: Trigger, messy: bool) -> Reading | None:
+    """One reading from one random byte: mostly values around the threshold; when `messy`, also no data,
+    NaN, infinities, negative values, and too few requests (with or without a count and a value)."""
+    if not messy:
+        return Reading.ok(trigger.threshold * FACTORS[byte % len(FACTORS)])
+    k = byte % (len(FACTORS) + len(ODD) + 6)
     if k < len(FACTORS):
         return Reading.ok(trigger.threshold * FACTORS[k])
-    return (MISSING, None, INSUFFICIENT)[k - len(FACTORS)]
+    k -= len(FACTORS)
+    if k < len(ODD):
+        return Reading.ok(ODD[k] if k < 3 else -trigger.threshold)
+    return (MISSING, None, INSUFFICIENT, Reading.insufficient(6.0, trigger.threshold * 0.5),
+            Reading.insufficient(math.nan, trigger.threshold * 2.0), Reading.insufficient(math.inf))[k - len(ODD)]
 
 
 READY = (None, None, 2, 2, 1, 0)
@@ -90,16 +106,18 @@ READY = (None, None, 2, 2, 1, 0)
 
 @st.composite
 def streams(draw: st.DrawFn, policy: Policy, missing: bool = True, capacity: bool = True,
-            max_size: int = 60) -> list[tuple[float, Samples]]:
+            max_size: int = 60, backwards: bool = True) -> list[tuple[float, Samples]]:
     """(now, samples) pairs decoded from one byte string: a single draw keeps generation cheap.
 
-    With `capacity`, tiers may also be short of capacity or known to have no ready replicas."""
+    With `missing`, readings may be absent or odd (see `reading`); with `capacity`, tiers may be short of
+    capacity or known to have no ready replicas; with `backwards`, the clock sometimes steps back."""
+    gaps = GAPS + BACKWARDS if backwards else GAPS
     width = 1 + len(policy.tier_names) * (len(policy.triggers) + 2)
     size = draw(st.integers(1, max_size))
     raw = draw(st.binary(min_size=size * width, max_size=size * width))
     now, out = START + draw(st.integers(0, 10_000)), []
     for row in (raw[k:k + width] for k in range(0, len(raw), width)):
-        now += GAPS[row[0] % len(GAPS)]
+        now += gaps[row[0] % len(gaps)]
         readings, caps, ready, at = {}, {}, {}, 1
         for tier in policy.tier_names:
             values = {t.name: reading(row[at + m], t, missing) for m, t in enumerate(policy.triggers)}
@@ -171,9 +189,10 @@ def routing_held(policy: Policy, before: State, samples: Samples) -> bool:
         got = samples.readings.get(tier, {})
         applicable = [t for t in policy.triggers if t.applies(tier)]
         values = [got.get(t.name) for t in applicable]
-        breach = any(r is not None and r.status is ReadingStatus.OK and t.breached_by(r.value)
-                     for t, r in zip(applicable, values))
-        if not breach and any(r is None or r.status is ReadingStatus.MISSING for r in values):
+        breach = any(r is not None and r.status is ReadingStatus.OK and r.value is not None
+                     and t.breached_by(r.value) for t, r in zip(applicable, values))
+        if not breach and any(r is None or r.status is ReadingStatus.MISSING
+                              or r.status is ReadingStatus.OK and not (r.value == r.value) for r in values):
             return True
     return False
 
@@ -261,7 +280,7 @@ def test_transitions_on_a_signal_oscillating_around_its_threshold_are_bounded_by
     trips and recoveries of a tier alternate with at least the configured streaks between them, and
     changes are at most one per minDwell."""
     policy = data.draw(policies())
-    stream = data.draw(streams(policy, missing=False, capacity=False, max_size=80))
+    stream = data.draw(streams(policy, missing=False, capacity=False, max_size=80, backwards=False))
     evals = run(policy, stream)
     changes = sum(e.decision.changed for e in evals)
     events: dict[str, list[tuple[int, str, bool]]] = {n: [] for n in policy.tier_names}
@@ -333,4 +352,99 @@ def test_spec_edits_mid_stream_keep_the_invariants(data: st.DataObject) -> None:
         assert [n for n, _ in d.weights] == list(policy.tier_names)
         assert all(w >= 0 for _, w in d.weights) and sum(w for _, w in d.weights) == 100
         assert state_from_status(state_to_status(d.state)) == d.state
+        state = d.state
+
+
+def assert_valid(policy: Policy, d: Decision) -> None:
+    """Weights name every tier of the policy once, in order, whole non-negative percents summing to 100."""
+    assert [n for n, _ in d.weights] == list(policy.tier_names)
+    assert all(isinstance(w, int) and w >= 0 for _, w in d.weights) and sum(w for _, w in d.weights) == 100
+
+
+@SETTINGS
+@given(st.data())
+def test_a_sound_status_restores_exactly_and_untouched(data: st.DataObject) -> None:
+    """What the engine wrote, read back at the next evaluation through the untrusting path, is the same
+    state, with nothing to repair (so a healthy operator never posts StateRepaired)."""
+    policy = data.draw(policies(overrides=True))
+    for e in run(policy, data.draw(streams(policy, backwards=False))):
+        restored = restore_state(policy, json.loads(json.dumps(state_to_status(e.before))), e.now)
+        assert (restored.state, restored.repaired, restored.routing_known) == (e.before, (), True)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**16, 10**16) | st.floats() | st.text(max_size=6)
+    | st.sampled_from([*NAMES, "ghost"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def corrupted(draw: st.DrawFn, status: dict[str, Any]) -> Any:
+    """A real status with some of its fields, at any depth, replaced by arbitrary JSON; or arbitrary JSON."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(JSON)
+    status = json.loads(json.dumps(status))
+    for _ in range(draw(st.integers(1, 4))):
+        node: Any = status
+        while True:
+            keys = list(node) if isinstance(node, dict) else list(range(len(node))) if isinstance(node, list) else []
+            if not keys:
+                break
+            key = draw(st.sampled_from(keys))
+            if draw(st.booleans()) or not isinstance(node[key], (dict, list)):
+                node[key] = draw(JSON)
+                break
+            node = node[key]
+    return status
+
+
+@SETTINGS
+@given(st.data())
+def test_a_corrupted_status_never_raises_and_routing_stays_valid(data: st.DataObject) -> None:
+    """Any damage to status.engine, at any depth: restoring never raises, decide never raises from what
+    was restored, and the weights stay valid. (Whether a change is reported depends on the field: an
+    unknown tier or trigger name reads as a spec edit, not as damage.)"""
+    policy = data.draw(policies(overrides=True))
+    stream = data.draw(streams(policy))
+    evals = run(policy, stream)
+    start = data.draw(st.integers(0, len(evals) - 1))
+    status = state_to_status(evals[start].decision.state)
+    damaged = data.draw(corrupted(status))
+    state = restore_state(policy, damaged, stream[start][0]).state
+    for now, samples in stream[start:]:
+        d = decide(policy, samples, state, now)
+        assert_valid(policy, d)
+        state = d.state
+
+
+@SETTINGS
+@given(st.data())
+def test_a_state_with_values_out_of_range_never_raises(data: st.DataObject) -> None:
+    """The State dataclass handed to decide directly with hostile values of the right types: unknown tiers,
+    negative or huge steps and streaks, times far ahead or behind, weights that do not add up."""
+    policy = data.draw(policies(overrides=True))
+    stream = data.draw(streams(policy))
+    names = st.sampled_from([*NAMES, "ghost"])
+    ints = st.integers(-10**13, 10**13)
+    base = run(policy, stream[:1])[0].decision.state
+    state = replace(
+        base,
+        weights=tuple(data.draw(st.lists(st.tuples(names, st.integers(-50, 150)), max_size=5))),
+        active_tier=data.draw(names),
+        tiers=tuple(TierState(data.draw(names), data.draw(ints), data.draw(ints), data.draw(st.booleans()))
+                    for _ in range(data.draw(st.integers(0, 5)))),
+        restore_tier=data.draw(st.none() | names),
+        restore_step=data.draw(st.integers(-20, 20)),
+        restore_evidence=data.draw(ints),
+        last_transition_ms=data.draw(st.none() | ints),
+        last_evaluation_ms=data.draw(st.none() | ints),
+        pinned_tier=data.draw(st.none() | names),
+        creep_buckets=tuple(CreepBucket(data.draw(ints), data.draw(ints), data.draw(ints))
+                            for _ in range(data.draw(st.integers(0, 3)))),
+    )
+    for now, samples in stream:
+        d = decide(policy, samples, state, now)
+        assert_valid(policy, d)
         state = d.state

@@ -244,12 +244,12 @@ class _Fields:
                 self.note(weights)
             return None
         names, index = self.plan.names, self.plan.index
-        active = self.status.get("activeTier")
+        active = _name(self.status.get("activeTier"))
         raw = self.status.get("restore")
         if raw is not None and not isinstance(raw, Mapping):
             self.note(f"restore is {_shown(raw)}, not an object: taken from the weights")
             raw = {}
-        restore = (raw or {}).get("tier")
+        restore = _name((raw or {}).get("tier"))
         step, evidence = self._step(raw or {}), self._evidence(raw or {}, max(min_requests, 1) * 1000)
         carrying = {n for n, w in weights.items() if w}
         consistent = active in index and (
@@ -282,7 +282,7 @@ class _Fields:
         """Creep buckets of the current window: none dated ahead of now, none observing more than its
         width (plus the credit of one evaluation), none off the primary longer than observed."""
         raw = self._get(self.status, "creepBuckets", "", lambda v: isinstance(v, list), [])
-        plan, now_index = self.plan, self.now_ms // self.plan.bucket_ms
+        plan = self.plan
         ceiling = plan.bucket_ms + plan.credit_cap_ms
         kept: dict[int, CreepBucket] = {}
         dropped = 0
@@ -296,11 +296,17 @@ class _Fields:
             if index * plan.bucket_ms > self.now_ms + self.tolerance_ms or not 0 <= off <= seen <= ceiling \
                     or index in kept:
                 dropped += 1
-            elif index > now_index - CREEP_BUCKETS:
+            else:
                 kept[index] = CreepBucket(index, off, seen)
+        newest = sorted(kept)[-CREEP_BUCKETS:]  # the engine keeps no more; those past the window it drops itself
+        dropped += len(kept) - len(newest)
         if dropped:
-            self.note(f"creepBuckets: {dropped} dated in the future, duplicated or impossible: dropped")
-        return tuple(kept[i] for i in sorted(kept))
+            self.note(f"creepBuckets: {dropped} dated in the future, duplicated, impossible or too many: dropped")
+        return tuple(kept[i] for i in newest)
+
+
+def _name(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _is_int(value: Any) -> bool:
