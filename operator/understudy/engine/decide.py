@@ -22,9 +22,10 @@ from understudy.engine.creep import credit
 from understudy.engine.health import Verdict, effective, evaluate, update_tier
 from understudy.engine.model import AuditRecord, CreepAction, MissingData, Mode, Policy, Samples
 from understudy.engine.plan import plan_for
-from understudy.engine.restore import fit
+from understudy.engine.restore import carry_over
 from understudy.engine.route import (
     Routing,
+    all_breached_record,
     fitness,
     freeze_record,
     repin,
@@ -32,7 +33,6 @@ from understudy.engine.route import (
     skip_episodes,
     stall_record,
     transition,
-    why,
 )
 from understudy.engine.state import State
 
@@ -75,7 +75,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
     plan = plan_for(policy)
     now_ms = round(now * 1000)
     before = state
-    state = fit(policy, plan, state)
+    state = carry_over(policy, plan, state)
     names = plan.names
     prev = tuple(w for _, w in state.weights)
     audit: list[AuditRecord] = []
@@ -90,7 +90,8 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
     )
     capacity = tuple(samples.capacity.get(n, True) for n in names)
     ready = samples.ready
-    unready = tuple(ready.get(n, 1) <= 0 for n in names)
+    unready = tuple(n in ready and ready[n] <= 0 for n in names)
+    # Evidence that a tier can serve: ready replicas reported, or, readiness unknown, any reading at all.
     evidence = tuple(
         ready[n] > 0 if n in ready else len(evals[i].missing) < len(plan.triggers[i]) for i, n in enumerate(names)
     )
@@ -111,18 +112,10 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
                      on_probation=names[i] == state.restore_tier, audit=audit)
         for i in range(len(names))
     ]
-    fit_ = fitness(plan, tiers, capacity, unready, evidence)
-    skip_episodes(tiers, fit_, prev, audit)
-    if fit_.first is None and not state.all_tiers_breached:
-        serves = names[fit_.last_resort]
-        passed_over = (f"{names[plan.last_resort]} has no ready replicas, so {serves} serves"
-                       if fit_.last_resort != plan.last_resort else f"{serves} serves")
-        audit.append(AuditRecord(
-            reasons.ALL_TIERS_BREACHED,
-            f"no tier can serve; {passed_over}: "
-            + "; ".join(f"{n}: {why(plan, tiers, evals, fit_, i)[3]}" for i, n in enumerate(names)),
-            to_tier=serves,
-        ))
+    fit = fitness(plan, tiers, capacity, unready, evidence)
+    skip_episodes(tiers, fit, prev, audit)
+    if fit.first is None and not state.all_tiers_breached:
+        audit.append(all_breached_record(plan, tiers, evals, fit))
 
     routing = Routing(
         weights=list(prev),
@@ -152,7 +145,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
             prev[i] > 0 and evals[i].verdict is Verdict.MISSING and not unready[i] for i in range(len(names))
         )
         if pinned is None and dwell_ok and not held and (not frozen or podless):
-            transition(plan, routing, tiers, evals, fit_, now_ms)
+            transition(plan, routing, tiers, evals, fit, now_ms)
     # A pause or a freeze holds the stall report as it holds the restore: neither opens nor closes it.
     stalled = routing.restore is not None and (state.restore_stalled if policy.paused or frozen else (
         routing.last_transition_ms is not None and now_ms - routing.last_transition_ms >= plan.stall_ms))
@@ -183,7 +176,7 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         last_evaluation_ms=now_ms,
         pinned_tier=pinned,
         paused=policy.paused,
-        all_tiers_breached=fit_.first is None,
+        all_tiers_breached=fit.first is None,
         metrics_missing=bool(missing),
         creep_exceeded=exceeded,
         creep_buckets=buckets,

@@ -84,7 +84,7 @@ def restore_state(policy: Policy, status: Any, now: float, observed: Mapping[str
     return Restored(state, tuple(fields.notes), known)
 
 
-def fit(policy: Policy, plan: Plan, state: State) -> State:
+def carry_over(policy: Policy, plan: Plan, state: State) -> State:
     """Carry a state across a spec change of the tier list: health by tier name, routing if it still fits.
 
     When a tier that carries traffic is removed (or the state does not add up), routing restarts from the

@@ -105,6 +105,20 @@ def skip_episodes(tiers: list[TierState], fit: Fitness, prev: tuple[int, ...], a
             tiers[i] = replace(ts, capacity_short=capacity_short, unready=unready)
 
 
+def all_breached_record(plan: Plan, tiers: list[TierState], evals: tuple[Eval, ...], fit: Fitness) -> AuditRecord:
+    """AllTiersBreached: who serves, and why every tier is unfit."""
+    names = plan.names
+    serves = names[fit.last_resort]
+    passed_over = (f"{names[plan.last_resort]} has no ready replicas, so {serves} serves"
+                   if fit.last_resort != plan.last_resort else f"{serves} serves")
+    return AuditRecord(
+        reasons.ALL_TIERS_BREACHED,
+        f"no tier can serve; {passed_over}: "
+        + "; ".join(f"{n}: {why(plan, tiers, evals, fit, i)[3]}" for i, n in enumerate(names)),
+        to_tier=serves,
+    )
+
+
 def why(plan: Plan, tiers: list[TierState], evals: tuple[Eval, ...], fit: Fitness,
         i: int) -> tuple[str | None, float | None, float | None, str]:
     """(trigger, observed, threshold, text) explaining why tier i is unfit, for audit records."""
