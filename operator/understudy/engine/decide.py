@@ -89,12 +89,15 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         evaluate(plan.triggers[i], samples.readings.get(n), prev[i] > 0) for i, n in enumerate(names)
     )
     capacity = tuple(samples.capacity.get(n, True) for n in names)
-    ready = samples.ready
-    unready = tuple(n in ready and ready[n] <= 0 for n in names)
     # Evidence that a tier can serve: ready replicas reported, or, readiness unknown, any reading at all.
-    evidence = tuple(
-        ready[n] > 0 if n in ready else len(evals[i].missing) < len(plan.triggers[i]) for i, n in enumerate(names)
-    )
+    ready = samples.ready
+    if ready:
+        unready = tuple(n in ready and ready[n] <= 0 for n in names)
+        evidence = tuple(ready[n] > 0 if n in ready else len(ev.missing) < len(triggers)
+                         for n, ev, triggers in zip(names, evals, plan.triggers))
+    else:
+        unready = (False,) * len(names)
+        evidence = tuple(len(ev.missing) < len(triggers) for ev, triggers in zip(evals, plan.triggers))
 
     missing = [(names[i], t) for i in range(len(names)) if prev[i] > 0 for t in evals[i].missing]
     if missing and not state.metrics_missing:
@@ -140,11 +143,11 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         dwell_ok = state.last_transition_ms is None or now_ms - state.last_transition_ms >= plan.dwell_ms
         # Missing data holds routing only on a tier that may still serve: one known to have no ready
         # replicas has no data because it has no pods. Neither does a freeze keep traffic on such a tier.
-        podless = any(prev[i] > 0 and unready[i] for i in range(len(names)))
         held = policy.on_missing_data is MissingData.HOLD and any(
             prev[i] > 0 and evals[i].verdict is Verdict.MISSING and not unready[i] for i in range(len(names))
         )
-        if pinned is None and dwell_ok and not held and (not frozen or podless):
+        if pinned is None and dwell_ok and not held and (
+                not frozen or any(share > 0 and down for share, down in zip(prev, unready))):
             transition(plan, routing, tiers, evals, fit, now_ms)
     # A pause or a freeze holds the stall report as it holds the restore: neither opens nor closes it.
     stalled = routing.restore is not None and (state.restore_stalled if policy.paused or frozen else (

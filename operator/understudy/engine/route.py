@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from understudy.engine import reasons
 from understudy.engine.health import Eval, Verdict, describe
@@ -46,9 +47,9 @@ def restore_evidence(plan: Plan, state: State, evals: tuple[Eval, ...], now_ms: 
     return min(state.restore_evidence + credited, ev.floor * 1000)
 
 
-@dataclass(frozen=True, slots=True)
-class Fitness:
-    """Which tiers may receive traffic in this evaluation, and in which order of preference."""
+class Fitness(NamedTuple):
+    """Which tiers may receive traffic in this evaluation, and in which order of preference (a NamedTuple:
+    built on every evaluation, and cheaper to build than a frozen dataclass)."""
 
     eligible: tuple[bool, ...]
     """Not tripped, with capacity, and not known to have 0 ready replicas."""
@@ -67,10 +68,10 @@ class Fitness:
 
 def fitness(plan: Plan, tiers: list[TierState], capacity: tuple[bool, ...], unready: tuple[bool, ...],
             evidence: tuple[bool, ...]) -> Fitness:
-    eligible = tuple(not tiers[i].tripped and capacity[i] and not unready[i] for i in range(len(tiers)))
-    first = next((i for i, ok in enumerate(eligible) if ok and evidence[i]), None)
-    if first is None:
-        first = next((i for i, ok in enumerate(eligible) if ok), None)
+    eligible = tuple(fits and not ts.tripped and not down for ts, fits, down in zip(tiers, capacity, unready))
+    first = next((i for i, (ok, known) in enumerate(zip(eligible, evidence)) if ok and known), None)
+    if first is None and True in eligible:
+        first = eligible.index(True)
     last_resort = plan.last_resort
     if unready[last_resort]:
         last_resort = next((i for i, down in enumerate(unready) if not down), last_resort)
@@ -81,6 +82,9 @@ def skip_episodes(tiers: list[TierState], fit: Fitness, prev: tuple[int, ...], a
     """Open a CapacityInsufficient or NoReadyReplicas episode when such a tier is actually skipped: it would
     have been the first fit tier, or it carries traffic now. A scaled-down fallback nobody needs is not
     news. An episode closes quietly once the tier could serve again."""
+    if False not in fit.capacity and True not in fit.unready and not any(
+            ts.capacity_short or ts.unready for ts in tiers):
+        return  # the common case: every tier can serve, and no episode is open
     first = fit.first
     for i, ts in enumerate(tiers):
         short, down = not fit.capacity[i], fit.unready[i]
