@@ -7,6 +7,8 @@ otherwise a freshly started operator, having observed ten minutes, would call a 
 """
 from __future__ import annotations
 
+from operator import attrgetter
+
 from understudy.engine.plan import CREEP_BUCKETS, Plan
 from understudy.engine.state import CreepBucket, State
 
@@ -24,10 +26,16 @@ def credit(plan: Plan, state: State, primary_weight: int, now_ms: int) -> tuple[
     buckets = [b for b in state.creep_buckets if b.index > index - CREEP_BUCKETS]
     if elapsed:
         off = (elapsed * (100 - primary_weight) + 50) // 100
-        at = next((k for k, b in enumerate(buckets) if b.index == index), None)
+        # The current bucket is almost always the newest, i.e. the last (a clock that stepped back aside).
+        at = len(buckets) - 1 if buckets and buckets[-1].index == index else next(
+            (k for k, b in enumerate(buckets) if b.index == index), None)
         if at is None:
             buckets.append(CreepBucket(index, off, elapsed))
         else:
             b = buckets[at]
             buckets[at] = CreepBucket(index, b.off_primary_ms + off, b.observed_ms + elapsed)
-    return (tuple(buckets), sum(b.off_primary_ms for b in buckets), sum(b.observed_ms for b in buckets))
+    # map() with the C getter: up to 48 buckets on every evaluation of every policy.
+    return tuple(buckets), sum(map(_OFF, buckets)), sum(map(_OBSERVED, buckets))
+
+
+_OFF, _OBSERVED = attrgetter("off_primary_ms"), attrgetter("observed_ms")

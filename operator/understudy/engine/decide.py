@@ -85,19 +85,18 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
     elif state.paused and not policy.paused:
         audit.append(AuditRecord(reasons.RESUMED, "routing resumed"))
 
-    evals = tuple(
-        evaluate(plan.triggers[i], samples.readings.get(n), prev[i] > 0) for i, n in enumerate(names)
-    )
+    evals = tuple([evaluate(triggers, samples.readings.get(n), share > 0)
+                   for n, triggers, share in zip(names, plan.triggers, prev)])
     capacity = tuple(samples.capacity.get(n, True) for n in names)
     # Evidence that a tier can serve: ready replicas reported, or, readiness unknown, any reading at all.
     ready = samples.ready
     if ready:
-        unready = tuple(n in ready and ready[n] <= 0 for n in names)
-        evidence = tuple(ready[n] > 0 if n in ready else len(ev.missing) < len(triggers)
-                         for n, ev, triggers in zip(names, evals, plan.triggers))
+        unready = tuple([n in ready and ready[n] <= 0 for n in names])
+        evidence = tuple([ready[n] > 0 if n in ready else len(ev.missing) < len(triggers)
+                          for n, ev, triggers in zip(names, evals, plan.triggers)])
     else:
         unready = (False,) * len(names)
-        evidence = tuple(len(ev.missing) < len(triggers) for ev, triggers in zip(evals, plan.triggers))
+        evidence = tuple([len(ev.missing) < len(triggers) for ev, triggers in zip(evals, plan.triggers)])
 
     missing = [(names[i], t) for i in range(len(names)) if prev[i] > 0 for t in evals[i].missing]
     if missing and not state.metrics_missing:

@@ -68,10 +68,17 @@ class Fitness(NamedTuple):
 
 def fitness(plan: Plan, tiers: list[TierState], capacity: tuple[bool, ...], unready: tuple[bool, ...],
             evidence: tuple[bool, ...]) -> Fitness:
-    eligible = tuple(fits and not ts.tripped and not down for ts, fits, down in zip(tiers, capacity, unready))
-    first = next((i for i, (ok, known) in enumerate(zip(eligible, evidence)) if ok and known), None)
-    if first is None and True in eligible:
-        first = eligible.index(True)
+    eligible = tuple([fits and not ts.tripped and not down for ts, fits, down in zip(tiers, capacity, unready)])
+    first = fallback = None
+    for i, ok in enumerate(eligible):  # a plain loop: this runs on every evaluation
+        if ok:
+            if evidence[i]:
+                first = i
+                break
+            if fallback is None:
+                fallback = i
+    if first is None:
+        first = fallback
     last_resort = plan.last_resort
     if unready[last_resort]:
         last_resort = next((i for i, down in enumerate(unready) if not down), last_resort)
