@@ -205,7 +205,6 @@ class Runtime:
     routing_error: str | None = None
     signal_error: SignalError | None = None
     """Why the last read left some of this policy's signals unread on purpose (a refused URL or query)."""
-    frozen: bool = False
     unchanged_by: tuple[Any, ...] | None = None
     """The inputs of the last evaluation that found status already right (reset whenever status changes)."""
 
@@ -345,8 +344,6 @@ class Evaluator:
         )
         rt.set_status(status)
         rt.persisted_essential = _essential(state) if state is not None and restored else None
-        rt.frozen = bool(state and state.creep_exceeded and compiled
-                         and compiled.policy.creep_action is CreepAction.FREEZE)
         return rt
 
     def _recompile(self, rt: Runtime, snap: PolicySnapshot) -> None:
@@ -399,8 +396,6 @@ class Evaluator:
         assert rt.compiled is not None and rt.state is not None and rt.backend is not None
         report.evaluated += 1
         policy = rt.compiled.policy
-        if rt.frozen:
-            policy = replace(policy, paused=True)
         if rt.compiled.capacities:
             samples = replace(samples, capacity=_capacity(rt.compiled, snap.namespace, load, deployments))
         decision = decide(policy, samples, rt.state, now)
@@ -412,8 +407,6 @@ class Evaluator:
             shell_records += scale_records
         if any(r.reason == "CreepBudgetExceeded" for r in decision.audit):
             shell_records += self._on_creep(rt, snap, decision)
-        if rt.frozen and not decision.creep_exceeded:
-            rt.frozen = False
         drill = self._drill(rt, snap, policy, decision, samples, now)
         shell_records += drill.audit
         if shell_records:
@@ -512,7 +505,7 @@ class Evaluator:
 
     @staticmethod
     def _must_route(rt: Runtime, decision: Decision) -> bool:
-        return decision.route and not rt.frozen and decision.weights != rt.routed
+        return decision.route and decision.weights != rt.routed
 
     @staticmethod
     def _drill(rt: Runtime, snap: PolicySnapshot, policy: Policy, decision: Decision, samples: Samples,
@@ -630,12 +623,6 @@ class Evaluator:
         assert rt.compiled is not None
         action = rt.compiled.policy.creep_action
         ratio = f"{decision.fallback_ratio:.3f}"
-        if action is CreepAction.FREEZE:
-            rt.frozen = True
-            return [AuditRecord(reason="Frozen", tier=decision.active_tier,
-                                message=f"Fallback ratio {ratio} is over budget: routing is frozen on "
-                                        f"{decision.active_tier} until the ratio falls back within budget "
-                                        f"or spec.override is changed.")]
         if action is not CreepAction.ROLLBACK_PRIMARY:
             return []
         deployment = rt.compiled.policy.tiers[0].deployment

@@ -1,6 +1,8 @@
 """Duration parsing and the spec -> engine Policy conversion (units settled once, at the edge)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.corpus import VALID
@@ -61,10 +63,13 @@ def test_full_policy_converts_with_engine_units() -> None:
 
 
 def test_defaults_convert_to_the_engine_defaults() -> None:
-    """A spec that sets nothing optional gives the engine's own defaults: the two never drift apart."""
+    """A spec that sets nothing optional gives the engine's own defaults: the two never drift apart. The
+    routing backend reaches the engine as plain data: a Service selector cannot split traffic."""
     policy = to_engine_policy(spec_of("minimal-service-routing").spec)
     defaults = engine.Policy(tiers=policy.tiers, triggers=policy.triggers)
-    assert policy == defaults
+    assert policy == dataclasses.replace(defaults, traffic_split=False)
+    assert to_engine_policy(spec_of("istio-single-route").spec).traffic_split
+    assert to_engine_policy(spec_of("gateway-api-rule-index").spec).traffic_split
 
 
 def test_query_above_and_overrides() -> None:
@@ -74,6 +79,7 @@ def test_query_above_and_overrides() -> None:
     assert (pinned.pinned_tier, pinned.paused) == ("distilled", True)
     compound = to_engine_policy(spec_of("compound-durations").spec)
     assert (compound.interval, compound.min_dwell, compound.triggers[0].threshold) == (90.0, 120.5, 1500.0)
+    assert (compound.window, compound.restore_stall_after) == (180.0, 5400.0)
     observe = to_engine_policy(spec_of("observe-without-degradation").spec)
     assert observe.mode is engine.Mode.OBSERVE
 

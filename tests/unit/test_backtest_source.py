@@ -18,7 +18,7 @@ from understudy.backtest.source import (
     parse_time,
     step_times,
 )
-from understudy.engine import INSUFFICIENT, MISSING, Comparison, Policy, Reading, SignalKind, Tier, Trigger
+from understudy.engine import MISSING, Comparison, Policy, Reading, SignalKind, Tier, Trigger
 from understudy.signals.promql import Target, map_results, plan_queries
 
 NOW = 1_767_571_200.0  # 2026-01-05T00:00:00Z
@@ -114,8 +114,9 @@ def test_history_steps_map_like_the_operator_with_readiness_assumed() -> None:
     assert first.readings["primary"]["p99"] == Reading.ok(120.0)
     assert second.readings["primary"]["p99"] == Reading.ok(400.0)
     # assumed ready: an idle fallback reads INSUFFICIENT (probe-able), and availability is full
-    assert first.readings["distilled"]["p99"] == INSUFFICIENT
+    assert first.readings["distilled"]["p99"] == Reading.insufficient(0.0)
     assert first.readings["primary"]["availability"] == Reading.ok(1.0)
+    assert first.ready == {} and second.ready == {}  # assumed for the mapping, unknown to the engine
 
 
 def test_history_uses_kube_state_metrics_per_step() -> None:
@@ -129,6 +130,10 @@ def test_history_uses_kube_state_metrics_per_step() -> None:
     # at 6000 the fallback's Deployment is unknown: MISSING, never taken as ready
     assert steps[1].readings["distilled"]["availability"] == MISSING
     assert steps[1].readings["distilled"]["p99"] == MISSING
+    # The engine gets the ready replicas kube-state-metrics reported at each step; a tier without a series
+    # at that step has unknown readiness (not 0: a gap in the history is no proof the Deployment was gone).
+    assert steps[0].ready == {"primary": 4, "distilled": 2}
+    assert steps[1].ready == {"primary": 1}
 
 
 def test_a_step_equals_map_results_on_the_same_instant_vector() -> None:

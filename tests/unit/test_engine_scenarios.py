@@ -13,6 +13,7 @@ from understudy.engine import (
     INSUFFICIENT,
     MISSING,
     Comparison,
+    CreepAction,
     Decision,
     MissingData,
     Mode,
@@ -49,13 +50,15 @@ POLICY = Policy(
 Value = float | Reading
 
 
-def obs(capacity: Mapping[str, bool] | None = None, **tiers: Mapping[str, Value]) -> Samples:
-    """Samples where every tier is healthy unless given: obs(primary={"p99": 400})."""
+def obs(capacity: Mapping[str, bool] | None = None, ready: Mapping[str, int] | None = None,
+        **tiers: Mapping[str, Value]) -> Samples:
+    """Samples where every tier is healthy unless given: obs(primary={"p99": 400}); readiness unknown
+    unless given: obs(ready={"distilled": 0})."""
     readings = {}
     for name in TIERS:
         values = {**HEALTHY, **tiers.get(name, {})}
         readings[name] = {k: v if isinstance(v, Reading) else Reading.ok(v) for k, v in values.items()}
-    return Samples(readings, dict(capacity or {}))
+    return Samples(readings, dict(capacity or {}), dict(ready or {}))
 
 
 @dataclass(frozen=True)
@@ -210,9 +213,78 @@ def test_missing_data_hold_freezes_streaks_and_routing() -> None:
     assert all(s.decision.metrics_available for s in steps if s.t >= 100)
 
 
-def test_missing_data_on_an_idle_tier_does_not_matter() -> None:
-    steps = run(POLICY, 0, 60, lambda t: obs(popular={"p99": MISSING}))
+NO_DATA = {"p99": MISSING, "errors": MISSING}
+
+
+def test_missing_data_on_an_idle_tier_is_no_news_but_no_evidence_either() -> None:
+    # While the primary serves, an idle tier's missing data raises no alarm and moves nothing ...
+    steps = run(POLICY, 0, 60, lambda t: obs(distilled=NO_DATA))
     assert moves(steps) == [] and all(s.reasons == () and s.decision.metrics_available for s in steps)
+    # ... but when the primary trips, a tier with no evidence at all (readiness unknown, every trigger
+    # missing) ranks after every tier with evidence: traffic skips distilled for popular.
+    steps = run(POLICY, 0, 60, lambda t: obs(primary={"p99": 400.0} if t >= 10 else {}, distilled=NO_DATA))
+    assert moves(steps) == [(15, w(0, 0, 100))]
+    assert at(steps, 15).decision.audit[-1].to_tier == "popular"
+
+
+def test_a_tier_without_evidence_still_serves_when_no_tier_has_any() -> None:
+    steps = run(POLICY, 0, 60, lambda t: obs(primary={"p99": 400.0} if t >= 10 else {},
+                                             distilled=NO_DATA, popular=NO_DATA))
+    assert moves(steps) == [(15, w(0, 100, 0))]  # the chain's order decides between tiers without evidence
+
+
+def test_known_ready_replicas_are_evidence_even_without_readings() -> None:
+    ready = {"primary": 2, "distilled": 1, "popular": 3}
+    steps = run(POLICY, 0, 60, lambda t: obs(ready=ready, primary={"p99": 400.0} if t >= 10 else {},
+                                             distilled=NO_DATA))
+    assert moves(steps) == [(15, w(0, 100, 0))]
+
+
+def test_a_fallback_without_ready_replicas_is_skipped_once_per_episode() -> None:
+    # distilled's Deployment is gone (the shell reports 0 ready) until t=100; its triggers read nothing.
+    def samples(t: float) -> Samples:
+        gone = t < 100
+        return obs(ready={"primary": 2, "distilled": 0 if gone else 2, "popular": 2},
+                   primary={"p99": 400.0} if t >= 10 else {}, distilled=NO_DATA if gone else {})
+
+    steps = run(POLICY, 0, 200, samples)
+    assert at(steps, 15).reasons == ("TierTripped", "NoReadyReplicas", "FallbackActivated")
+    record = at(steps, 15).decision.audit[1]
+    assert record.tier == "distilled" and "no ready replicas" in record.message
+    assert count(steps, "NoReadyReplicas") == 1
+    # Ready again at 100: distilled is better than popular, so it is restored to in steps.
+    assert moves(steps) == [(15, w(0, 0, 100)), (100, w(0, 10, 90)), (130, w(0, 50, 50)), (160, w(0, 100, 0))]
+
+
+def test_a_serving_tier_losing_every_pod_is_left_even_when_its_data_is_missing() -> None:
+    # The primary's Deployment is scaled to 0 at t=20: its series vanish (MISSING). Under Hold, missing
+    # data would keep traffic where it is; a tier known to have no ready replicas cannot serve at all.
+    def samples(t: float) -> Samples:
+        down = t >= 20
+        return obs(ready={"primary": 0 if down else 2, "distilled": 2, "popular": 2},
+                   primary=NO_DATA if down else {})
+
+    steps = run(POLICY, 0, 60, samples)
+    assert moves(steps) == [(20, w(0, 100, 0))]
+    assert at(steps, 20).reasons == ("MetricsMissing", "NoReadyReplicas", "FallbackActivated")
+    assert "no ready replicas" in at(steps, 20).decision.audit[-1].message
+
+
+def test_when_every_tier_breaches_a_last_resort_without_pods_is_passed_over() -> None:
+    everything_bad = {n: {"errors": 0.5} for n in TIERS}
+    steps = run(POLICY, 0, 60, lambda t: obs(ready={"primary": 2, "distilled": 2, "popular": 0},
+                                             **(everything_bad if t >= 10 else {})))
+    # popular (the last fallback, whenAllBreached's default) has no pods: the best tier that has some serves.
+    assert moves(steps) == []
+    assert count(steps, "AllTiersBreached") == 1
+    text = first_with(steps, "AllTiersBreached").decision.audit
+    assert any("popular has no ready replicas" in a.message for a in text if a.reason == "AllTiersBreached")
+
+
+def test_when_no_tier_has_pods_the_when_all_breached_tier_serves() -> None:
+    steps = run(POLICY, 0, 60, lambda t: obs(ready={n: 0 for n in TIERS} if t >= 10 else None))
+    assert moves(steps) == [(10, w(0, 0, 100))]
+    assert at(steps, 10).reasons[-2:] == ("AllTiersBreached", "FallbackActivated")
 
 
 def test_missing_data_fallback_counts_as_breach_of_the_serving_tier() -> None:
@@ -317,6 +389,44 @@ def test_creep_budget_exceeded_and_recovered() -> None:
     assert len(steps[-1].decision.state.creep_buckets) <= 48
 
 
+FREEZE = dataclasses.replace(POLICY, creep_window=600.0, creep_max_ratio=0.1, creep_action=CreepAction.FREEZE)
+
+
+def test_freeze_holds_routing_while_the_creep_budget_is_exceeded() -> None:
+    # Budget: 60 s off the primary in 600 s. The fallback at 15 spends it by 80: routing freezes there, so
+    # the primary, healthy again from 100 and recovered at 110, gets nothing back. A person's pin still
+    # applies (200); with no time off the primary the ratio falls back within budget and the freeze ends.
+    def policy_at(t: float) -> Policy:
+        return dataclasses.replace(FREEZE, pinned_tier="primary") if 200 <= t < 1000 else FREEZE
+
+    steps = run(FREEZE, 0, 1100, lambda t: obs(primary={"p99": 400.0}) if 10 <= t < 100 else obs(),
+                policy_at=policy_at)
+    assert at(steps, 80).reasons == ("CreepBudgetExceeded", "Frozen")
+    record = at(steps, 80).decision.audit[1]
+    assert record.tier == "distilled" and "routing frozen" in record.message
+    assert "TierRecovered" in at(steps, 110).reasons
+    assert moves(steps) == [(15, w(0, 100, 0)), (200, w(100, 0, 0))]
+    assert at(steps, 200).reasons == ("Pinned",)
+    unfrozen = first_with(steps, "Unfrozen")
+    assert unfrozen.reasons == ("CreepBudgetRecovered", "Unfrozen")
+    assert all(s.decision.frozen == (80 <= s.t < unfrozen.t) for s in steps)
+    assert count(steps, "Frozen") == 1 and count(steps, "Unfrozen") == 1
+    assert not {"Paused", "Resumed"} & {r for s in steps for r in s.reasons}  # no one paused anything
+    assert all(s.decision.route for s in steps)
+
+
+def test_a_freeze_never_keeps_traffic_on_a_tier_without_ready_replicas() -> None:
+    def samples(t: float) -> Samples:
+        gone = t >= 300
+        return obs(ready={"primary": 2, "distilled": 0 if gone else 2, "popular": 2},
+                   primary={"p99": 400.0} if t >= 10 else {}, distilled=NO_DATA if gone else {})
+
+    steps = run(FREEZE, 0, 400, samples)
+    assert at(steps, 80).decision.frozen
+    assert moves(steps) == [(15, w(0, 100, 0)), (300, w(0, 0, 100))]
+    assert at(steps, 300).decision.frozen  # still frozen, now on popular
+
+
 def test_long_gap_between_evaluations_is_not_counted_as_fallback() -> None:
     policy = dataclasses.replace(POLICY, creep_window=86400.0)
     state = run(policy, 0, 30, lambda t: obs(primary={"p99": 400.0}))[-1].decision.state
@@ -379,8 +489,10 @@ def test_spec_change_keeps_tier_health_by_name() -> None:
     state = run(POLICY, 0, 30, lambda t: obs(primary={"p99": 400.0}))[-1].decision.state
     assert dict(state.weights) == w(0, 100, 0)
     shorter = dataclasses.replace(POLICY, tiers=POLICY.tiers[:1] + POLICY.tiers[2:])
-    d = decide(shorter, obs(primary={"p99": 400.0}), state, 60.0)
-    # distilled (serving) is gone: routing restarts on the primary, still known tripped, so it moves on.
+    # distilled (serving) is gone 10 s after the fallback: routing restarts on the primary, still known
+    # tripped, so it moves on at once; the restart is no move of the engine's, so minDwell does not hold
+    # traffic on the failing primary meanwhile.
+    d = decide(shorter, obs(primary={"p99": 400.0}), state, 25.0)
     assert d.weights == (("primary", 0), ("popular", 100))
     assert [a.reason for a in d.audit] == ["FallbackActivated"]
 
@@ -419,8 +531,94 @@ def test_status_form_has_no_floats_and_camel_case_keys() -> None:
 
 
 def test_every_emitted_reason_is_listed() -> None:
-    assert len(set(AUDIT_REASONS)) == 16
+    assert len(set(AUDIT_REASONS)) == 21
     assert all(r[0].isupper() and r.isalnum() for r in AUDIT_REASONS)
+
+
+LOW = dataclasses.replace(POLICY, window=60.0, triggers=tuple(
+    dataclasses.replace(t, min_requests=20) for t in POLICY.triggers))
+
+
+def thin(requests: float, p99: float | None = 100.0) -> dict[str, Value]:
+    """A tier's readings from too few requests: the count and the values they gave."""
+    return {"p99": Reading.insufficient(requests, p99), "errors": Reading.insufficient(requests, 0.0)}
+
+
+def low_traffic(t: float, during: Callable[[float], dict[str, Value]] = lambda t: thin(6.0)) -> Samples:
+    """The primary breaches from 10 to 60, is idle until its first restore step at 70 and then serves its
+    10% share at about 6 requests per 60 s window: never the 20 one window needs."""
+    if 10 <= t < 60:
+        return obs(primary={"p99": 400.0})
+    return obs(primary=thin(0.0) if t < 75 else during(t))
+
+
+def test_a_thin_restore_step_advances_on_requests_added_up_over_evaluations() -> None:
+    steps = run(LOW, 0, 600, low_traffic)
+    # Each 5 s evaluation credits what arrived since the previous one: 6 requests x 5 s / 60 s = 0.5, so
+    # 20 requests take 40 evaluations (not 4, as adding up the overlapping windows' counts would).
+    assert moves(steps) == [(15, w(0, 100, 0)), (70, w(10, 90, 0)), (270, w(50, 50, 0)), (470, w(100, 0, 0))]
+    assert at(steps, 270).reasons == ("RestoreStep",)
+
+
+def test_a_breaching_value_from_too_few_requests_starts_the_count_again() -> None:
+    def during(t: float) -> dict[str, Value]:
+        return thin(6.0, 400.0 if t == 170 else 100.0)
+
+    steps = run(LOW, 0, 600, lambda t: low_traffic(t, during))
+    # 170 breaches (too few requests to trip, enough to distrust): the count restarts at 175.
+    assert moves(steps)[2] == (370, w(50, 50, 0))
+    assert count(steps, "TierTripped") == 1
+
+
+def test_missing_data_neither_adds_to_nor_resets_the_count() -> None:
+    def during(t: float) -> dict[str, Value]:
+        return {"p99": MISSING, "errors": MISSING} if 170 <= t < 200 else thin(6.0)
+
+    steps = run(LOW, 0, 600, lambda t: low_traffic(t, during))
+    # Six evaluations without data (routing held, onMissingData=Hold) add nothing and keep what was counted:
+    # the step comes 30 s later than with data throughout.
+    assert moves(steps)[2] == (300, w(50, 50, 0))
+
+
+def test_a_restore_that_cannot_progress_is_reported_once() -> None:
+    # 0.6 requests per 60 s window, 0.05 credited per evaluation: 20 take 2,000 s. The step taken at 70 is
+    # reported stalled once, 120 s after it.
+    policy = dataclasses.replace(LOW, restore_stall_after=120.0)
+    steps = run(policy, 0, 2400, lambda t: low_traffic(t, lambda t: thin(0.6)))
+    stalled = first_with(steps, "RestoreStalled")
+    assert stalled.t == 190 and count(steps, "RestoreStalled") == 2  # once per step: 10% and 50%
+    record = next(a for a in stalled.decision.audit if a.reason == "RestoreStalled")
+    assert record.tier == "primary" and record.from_tier is None  # not a move: Events only, no history entry
+    assert "step 1/3 (10% to primary)" in record.message and "1.2 of the 20 requests" in record.message
+    assert all(s.decision.restore_stalled == (190 <= s.t < 2070) for s in steps if s.t < 2070)
+    assert moves(steps)[2] == (2070, w(50, 50, 0))  # it does advance, late: the stall ends with the step
+    assert not at(steps, 2070).decision.restore_stalled and not at(steps, 2070).decision.state.restore_stalled
+
+
+def test_a_restore_held_by_missing_data_says_so() -> None:
+    policy = dataclasses.replace(LOW, restore_stall_after=120.0)
+    steps = run(policy, 0, 400, lambda t: low_traffic(t, lambda t: {"p99": MISSING, "errors": MISSING}))
+    record = next(a for a in first_with(steps, "RestoreStalled").decision.audit if a.reason == "RestoreStalled")
+    assert "no data for primary/p99, primary/errors" in record.message
+
+
+def test_a_paused_restore_is_not_reported_stalled() -> None:
+    def policy_at(t: float) -> Policy:
+        return dataclasses.replace(LOW, restore_stall_after=120.0, paused=100 <= t < 1000)
+
+    steps = run(LOW, 0, 1000, lambda t: low_traffic(t, lambda t: thin(0.6)), policy_at=policy_at)
+    assert count(steps, "RestoreStalled") == 0  # 70 -> 100 is under the bound, then paused
+    assert all(not s.decision.restore_stalled for s in steps)
+
+
+def test_routing_that_cannot_split_traffic_restores_in_one_step() -> None:
+    # A Service selector sends all traffic to one tier: a 10% step would send the primary nothing, its
+    # readings would stay too thin and the restore would never advance. Whatever restoreSteps says (a
+    # policy stored with an older default), the engine returns all traffic at once.
+    policy = dataclasses.replace(POLICY, traffic_split=False)
+    steps = run(policy, 0, 200, lambda t: obs(primary={"p99": 400.0}) if 10 <= t < 60 else obs())
+    assert moves(steps) == [(15, w(0, 100, 0)), (70, w(100, 0, 0))]
+    assert at(steps, 70).reasons == ("TierRecovered", "Restored")
 
 
 def test_restore_steps_shortened_mid_restore_finishes_the_restore() -> None:

@@ -214,9 +214,18 @@ def test_mapping_ok_missing_insufficient_nan() -> None:
         "fallback": {"p99": MISSING, "errors": Reading.ok(0.0)},  # NaN is missing, a real 0 is a value
     }
     assert samples["quiet"].readings == {
-        "primary": {"p99": INSUFFICIENT, "errors": INSUFFICIENT},  # 19.9 < 20 requests
+        # 19.9 < 20 requests: too few to judge, but the count and the values travel with the reading
+        "primary": {"p99": Reading.insufficient(19.9, 12.0), "errors": Reading.insufficient(19.9, 0.0)},
         "fallback": {"p99": MISSING, "errors": MISSING},  # plenty of requests, but no series
     }
+    assert samples["quiet"].readings["primary"]["p99"].status is INSUFFICIENT.status
+
+
+def test_insufficient_reading_without_a_value_still_carries_its_count() -> None:
+    plan = plan_queries([Target("a", "ml", policy("a", "b", (P99, ERRORS)))])
+    results = _fleet_results(plan, count={("ml", "a"): "3"}, latency={("ml", "a"): "NaN"}, errors={})
+    assert map_results(plan, results, {})["a"].readings["primary"] == {
+        "p99": Reading.insufficient(3.0), "errors": Reading.insufficient(3.0)}
 
 
 def test_absent_request_count_is_missing_not_zero() -> None:
@@ -229,7 +238,7 @@ def test_running_workload_without_series_has_served_nothing_yet() -> None:
     plan = plan_queries([Target("a", "ml", policy("a", "b", (P99, ERRORS)))])
     results = _fleet_results(plan, count={("ml", "a"): "400"}, latency={("ml", "a"): "10"}, errors={("ml", "a"): "0"})
     fresh = map_results(plan, results, {("ml", "b"): (2, 2)})["a"].readings["fallback"]
-    assert fresh == {"p99": INSUFFICIENT, "errors": INSUFFICIENT}
+    assert fresh == {"p99": Reading.insufficient(0.0), "errors": Reading.insufficient(0.0)}  # none served yet
     for ready in ({("ml", "b"): (0, 2)}, {}):  # no ready pods, or no Deployment: unknown
         assert map_results(plan, results, ready)["a"].readings["fallback"] == {"p99": MISSING, "errors": MISSING}
 

@@ -18,17 +18,21 @@ def to_engine_policy(spec: FallbackPolicySpec) -> engine.Policy:
         *(engine.Tier(f.name, f.deployment_name, f.service_name) for f in spec.fallbacks),
     )
     evaluation, creep, override = spec.evaluation, spec.creep, spec.override
+    steps = engine.Policy.restore_steps if evaluation.restore_steps is None else tuple(evaluation.restore_steps)
     return engine.Policy(
         tiers=tiers,
         triggers=tuple(_trigger(t, spec.signals.min_requests) for t in spec.triggers),
         mode=engine.Mode(spec.mode.value),
         trip_after=evaluation.trip_after,
         recover_after=evaluation.recover_after,
-        restore_steps=tuple(evaluation.restore_steps),
+        restore_steps=steps,
+        traffic_split=spec.routing.service is None,
         min_dwell=parse_duration(evaluation.min_dwell),
+        restore_stall_after=parse_duration(evaluation.restore_stall_after),
         on_missing_data=engine.MissingData(evaluation.on_missing_data.value),
         when_all_breached=evaluation.when_all_breached,
         interval=parse_duration(evaluation.interval),
+        window=parse_duration(evaluation.window),
         creep_max_ratio=float(creep.max_fallback_ratio),
         creep_window=parse_duration(creep.window),
         creep_action=engine.CreepAction(creep.action.value),

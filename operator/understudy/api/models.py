@@ -57,6 +57,23 @@ def _positive_duration(value: str) -> str:
     return value
 
 
+def _at_least(seconds: float, message: str) -> AfterValidator:
+    """The CRD's floor on a duration field, e.g. `duration(self) >= duration('1s')`."""
+
+    def check(value: str) -> str:
+        parsed = _seconds(value)
+        if parsed is not None and parsed < seconds:
+            raise rule_error(message)
+        return value
+
+    return AfterValidator(check)
+
+
+def _milliseconds(value: str) -> int:
+    """CEL's duration(value).getMilliseconds(): whole milliseconds, computed from nanoseconds exactly."""
+    return round(parse_duration(value) * 1e9) // 1_000_000
+
+
 def _non_negative_duration(value: str) -> str:
     if _seconds(value) is None:
         raise rule_error('must be a duration such as "0s", "30s" or "1m30s"')
@@ -300,14 +317,16 @@ class Signals(_Spec):
 
 
 class Evaluation(_Spec):
-    interval: PositiveDuration = "5s"
+    interval: Annotated[PositiveDuration, _at_least(1.0, "evaluation.interval must be at least 1s")] = "5s"
     window: PositiveDuration = "1m"
     trip_after: Annotated[int, Field(ge=1, le=100)] = 2
     recover_after: Annotated[int, Field(ge=1, le=1000)] = 6
     restore_steps: Annotated[
         list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=10), AfterValidator(_restore_steps)
-    ] = [10, 50, 100]
+    ] | None = None
+    """None: [10, 50, 100] where the routing can split traffic, one step where it cannot (Service)."""
     min_dwell: NonNegativeDuration = "30s"
+    restore_stall_after: PositiveDuration = "10m"
     on_missing_data: OnMissingData = OnMissingData.HOLD
     when_all_breached: TierName | None = None
 
@@ -315,8 +334,19 @@ class Evaluation(_Spec):
     def _ordering(self) -> Evaluation:
         if self.recover_after < self.trip_after:
             raise rule_error("evaluation.recoverAfter must be at least tripAfter, or traffic flaps between tiers")
-        if parse_duration(self.window) < parse_duration(self.interval):
-            raise rule_error("evaluation.window must be at least evaluation.interval")
+        if parse_duration(self.window) < 2 * parse_duration(self.interval):
+            raise rule_error("evaluation.window must be at least twice evaluation.interval, so that consecutive "
+                             "evaluations read overlapping windows")
+        if parse_duration(self.restore_stall_after) <= parse_duration(self.min_dwell):
+            raise rule_error("evaluation.restoreStallAfter must be longer than evaluation.minDwell, "
+                             "or every restore step would be reported stalled")
+        interval = parse_duration(self.interval)
+        if interval > 3600 or _milliseconds(self.interval) * self.trip_after > 3_600_000:
+            raise rule_error("evaluation.tripAfter x interval must be at most 1h: a trigger that takes longer to "
+                             "trip moves traffic after the incident")
+        if interval > 86400 or _milliseconds(self.interval) * self.recover_after > 86_400_000:
+            raise rule_error("evaluation.recoverAfter x interval must be at most 24h: a recovered tier would wait "
+                             "longer than a day for its traffic")
         return self
 
 
@@ -328,8 +358,8 @@ class Creep(_Spec):
 
 class Drill(_Spec):
     tier: TierName
-    every: PositiveDuration
-    duration: PositiveDuration
+    every: Annotated[PositiveDuration, _at_least(30.0, "drills[].every must be at least 30s")]
+    duration: Annotated[PositiveDuration, _at_least(5.0, "drills[].duration must be at least 5s")]
     share: Annotated[int, Field(ge=1, le=50)] = 10
 
     @model_validator(mode="after")
@@ -391,6 +421,9 @@ class FallbackPolicySpec(_Spec):
         if any(d.tier not in tiers - {PRIMARY} for d in self.drills or ()):
             raise rule_error(
                 "drills[].tier must name a fallback of this policy (a drill exercises a fallback, not the primary)")
+        if self.routing.service is not None and self.evaluation.restore_steps not in (None, [100]):
+            raise rule_error(
+                "routing.service moves all traffic at once: evaluation.restoreSteps must be omitted or [100]")
         return self
 
 

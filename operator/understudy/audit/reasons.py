@@ -33,8 +33,10 @@ REASONS: Final[dict[str, EventKind]] = {
     "RestoreStep": EventKind(NORMAL, "Restore"),
     "Restored": EventKind(NORMAL, "Restore"),
     "RestoreAborted": EventKind(WARNING, "Restore"),
+    "RestoreStalled": EventKind(WARNING, "Restore"),
     "AllTiersBreached": EventKind(WARNING, "Route"),
     "CapacityInsufficient": EventKind(WARNING, "Route"),
+    "NoReadyReplicas": EventKind(WARNING, "Route"),
     "MetricsMissing": EventKind(WARNING, "Observe"),
     "MetricsRestored": EventKind(NORMAL, "Observe"),
     "Pinned": EventKind(NORMAL, "Override"),
@@ -43,6 +45,9 @@ REASONS: Final[dict[str, EventKind]] = {
     "Resumed": EventKind(NORMAL, "Override"),
     "CreepBudgetExceeded": EventKind(WARNING, "Observe"),
     "CreepBudgetRecovered": EventKind(NORMAL, "Observe"),
+    "Frozen": EventKind(WARNING, "Freeze"),
+    "Unfrozen": EventKind(NORMAL, "Freeze"),
+    "StateRepaired": EventKind(WARNING, "Validate"),
     # From the shell and the engine's governance and drills: what happened when a decision met the cluster.
     "RoutingFailed": EventKind(WARNING, "Route"),
     "RoutingRestored": EventKind(NORMAL, "Route"),
@@ -51,7 +56,6 @@ REASONS: Final[dict[str, EventKind]] = {
     "ScaleFailed": EventKind(WARNING, "Scale"),
     "ScaleBackSkipped": EventKind(NORMAL, "Scale"),
     "ActionWithheld": EventKind(NORMAL, "Withhold"),
-    "Frozen": EventKind(WARNING, "Freeze"),
     "RolledBack": EventKind(NORMAL, "Rollback"),
     "RollbackFailed": EventKind(WARNING, "Rollback"),
     "InvalidPolicy": EventKind(WARNING, "Validate"),
@@ -70,7 +74,7 @@ UNKNOWN_REASON: Final = EventKind(NORMAL, "Observe")
 
 TRANSITION_REASONS: Final[frozenset[str]] = frozenset({
     "FallbackActivated", "AllTiersBreached", "RestoreStep", "Restored", "RestoreAborted",
-    "Pinned", "Unpinned", "Paused", "Resumed", "Frozen", "RolledBack", "RollbackFailed",
+    "Pinned", "Unpinned", "Paused", "Resumed", "Frozen", "Unfrozen", "RolledBack", "RollbackFailed",
 })
 """Reasons that belong in status.history and the transitions counter: changes of who serves traffic,
 overrides, and rollbacks. Observations (MetricsMissing, TierTripped...) only go to Events."""

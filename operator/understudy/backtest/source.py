@@ -6,10 +6,11 @@ step's answer is rebuilt as the instant vector the operator would have received 
 mapped by the same `map_results`. So a step costs no request of its own, and the readings are the ones
 the operator would have computed, including INSUFFICIENT and MISSING.
 
-Readiness has no history in Kubernetes. It is read from kube-state-metrics when Prometheus has it;
-otherwise every tier is taken as fully ready, which the report says: readyReplicas triggers then never
-fire, and a tier without request series reads as idle (INSUFFICIENT), as it would for a running
-Deployment.
+Readiness has no history in Kubernetes. It is read from kube-state-metrics when Prometheus has it, and the
+engine gets each step's ready replicas (a tier without a series at a step has unknown readiness, never 0);
+otherwise every tier is taken as fully ready for the mapping, which the report says: readyReplicas
+triggers then never fire, a tier without request series reads as idle (INSUFFICIENT), as it would for a
+running Deployment, and the engine's readiness is unknown.
 
 Unlike the operator, a failed query is an error here, not MISSING: a backtest that silently judged an
 outage of its own reads would answer a different question.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping
 
@@ -123,15 +124,17 @@ class History:
         """
         plan = plan_queries([self.target])
         namespace, key = self.target.namespace, self.target.key
-        assumed: ReadyReplicas = {(namespace, t.deployment): (1, 1) for t in self.target.policy.tiers}
+        tiers = self.target.policy.tiers
+        assumed: ReadyReplicas = {(namespace, t.deployment): (1, 1) for t in tiers}
         for ms in self.times_ms:
             results = {q: list(self.vectors.get(q, {}).get(ms, ())) for q in plan.queries}
             ready = assumed if self.ready is None else self.ready.get(ms, {})
-            replicas = None if self.ready is None else {
-                t.name: ready[(namespace, t.deployment)] for t in self.target.policy.tiers
-                if (namespace, t.deployment) in ready}
-            yield Step(ms / 1000, map_results(plan, results, ready).get(key, Samples({})),
-                       map_loads(plan, results).get(key), replicas)
+            samples = map_results(plan, results, ready).get(key, Samples({}))
+            replicas = None
+            if self.ready is not None:  # what kube-state-metrics reported; a tier without a series: unknown
+                replicas = {t.name: ready[(namespace, t.deployment)] for t in tiers if (namespace, t.deployment) in ready}
+                samples = replace(samples, ready={tier: counts[0] for tier, counts in replicas.items()})
+            yield Step(ms / 1000, samples, map_loads(plan, results).get(key), replicas)
 
 
 Progress = Callable[[int], None]

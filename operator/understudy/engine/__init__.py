@@ -1,5 +1,6 @@
 """The pure decision engine: `decide(policy, samples, state, now) -> Decision`, and its vocabulary."""
-from understudy.engine.decide import CREEP_BUCKETS, Decision, decide
+from understudy.engine.decide import Decision, decide
+from understudy.engine.plan import CREEP_BUCKETS
 from understudy.engine.model import (
     INSUFFICIENT,
     MISSING,
@@ -18,6 +19,7 @@ from understudy.engine.model import (
     Trigger,
 )
 from understudy.engine.reasons import AUDIT_REASONS
+from understudy.engine.restore import Restored, restore_state
 from understudy.engine.state import CreepBucket, State, TierState, initial_state, state_from_status, state_to_status
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "Policy",
     "Reading",
     "ReadingStatus",
+    "Restored",
     "Samples",
     "SignalKind",
     "State",
@@ -44,6 +47,7 @@ __all__ = [
     "Trigger",
     "decide",
     "initial_state",
+    "restore_state",
     "state_from_status",
     "state_to_status",
 ]

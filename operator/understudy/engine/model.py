@@ -84,6 +84,11 @@ class Policy:
     trip_after: int = 2
     recover_after: int = 6
     restore_steps: tuple[int, ...] = (10, 50, 100)
+    restore_stall_after: float = 600.0
+    """evaluation.restoreStallAfter: a restore step that has not advanced for this long is reported once."""
+    traffic_split: bool = True
+    """The routing can split traffic between tiers (Istio, Gateway API). A Service selector cannot: it
+    sends everything to one tier, so a restore there is one step to 100% whatever restore_steps says."""
     min_dwell: float = 30.0
     on_missing_data: MissingData = MissingData.HOLD
     when_all_breached: str | None = None
@@ -91,6 +96,9 @@ class Policy:
     interval: float = 5.0
     """evaluation.interval: the engine credits at most twice this much time to one evaluation in the creep
     accounting, so a gap (operator down, leader change) is not counted as time spent off the primary."""
+    window: float = 60.0
+    """evaluation.window, the rate() window request counts cover: a thin restore step credits a count
+    once per window (see README), not once per evaluation."""
     creep_max_ratio: float = 0.10
     creep_window: float = 86400.0
     creep_action: CreepAction = CreepAction.ALERT
@@ -114,14 +122,23 @@ class ReadingStatus(str, Enum):
 class Reading:
     status: ReadingStatus
     value: float | None = None
+    """The signal's value; on an INSUFFICIENT reading, the value computed from too few requests, if any."""
+    requests: float | None = None
+    """On an INSUFFICIENT reading, the requests the tier served in the window (None: not known). A restore
+    step adds these up over evaluations when each window alone holds too few (see README)."""
 
     @staticmethod
     def ok(value: float) -> Reading:
         return Reading(ReadingStatus.OK, value)
 
+    @staticmethod
+    def insufficient(requests: float, value: float | None = None) -> Reading:
+        return Reading(ReadingStatus.INSUFFICIENT, value, requests)
+
 
 MISSING = Reading(ReadingStatus.MISSING)
 INSUFFICIENT = Reading(ReadingStatus.INSUFFICIENT)
+"""Too few requests, and how many is not known."""
 
 
 @dataclass(frozen=True)
@@ -133,10 +150,14 @@ class Samples:
     lets a tripped tier with no traffic recover and be probed by the first restore step.
     capacity[tier] is False when the tier's ready replicas cannot carry the load it would receive;
     an absent entry means it can.
+    ready[tier] is the ready replica count of the tier's Deployment, 0 when the Deployment does not exist;
+    a tier absent from it has unknown readiness (the backtest without kube-state-metrics). A tier with 0
+    ready replicas never receives traffic while another tier can take it.
     """
 
     readings: Mapping[str, Mapping[str, Reading]]
     capacity: Mapping[str, bool] = field(default_factory=dict)
+    ready: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,23 @@ RESTORED = "Restored"
 """All traffic is on the better tier again."""
 RESTORE_ABORTED = "RestoreAborted"
 """The better tier failed during a restore; its share went back to the tier that was serving."""
+RESTORE_STALLED = "RestoreStalled"
+"""A restore step has not advanced within evaluation.restoreStallAfter; the note says what it waits for."""
 ALL_TIERS_BREACHED = "AllTiersBreached"
 """No tier is fit to serve; the whenAllBreached tier serves anyway."""
 CAPACITY_INSUFFICIENT = "CapacityInsufficient"
 """A tier that would have received traffic cannot carry it and was skipped."""
+NO_READY_REPLICAS = "NoReadyReplicas"
+"""A tier that would have received traffic has no ready replicas (its Deployment is missing or scaled to
+zero) and was skipped."""
 METRICS_MISSING = "MetricsMissing"
 """A signal of a tier that receives traffic has no data."""
 METRICS_RESTORED = "MetricsRestored"
 """Every signal of the tiers that receive traffic has data again."""
+FROZEN = "Frozen"
+"""creep.action Freeze took effect: the creep budget is exceeded and routing holds where it is."""
+UNFROZEN = "Unfrozen"
+"""The freeze ended: the creep budget is met again (or creep.action changed)."""
 PINNED = "Pinned"
 UNPINNED = "Unpinned"
 PAUSED = "Paused"
@@ -32,6 +41,8 @@ RESUMED = "Resumed"
 CREEP_BUDGET_EXCEEDED = "CreepBudgetExceeded"
 """Time off the primary within the creep window is above the policy's budget."""
 CREEP_BUDGET_RECOVERED = "CreepBudgetRecovered"
+STATE_REPAIRED = "StateRepaired"
+"""status.engine held fields that could not be trusted; they were repaired or dropped (the note lists them)."""
 
 AUDIT_REASONS: tuple[str, ...] = (
     TIER_TRIPPED,
@@ -40,8 +51,10 @@ AUDIT_REASONS: tuple[str, ...] = (
     RESTORE_STEP,
     RESTORED,
     RESTORE_ABORTED,
+    RESTORE_STALLED,
     ALL_TIERS_BREACHED,
     CAPACITY_INSUFFICIENT,
+    NO_READY_REPLICAS,
     METRICS_MISSING,
     METRICS_RESTORED,
     PINNED,
@@ -50,4 +63,7 @@ AUDIT_REASONS: tuple[str, ...] = (
     RESUMED,
     CREEP_BUDGET_EXCEEDED,
     CREEP_BUDGET_RECOVERED,
+    FROZEN,
+    UNFROZEN,
+    STATE_REPAIRED,
 )

@@ -1,6 +1,6 @@
 """The engine's memory between evaluations, and its status form.
 
-State lives in the FallbackPolicy's status, so an operator restart (or a new leader) loses nothing. It
+State lives in the FallbackPolicy's status, so an operator restart (or a new leader) resumes it. It
 holds only ints, strings, bools and tuples, times as integer epoch milliseconds: that makes the status
 form float-free (API conventions) and the round trip exact, so `decide` after a restart behaves exactly
 as it would have without one. Streaks are capped at the policy's thresholds so a steady situation does
@@ -26,6 +26,8 @@ class TierState:
     """The trigger that tripped the tier, kept to explain later moves away from it."""
     capacity_short: bool = False
     """A CapacityInsufficient episode is open for this tier."""
+    unready: bool = False
+    """A NoReadyReplicas episode is open for this tier."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,8 @@ class State:
     """The better tier being restored to, if a restore is under way."""
     restore_step: int = 0
     """Index into the policy's restore steps while restoring."""
+    restore_evidence: int = 0
+    """Requests credited to the current restore step, in thousandths (see `route.restore_evidence`)."""
     last_transition_ms: int | None = None
     last_evaluation_ms: int | None = None
     pinned_tier: str | None = None
@@ -57,6 +61,10 @@ class State:
     metrics_missing: bool = False
     creep_exceeded: bool = False
     creep_buckets: tuple[CreepBucket, ...] = ()
+    frozen: bool = False
+    """creep.action Freeze holds routing: the creep budget is exceeded."""
+    restore_stalled: bool = False
+    """A RestoreStalled episode is open: the current restore step has not advanced within the bound."""
 
 
 def initial_state(policy: Policy) -> State:
@@ -86,6 +94,12 @@ def state_to_status(state: State) -> dict[str, Any]:
     }
     if state.restore_tier is not None:
         status["restore"] = {"tier": state.restore_tier, "step": state.restore_step}
+        if state.restore_evidence:
+            status["restore"]["evidenceMilli"] = state.restore_evidence
+    if state.frozen:
+        status["frozen"] = True
+    if state.restore_stalled:
+        status["restoreStalled"] = True
     if state.last_transition_ms is not None:
         status["lastTransitionMs"] = state.last_transition_ms
     if state.last_evaluation_ms is not None:
@@ -96,7 +110,11 @@ def state_to_status(state: State) -> dict[str, Any]:
 
 
 def state_from_status(status: Mapping[str, Any]) -> State:
-    """Invert `state_to_status`; raises ValueError on a malformed dict so the shell can start afresh."""
+    """Invert `state_to_status` exactly; raises ValueError on a malformed dict.
+
+    For statuses this engine just wrote (round trips, benchmarks). A status read from the API server is
+    input anyone with `patch` on the status may have written: read it with `restore.restore_state`, which
+    checks every field against the policy and the clock and repairs instead of raising."""
     restore = status.get("restore")
     if restore is not None and not isinstance(restore, Mapping):
         raise ValueError("restore: expected an object")
@@ -108,6 +126,7 @@ def state_from_status(status: Mapping[str, Any]) -> State:
         tiers=tuple(_tier_from_status(t) for t in _list(status, "tiers")),
         restore_tier=None if restore is None else _str(restore, "tier"),
         restore_step=0 if restore is None else _int(restore, "step"),
+        restore_evidence=0 if restore is None else _opt_int(restore, "evidenceMilli") or 0,
         last_transition_ms=_opt_int(status, "lastTransitionMs"),
         last_evaluation_ms=_opt_int(status, "lastEvaluationMs"),
         pinned_tier=_opt_str(status, "pinnedTier"),
@@ -119,6 +138,8 @@ def state_from_status(status: Mapping[str, Any]) -> State:
             CreepBucket(_int(b, "bucket"), _int(b, "offPrimaryMs"), _int(b, "observedMs"))
             for b in _list(status, "creepBuckets")
         ),
+        frozen=_opt_bool(status, "frozen"),
+        restore_stalled=_opt_bool(status, "restoreStalled"),
     )
 
 
@@ -130,6 +151,8 @@ def _tier_to_status(t: TierState) -> dict[str, Any]:
         "tripped": t.tripped,
         "capacityShort": t.capacity_short,
     }
+    if t.unready:
+        d["unready"] = True
     if t.trip_trigger is not None:
         d["tripTrigger"] = t.trip_trigger
     return d
@@ -143,6 +166,7 @@ def _tier_from_status(d: Any) -> TierState:
         tripped=_bool(d, "tripped"),
         trip_trigger=_opt_str(d, "tripTrigger"),
         capacity_short=_bool(d, "capacityShort"),
+        unready=_opt_bool(d, "unready"),
     )
 
 
@@ -179,6 +203,11 @@ def _bool(d: Any, key: str) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"{key}: expected a boolean, got {v!r}")
     return v
+
+
+def _opt_bool(d: Mapping[str, Any], key: str) -> bool:
+    """A flag added after the first release: absent in statuses written before it, and then False."""
+    return _bool(d, key) if d.get(key) is not None else False
 
 
 def _list(d: Any, key: str) -> list[Any]:

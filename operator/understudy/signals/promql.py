@@ -18,7 +18,8 @@ exact (namespace, workload), so the extra series are harmless.
 
 Missing data is never read as zero: an absent series, NaN, or a failed query is MISSING. Fewer requests in
 the window than the trigger's minimum is INSUFFICIENT, and so is a running workload that has no request
-series yet (see `_unseen_but_running`).
+series yet (see `_unseen_but_running`); an INSUFFICIENT reading carries the window's request count (0 for
+a workload without series) and the value those few requests gave, if any.
 """
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ from string import Template
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 from understudy.engine.model import (
-    INSUFFICIENT,
     MISSING,
     Policy,
     Reading,
@@ -383,9 +383,10 @@ def map_results(
                 return MISSING
             count = lookup(b.count_query, b.labels, b.series)
             if count is None:
-                return INSUFFICIENT if _unseen_but_running(results[b.count_query], b.series, ready) else MISSING
+                unseen = _unseen_but_running(results[b.count_query], b.series, ready)
+                return Reading.insufficient(0.0) if unseen else MISSING
             if count < b.min_requests:
-                return INSUFFICIENT
+                return Reading.insufficient(count, lookup(b.query, b.labels, b.series))
         value = lookup(b.query, b.labels, b.series)
         return MISSING if value is None else Reading.ok(value)
 

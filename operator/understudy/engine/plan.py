@@ -1,0 +1,87 @@
+"""What `decide` needs from a policy, validated and precomputed once per Policy object."""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Mapping
+
+from understudy.engine.model import Policy, Trigger
+
+CREEP_BUCKETS = 48
+"""Slices of the creep window kept in state: bounds the status size whatever the window's length."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    names: tuple[str, ...]
+    index: Mapping[str, int]
+    triggers: tuple[tuple[Trigger, ...], ...]
+    """Per tier, the triggers that apply to it."""
+    thresholds: Mapping[str, float]
+    steps: tuple[int, ...]
+    last_resort: int
+    dwell_ms: int
+    stall_ms: int
+    credit_cap_ms: int
+    bucket_ms: int
+    window_ms: int
+    """The creep window."""
+    rate_window_ms: int
+    """The rate() window request counts cover (evaluation.window)."""
+
+
+_plans: dict[int, tuple[weakref.ref[Policy], Plan]] = {}
+
+
+def plan_for(policy: Policy) -> Plan:
+    """Validated and precomputed once per Policy object, found by identity.
+
+    A policy value only changes with its spec, and callers keep one object per spec. A cache keyed by
+    value would hash the whole policy on every evaluation, and a bounded one would thrash at thousands
+    of policies; an entry here lives exactly as long as its policy.
+    """
+    key = id(policy)
+    cached = _plans.get(key)
+    if cached is not None and cached[0]() is policy:
+        return cached[1]
+    plan = _make_plan(policy)
+    _plans[key] = (weakref.ref(policy, lambda _, key=key: _plans.pop(key, None)), plan)  # type: ignore[misc]
+    return plan
+
+
+def _make_plan(policy: Policy) -> Plan:
+    names = policy.tier_names
+    if not names:
+        raise ValueError("a policy needs at least the primary tier")
+    if len(set(names)) != len(names):
+        raise ValueError(f"tier names must be unique: {names}")
+    trigger_names = [t.name for t in policy.triggers]
+    if len(set(trigger_names)) != len(trigger_names):
+        raise ValueError(f"trigger names must be unique: {trigger_names}")
+    for label, value in (("pinned tier", policy.pinned_tier), ("whenAllBreached", policy.when_all_breached)):
+        if value is not None and value not in names:
+            raise ValueError(f"{label} {value!r} is not a tier of this policy")
+    if policy.trip_after < 1 or policy.recover_after < 1:
+        raise ValueError("tripAfter and recoverAfter must be at least 1")
+    if policy.min_dwell < 0 or policy.interval <= 0 or policy.creep_window <= 0 or policy.restore_stall_after <= 0:
+        raise ValueError("minDwell must be >= 0, interval, creep window and restoreStallAfter > 0")
+    steps = policy.restore_steps
+    if any(not 0 < s <= 100 for s in steps) or any(a >= b for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"restore steps must increase within 1..100: {steps}")
+    window_ms = round(policy.creep_window * 1000)
+    return Plan(
+        names=names,
+        index={n: i for i, n in enumerate(names)},
+        triggers=tuple(tuple(t for t in policy.triggers if t.applies(n)) for n in names),
+        thresholds={t.name: t.threshold for t in policy.triggers},
+        # A restore always ends with all traffic on the better tier, whether or not the spec says 100; where
+        # the routing cannot split traffic, a smaller step would send the better tier nothing to judge.
+        steps=(100,) if not policy.traffic_split else steps if steps and steps[-1] == 100 else (*steps, 100),
+        last_resort=len(names) - 1 if policy.when_all_breached is None else names.index(policy.when_all_breached),
+        dwell_ms=round(policy.min_dwell * 1000),
+        stall_ms=round(policy.restore_stall_after * 1000),
+        credit_cap_ms=round(2 * policy.interval * 1000),
+        bucket_ms=max(1, -(-window_ms // CREEP_BUCKETS)),
+        window_ms=window_ms,
+        rate_window_ms=max(1, round(policy.window * 1000)),
+    )
