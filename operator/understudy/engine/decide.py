@@ -81,11 +81,10 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
     prev = tuple(w for _, w in state.weights)
     audit: list[AuditRecord] = []
 
-    by = f" by {policy.override_by}" if policy.override_by else ""
-    if policy.paused and not state.paused:
-        audit.append(AuditRecord(reasons.PAUSED, f"routing frozen by spec.paused{by}"))
-    elif state.paused and not policy.paused:
-        audit.append(AuditRecord(reasons.RESUMED, f"routing resumed{by}"))
+    if policy.paused != state.paused:
+        by = f" by {policy.override_by}" if policy.override_by else ""
+        audit.append(AuditRecord(reasons.PAUSED, f"routing frozen by spec.paused{by}") if policy.paused
+                     else AuditRecord(reasons.RESUMED, f"routing resumed{by}"))
 
     evals = tuple([evaluate(triggers, samples.readings.get(n), share > 0)
                    for n, triggers, share in zip(names, plan.triggers, prev)])
