@@ -162,18 +162,17 @@ def test_approve_releases_a_held_restore(make_scenario: Callable[..., Scenario],
 
 
 def _viewer(sc: Scenario, tmp_path: Path) -> Path:
-    """A ServiceAccount that may read the policy, its Deployments and Events, and write nothing."""
+    """A ServiceAccount with the built-in `view` role and read access to FallbackPolicies (what the chart's
+    aggregation adds to `view`): it may read everything the plugin reads, and write nothing."""
     core, rbac = client.CoreV1Api(sc.api), client.RbacAuthorizationV1Api(sc.api)
     core.create_namespaced_service_account(sc.namespace, {"metadata": {"name": "viewer"}})
-    rbac.create_namespaced_role(sc.namespace, {"metadata": {"name": "viewer"}, "rules": [
-        {"apiGroups": ["understudy.dev"], "resources": ["fallbackpolicies"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch"]},
-    ]})
-    rbac.create_namespaced_role_binding(sc.namespace, {
-        "metadata": {"name": "viewer"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "viewer"},
-        "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": sc.namespace}]})
+    rbac.create_namespaced_role(sc.namespace, {"metadata": {"name": "read-fallbackpolicies"}, "rules": [
+        {"apiGroups": ["understudy.dev"], "resources": ["fallbackpolicies"], "verbs": ["get", "list", "watch"]}]})
+    for kind, role in (("ClusterRole", "view"), ("Role", "read-fallbackpolicies")):
+        rbac.create_namespaced_role_binding(sc.namespace, {
+            "metadata": {"name": f"viewer-{role}"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": sc.namespace}]})
     return write_service_account_kubeconfig(sc.cp, sc.namespace, "viewer", tmp_path / "viewer")
 
 

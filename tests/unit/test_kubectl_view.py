@@ -2,14 +2,33 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
-from tests.unit.kubectl_cases import EVENTS, FALLBACK_ENTRY, FELL_BACK, MS, NOW, TRIPPED, event, policy, tier
+from tests.unit.kubectl_cases import (
+    EVENTS,
+    FALLBACK_ENTRY,
+    FELL_BACK,
+    MS,
+    NOW,
+    TRIPPED,
+    deployments,
+    event,
+    policy,
+    tier,
+)
 from tests.unit.test_kubectl_render import build
 from understudy.kubectl import render, timeline, view
-from understudy.kubectl.client import Refused
-from understudy.kubectl.command import build_parser, held_restore, override_warnings, style_for
+from understudy.kubectl.client import Cluster, Refused, Source
+from understudy.kubectl.command import (
+    build_parser,
+    held_restore,
+    json_frame,
+    override_warnings,
+    style_for,
+    text_frame,
+)
 
 
 def test_an_event_note_splits_into_its_sentence_and_its_facts() -> None:
@@ -108,3 +127,46 @@ def test_an_override_that_cannot_act_yet_says_so() -> None:
         "mode is Observe: the operator decides and audits but changes no routing",
         "the policy is paused: the pin takes effect once it is resumed"]
     assert override_warnings({"spec": {"override": {"pinTier": "a"}}}) == []
+
+
+def sources(*policies: dict, events: list | None = None) -> dict[str, Source]:
+    """The three lists as a watch keeps them (filled here instead of by the API server)."""
+    def held(items: list[dict]) -> Source:
+        source = Source(call=list, args=(), selectors={})
+        source.items = {str(i): item for i, item in enumerate(items)}
+        source.listed = True
+        return source
+    return {"policies": held(list(policies)), "deployments": held(list(deployments().values())),
+            "events": held(EVENTS if events is None else events)}
+
+
+def test_get_without_a_name_draws_a_tree_per_policy_and_says_which_cannot_be_read() -> None:
+    other = policy(active="primary", shares=(100, 0, 0), history=[])
+    other["metadata"] = {**other["metadata"], "name": "ranker", "uid": "uid-2"}
+    broken = policy()
+    broken["metadata"] = {**broken["metadata"], "name": "broken", "uid": "uid-3"}
+    broken["spec"]["triggers"] = []
+    cluster = Cluster(api=None, namespace="ml")
+    text = text_frame(cluster, None, render.PLAIN)(sources(policy(), other, broken), NOW)
+    assert [line for line in text.splitlines() if line.startswith(("FallbackPolicy", "  Serving"))] == [
+        "FallbackPolicy ml/broken: its spec is not valid: spec.triggers: List should have at least 1 item after "
+        "validation, not 0",
+        "FallbackPolicy ml/ranker  mode Enforce",
+        "  Serving     primary 100% since 2026-12-01T10:02:03Z (2m10s ago)",
+        "FallbackPolicy ml/recommender  mode Enforce",
+        "  Serving     distilled 100% since 2026-12-01T10:02:03Z (2m10s ago)"]
+    assert "  TierTripped" not in text.split("FallbackPolicy ml/ranker")[1].split("FallbackPolicy")[0]
+    assert text_frame(cluster, "gone", render.PLAIN)(sources(), NOW) == "fallbackpolicy ml/gone not found\n"
+    assert text_frame(cluster, None, render.PLAIN)(sources(), NOW) == "no FallbackPolicy in namespace ml\n"
+    assert json.loads(json_frame("recommender")(sources(policy()), NOW))["activeTier"] == "distilled"
+    listed = json.loads(json_frame(None)(sources(policy(), broken), NOW))
+    assert listed[0] == {"error": "FallbackPolicy ml/broken: its spec is not valid: spec.triggers: List should have "
+                                  "at least 1 item after validation, not 0"}
+    assert listed[1]["name"] == "recommender"
+
+
+def test_a_source_that_cannot_be_read_is_named_on_screen() -> None:
+    held = sources(policy())
+    held["events"].error = "the API server refused (403 Forbidden): events is forbidden"
+    assert text_frame(Cluster(None, "ml"), "recommender", render.PLAIN)(held, NOW).endswith(
+        "(events: the API server refused (403 Forbidden): events is forbidden; retrying)\n")

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from pydantic import ValidationError
 
 from understudy.api.convert import to_engine_policy
-from understudy.api.errors import describe
+from understudy.api.errors import field_path
 from understudy.api.models import FallbackPolicySpec, Trigger
 from understudy.audit.reasons import TRANSITION_REASONS
 from understudy.engine import PRIMARY, Policy, RestoreApproval, restore_state
@@ -127,7 +127,8 @@ def engine_policy(spec: Mapping[str, Any]) -> tuple[FallbackPolicySpec, Policy]:
     try:
         validated = FallbackPolicySpec.model_validate(spec)
     except ValidationError as error:
-        raise PolicyUnreadable("; ".join(describe(error))) from None
+        raise PolicyUnreadable("; ".join(f"{field_path(('spec', *e['loc']))}: {e['msg']}"
+                                         for e in error.errors(include_url=False))) from None
     return validated, to_engine_policy(validated)
 
 
