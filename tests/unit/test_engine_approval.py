@@ -78,6 +78,8 @@ def test_a_relapse_ends_the_hold_and_the_next_restore_needs_a_new_approval() -> 
     steps = run(MANUAL, 0, 600, relapse, policy_at=lambda t: approved(70.0) if t >= 230 else MANUAL)
     ended = first_with(steps, "RestoreNoLongerDue")
     assert ended.t == 205 and ended.reasons == ("TierTripped", "RestoreNoLongerDue")
+    record = ended.decision.audit[1]
+    assert (record.tier, record.from_tier, record.to_tier) == ("primary", "distilled", "distilled")  # no move
     assert ended.decision.audit[1].message == (
         "the restore to primary held since 1970-01-01T00:01:10Z is no longer due (primary: p99 400 above 250); "
         "a later restore waits for a new approval")

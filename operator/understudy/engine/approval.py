@@ -59,6 +59,6 @@ def end_hold(plan: Plan, routing: Routing, why: str) -> None:
         reasons.RESTORE_NO_LONGER_DUE,
         f"the restore to {names[routing.held]} held since {to_rfc3339(routing.held_since_ms)} is no longer due "
         f"({why}); a later restore waits for a new approval",
-        tier=names[routing.held],
+        tier=names[routing.held], from_tier=names[routing.active], to_tier=names[routing.active],
     ))
     routing.held = routing.held_since_ms = None
