@@ -125,8 +125,11 @@ def test_colour_on_a_terminal_only_and_never_with_no_color(monkeypatch: pytest.M
 def test_an_override_that_cannot_act_yet_says_so() -> None:
     assert override_warnings({"spec": {"mode": "Observe", "override": {"pinTier": "a", "paused": True}}}) == [
         "mode is Observe: the operator decides and audits but changes no routing",
-        "the policy is paused: the pin takes effect once it is resumed"]
+        "the policy is paused: the pin or approval takes effect once it is resumed"]
     assert override_warnings({"spec": {"override": {"pinTier": "a"}}}) == []
+    assert override_warnings({"spec": {"override": {"restoreApprovedAt": "2026-12-01T10:02:13Z"}},
+                              "status": {"engine": {"frozen": True}}}) == [
+        "creep.action Freeze holds routing: the restore starts once the freeze ends"]
 
 
 def sources(*policies: dict, events: list | None = None) -> dict[str, Source]:

@@ -183,10 +183,12 @@ def run_override(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int
 def run_approve(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int:
     tier, approved_at = held_restore(cluster.get_policy(args.name))
     by = cluster.whoami()
-    cluster.patch_override(args.name, {"restoreApprovedAt": approved_at, "by": by})
+    updated = cluster.patch_override(args.name, {"restoreApprovedAt": approved_at, "by": by})
     who = f" (by {by})" if by else ""
     out.write(f"fallbackpolicy {cluster.namespace}/{args.name}: approved the restore to {tier} held since "
               f"{approved_at}{who}; the operator starts it at its next evaluation\n")
+    for warning in override_warnings(updated):
+        out.write(f"note: {warning}\n")
     return 0
 
 
@@ -226,13 +228,16 @@ def build_or_refuse(obj: dict[str, Any], deployments: dict[str, dict[str, Any]],
 
 
 def override_warnings(obj: dict[str, Any]) -> list[str]:
+    """What keeps a written override from acting at once."""
     spec = obj.get("spec") or {}
     override = spec.get("override") or {}
     notes = []
     if spec.get("mode") == "Observe":
         notes.append("mode is Observe: the operator decides and audits but changes no routing")
-    if override.get("paused") and override.get("pinTier"):
-        notes.append("the policy is paused: the pin takes effect once it is resumed")
+    if override.get("paused") and (override.get("pinTier") or override.get("restoreApprovedAt")):
+        notes.append("the policy is paused: the pin or approval takes effect once it is resumed")
+    if ((obj.get("status") or {}).get("engine") or {}).get("frozen") and override.get("restoreApprovedAt"):
+        notes.append("creep.action Freeze holds routing: the restore starts once the freeze ends")
     return notes
 
 
