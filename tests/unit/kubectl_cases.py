@@ -33,7 +33,8 @@ def condition(kind: str, status: str, reason: str, since: str = "2026-12-01T10:0
 
 def tier(name: str, breach: int = 0, clear: int = 3, tripped: bool = False, trigger: str | None = None,
          **extra: Any) -> dict[str, Any]:
-    d = {"name": name, "breachStreak": breach, "clearStreak": clear, "tripped": tripped, "capacityShort": False, **extra}
+    d = {"name": name, "breachStreak": breach, "clearStreak": clear, "tripped": tripped, "capacityShort": False,
+         **extra}
     return d | ({"tripTrigger": trigger} if trigger else {})
 
 

@@ -39,7 +39,8 @@ Recent transitions
 """
 
 
-def build(obj: dict | None = None, events: list | None = None, ready: int = 2, **missing: tuple[str, ...]) -> PolicyView:
+def build(obj: dict | None = None, events: list | None = None, ready: int = 2,
+          **missing: tuple[str, ...]) -> PolicyView:
     return view.build(obj or policy(), deployments(ready, missing.get("missing", ())),
                       EVENTS if events is None else events, NOW)
 
@@ -54,12 +55,14 @@ def test_on_a_terminal_the_same_words_with_colour_and_symbols() -> None:
     assert lines[2] == "  Cause       \x1b[31mprimary tripped on p99-latency (2412ms, above 1s)\x1b[0m"
     assert lines[4] == ("  Conditions  \x1b[32mReady=True\x1b[0m  \x1b[33mFallbackActive=True\x1b[0m"
                         "  \x1b[32mMetricsAvailable=True\x1b[0m  \x1b[32mCreepBudgetExceeded=False\x1b[0m")
-    assert lines[7] == "├─ primary           \x1b[2m0%\x1b[0m  2/2 ready  \x1b[31m✖ tripped\x1b[0m  breach 2/2  clear 0/3"
+    assert lines[7] == ("├─ primary           \x1b[2m0%\x1b[0m  2/2 ready  \x1b[31m✖ tripped\x1b[0m  breach 2/2  "
+                        "clear 0/3")
     assert lines[8] == ("│  ├─ p99-latency  above 1s   \x1b[31m✖ breached\x1b[0m  \x1b[31m2412ms\x1b[0m  "
                         "\x1b[2mTierTripped 2m10s ago\x1b[0m")
     assert lines[10] == ("├─ distilled       \x1b[1;36m100%\x1b[0m  2/2 ready  \x1b[32m✔ healthy\x1b[0m  breach 0/2  "
                          "clear 3/3  \x1b[1;36m● active\x1b[0m")
-    assert lines[13] == "└─ popular-items     \x1b[2m0%\x1b[0m  2/2 ready  \x1b[32m✔ healthy\x1b[0m  breach 0/2  clear 3/3"
+    assert lines[13] == ("└─ popular-items     \x1b[2m0%\x1b[0m  2/2 ready  \x1b[32m✔ healthy\x1b[0m  breach 0/2  "
+                         "clear 3/3")
 
 
 def test_a_restore_under_way_and_a_restore_held_for_approval() -> None:

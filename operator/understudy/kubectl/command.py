@@ -85,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---- reading ----------------------------------------------------------------------------------------------
 
 
-def snapshot(sources: dict[str, Source]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[dict[str, Any]]]:
+Objects = tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[dict[str, Any]]]
+"""The policies (by name), the Deployments (by their name) and the Events a view is built from."""
+
+
+def snapshot(sources: dict[str, Source]) -> Objects:
     policies = sorted(sources["policies"].snapshot(), key=lambda o: str((o.get("metadata") or {}).get("name")))
     deployments = {str((d.get("metadata") or {}).get("name")): d for d in sources["deployments"].snapshot()}
     return policies, deployments, sources["events"].snapshot()

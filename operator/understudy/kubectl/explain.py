@@ -117,8 +117,9 @@ def _return(view: PolicyView, now: float) -> list[str]:
     if target.tripped:
         remaining = max(view.recover_after - target.clear_streak, 0)
         wait = remaining * view.interval
+        needed = span(view.recover_after * view.interval)
         out.append(f"{target.name} must read clear for {view.recover_after} evaluations in a row (recoverAfter "
-                   f"{view.recover_after} x interval {span(view.interval)} = {span(view.recover_after * view.interval)}); "
+                   f"{view.recover_after} x interval {span(view.interval)} = {needed}); "
                    f"it has {target.clear_streak} so far.")
     elif unfit(target):
         out.append(f"{target.name} {unfit(target)}, which must change first.")
