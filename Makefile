@@ -8,7 +8,7 @@ export UNDERSTUDY_CACHE ?= $(HOME)/.cache/understudy
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 IMAGE ?= understudy:$(VERSION)
 
-.PHONY: test demo bench venv system-deps binaries cluster-up cluster-down lint release-check docs image clean
+.PHONY: test demo record bench venv system-deps binaries cluster-up cluster-down lint release-check docs image clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ image:
 
 demo: venv system-deps binaries
 	$(BIN)/python -m e2e.demo
+
+# A terminal session of `kubectl understudy get --watch` through a failover, captured with tmux into
+# docs/recordings/get-watch.md and the README.
+record: venv system-deps binaries
+	$(BIN)/python -m e2e.record_watch
 
 bench: venv system-deps binaries
 	$(BIN)/python -m e2e.bench

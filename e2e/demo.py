@@ -7,12 +7,14 @@ the audit trail as `kubectl events` shows it, and stops everything it started.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from e2e.harness.cluster import ControlPlane
 from e2e.harness.prometheus import PrometheusServer
@@ -61,6 +63,23 @@ class Timeline:
         self._thread.join(timeout=5)
 
 
+@contextlib.contextmanager
+def recommender(prefix: str) -> Iterator[tuple[ControlPlane, Scenario]]:
+    """A local control plane and Prometheus with the CRD, namespace ml and the recommender's three tiers (no
+    traffic or operator yet); everything is stopped on the way out."""
+    print("Starting a local control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK) ...")
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, ControlPlane(nodes=1) as cp, \
+            PrometheusServer() as prometheus:
+        cp.run_kubectl("apply", "--server-side", "-f", str(CRD))
+        cp.run_kubectl("wait", "--for=condition=Established", "crd/fallbackpolicies.understudy.dev")
+        cp.run_kubectl("create", "namespace", NAMESPACE)
+        print(f"  control plane ready in {cp.startup_seconds:.1f}s; Prometheus at {prometheus.url}")
+        print("Deploying three model tiers (a random forest, a logistic regression, a popularity baseline) ...")
+        with contextlib.closing(cp.api_client()) as api, Scenario(cp, prometheus, NAMESPACE, api, "istio",
+                                                                  Path(tmp)) as sc:
+            yield cp, sc
+
+
 def run_story(sc: Scenario, spike_seconds: float) -> None:
     """A latency spike on the primary, held for a while, then recovery; narrated by a Timeline."""
     with Timeline(sc) as timeline:
@@ -83,37 +102,27 @@ def main() -> int:
     parser.add_argument("--spike-seconds", type=float, default=25.0)
     args = parser.parse_args()
 
-    print("Starting a local control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK) ...")
-    with tempfile.TemporaryDirectory(prefix="understudy-demo-") as tmp, ControlPlane(nodes=1) as cp, \
-            PrometheusServer() as prometheus:
-        cp.run_kubectl("apply", "--server-side", "-f", str(CRD))
-        cp.run_kubectl("wait", "--for=condition=Established", "crd/fallbackpolicies.understudy.dev")
-        cp.run_kubectl("create", "namespace", NAMESPACE)
-        api = cp.api_client()
-        print(f"  control plane ready in {cp.startup_seconds:.1f}s; Prometheus at {prometheus.url}")
-        print("Deploying three model tiers (a random forest, a logistic regression, a popularity baseline) ...")
-        with Scenario(cp, prometheus, NAMESPACE, api, "istio", Path(tmp)) as sc:
-            sc.start_traffic(rate=30, duration=600)
-            sc.start_operator()
-            policy = sc.policy(evaluation={"recoverAfter": 5, "restoreSteps": [10, 50, 100], "minDwell": "4s"})
-            sc.apply_policy(policy)
-            print("Applied FallbackPolicy ml/recommender: p99 latency above 1s or errors above 10% trip a tier.")
-            print()
-            try:
-                run_story(sc, args.spike_seconds)
-            except AssertionError as err:
-                print(f"\nThe demo did not go as expected: {err}\n--- operator log ---\n{sc.operator_logs()}")
-                return 1
-            print()
-            print("$ kubectl get fallbackpolicies -n ml")
-            print(cp.run_kubectl("get", "fallbackpolicies", "-n", NAMESPACE).stdout)
-            print("$ kubectl events -n ml --for fallbackpolicy/recommender")
-            print(cp.run_kubectl("events", "-n", NAMESPACE, "--for", "fallbackpolicy/recommender").stdout)
-            assert sc.traffic is not None
-            stats = sc.traffic.stats()
-            print(f"Traffic: {stats.total} requests; per tier: "
-                  + ", ".join(f"{k}={v}" for k, v in sorted(stats.sent.items())))
-        api.close()
+    with recommender("understudy-demo-") as (cp, sc):
+        sc.start_traffic(rate=30, duration=600)
+        sc.start_operator()
+        policy = sc.policy(evaluation={"recoverAfter": 5, "restoreSteps": [10, 50, 100], "minDwell": "4s"})
+        sc.apply_policy(policy)
+        print("Applied FallbackPolicy ml/recommender: p99 latency above 1s or errors above 10% trip a tier.")
+        print()
+        try:
+            run_story(sc, args.spike_seconds)
+        except AssertionError as err:
+            print(f"\nThe demo did not go as expected: {err}\n--- operator log ---\n{sc.operator_logs()}")
+            return 1
+        print()
+        print("$ kubectl get fallbackpolicies -n ml")
+        print(cp.run_kubectl("get", "fallbackpolicies", "-n", NAMESPACE).stdout)
+        print("$ kubectl events -n ml --for fallbackpolicy/recommender")
+        print(cp.run_kubectl("events", "-n", NAMESPACE, "--for", "fallbackpolicy/recommender").stdout)
+        assert sc.traffic is not None
+        stats = sc.traffic.stats()
+        print(f"Traffic: {stats.total} requests; per tier: "
+              + ", ".join(f"{k}={v}" for k, v in sorted(stats.sent.items())))
     print("Stopped everything the demo started.")
     return 0
 

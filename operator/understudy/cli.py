@@ -81,6 +81,9 @@ def add_backtest(subparsers: Subparsers) -> None:
     parser.add_argument("-n", "--namespace", help="the policy's namespace (default: its metadata, else default)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--plot", metavar="PNG", help="also draw signals, thresholds and active tier to PNG")
+    parser.add_argument("--approval-delay", default="0s", metavar="DURATION",
+                        help="with evaluation.restoreApproval Manual: how long after a restore falls due a person "
+                             "is taken to approve it (default: 0s, at once)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="timeout of each Prometheus request (default: 30)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress display on stderr")

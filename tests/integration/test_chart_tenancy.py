@@ -12,6 +12,7 @@ import copy
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,6 +192,37 @@ def test_status_is_written_by_the_operator_alone(shared: dict[str, Tenant], kube
     listed = erin.kubectl("get", "fbp", "recommender", "-o", "jsonpath={.status.activeTier}")
     assert listed.returncode == 0 and listed.stdout == "primary", listed.stderr
     assert not admitted(erin.create(policy("viewers-cannot-write", routing=SERVICE)))
+
+
+def test_an_override_names_its_author_as_the_api_server_authenticated_it(
+        shared: dict[str, Tenant], kube_api: client.ApiClient, other_namespace: str) -> None:
+    alice = shared["alice"]
+    assert admitted(alice.create(policy("recommender", routing=ROUTES)))
+
+    def override(**fields: Any) -> subprocess.CompletedProcess[str]:
+        return alice.kubectl("patch", "fbp", "recommender", "--type=merge",
+                             "-p", json.dumps({"spec": {"override": fields}}))
+
+    refused = wait_for("the override-author policy in force", lambda: (
+        r := override(pinTier="distilled", by="ml-lead@example.com")).returncode != 0 and r)
+    assert (f"spec.override.by names ml-lead@example.com, but {alice.user} wrote this override: name yourself "
+            "(kubectl understudy does) or leave by out") in refused.stderr, refused.stderr
+    assert admitted(override(pinTier="distilled", by=alice.user))
+    assert admitted(override(pinTier=None, by=None))  # no name at all is no false name
+
+    # The plugin names its user from the API server's own answer (SelfSubjectReview), which passes.
+    plugin = Path(sys.executable).parent / "kubectl-understudy"
+    paused = subprocess.run([str(plugin), "pause", "recommender", "-n", other_namespace, "--kubeconfig",
+                             str(alice.kubeconfig)], capture_output=True, text=True, timeout=60)
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout == (f"fallbackpolicy {other_namespace}/recommender paused: routing stays as it is and no "
+                             f"Deployment is changed (by {alice.user})\n")
+    stored = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(GROUP, VERSION, other_namespace, PLURAL,
+                                                                            "recommender")
+    assert stored["spec"]["override"] == {"paused": True, "by": alice.user}
+    # An edit that leaves the override alone is not the override's author's business.
+    client.CustomObjectsApi(kube_api).patch_namespaced_custom_object(
+        GROUP, VERSION, other_namespace, PLURAL, "recommender", {"spec": {"creep": {"maxFallbackRatio": "0.2"}}})
 
 
 def readme_quota() -> dict[str, Any]:

@@ -90,3 +90,10 @@ def test_capacities_convert_to_requests_per_second() -> None:
         "distilled": TierCapacity(0.2, scale_on_activate=True, max_replicas=40)}
     assert to_engine_capacities(spec_of("capacity-check-only").spec) == {"distilled": TierCapacity(40.0)}
     assert to_engine_capacities(spec_of("minimal-service-routing").spec) == {}
+
+
+def test_manual_restore_approval_and_its_author_reach_the_engine() -> None:
+    policy = to_engine_policy(spec_of("manual-restore-approval").spec)
+    assert policy.restore_approval is engine.RestoreApproval.MANUAL
+    assert policy.restore_approved_at == 1_796_119_323.0  # 2026-12-01T10:02:03Z
+    assert policy.override_by == "system:serviceaccount:ml:on-call"

@@ -13,7 +13,7 @@ from understudy.backtest.replay import Replay, replay, summarise
 from understudy.cli import backtest, build_parser
 from tests.corpus import VALID
 from tests.unit.test_backtest_replay import POLICY, STEP, T0, history
-from understudy.engine import CreepAction
+from understudy.engine import CreepAction, RestoreApproval
 from understudy.engine.drills import Drill
 from understudy.engine.governance import TierCapacity
 
@@ -80,6 +80,18 @@ def test_table_and_json_report_what_governance_would_have_done() -> None:
     assert report["drills"] == {"Skipped": 2}
 
 
+def test_table_and_json_list_the_approvals_a_manual_policy_needed() -> None:
+    manual = replace(POLICY, restore_approval=RestoreApproval.MANUAL)
+    quiet = table(summarise(replay(manual, history(10), STEP)), CONTEXT)
+    assert "  drills       none\n  approvals    none\n" in quiet
+    assert "approvals" not in table(summarise(replay(POLICY, history(10), STEP)), CONTEXT)
+    summary = summarise(replay(manual, history(100, slow=set(range(20, 40))), STEP, approval_delay=60.0))
+    assert (f"  approvals    1: restore to primary held at {when(T0 + 45 * STEP)}, approved at "
+            f"{when(T0 + 57 * STEP)}\n") in table(summary, CONTEXT)
+    assert to_json(summary, CONTEXT)["governance"]["approvals"] == [
+        {"heldAt": when(T0 + 45 * STEP), "tier": "primary", "approvedAt": when(T0 + 57 * STEP)}]
+
+
 def test_json_is_complete_and_serialisable(spike: Replay) -> None:
     report = json.loads(json.dumps(to_json(summarise(spike), CONTEXT)))
     assert report["policy"] == {"namespace": "ml", "name": "recommender"}
@@ -131,6 +143,9 @@ def test_refusals_exit_2_before_any_query(tmp_path: Path, capsys: pytest.Capture
     status, err = run(tmp_path, valid, "--prometheus", "http://127.0.0.1:9", "--start", "-1h", "--end", "-2h",
                       capsys=capsys)
     assert status == 2 and "before its start" in err
+    status, err = run(tmp_path, valid, "--prometheus", "http://127.0.0.1:9", "--since", "1h", "--approval-delay",
+                      "soon", capsys=capsys)
+    assert status == 2 and "not a duration: 'soon'" in err
     status, err = run(tmp_path, "apiVersion: v1\nkind: ConfigMap\n", "--since", "1h", capsys=capsys)
     assert status == 2 and "expected exactly one FallbackPolicy" in err
     broken = valid.replace('belowRatio: "0.5"', 'belowRatio: "most"')

@@ -5,7 +5,15 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 
 from understudy.backtest.cluster import Step, assumptions
-from understudy.backtest.replay import Event, TierTime, TriggerCount, backtest_policy, replay, summarise
+from understudy.backtest.replay import (
+    Approval,
+    Event,
+    TierTime,
+    TriggerCount,
+    backtest_policy,
+    replay,
+    summarise,
+)
 from understudy.engine import (
     INSUFFICIENT,
     MISSING,
@@ -15,6 +23,7 @@ from understudy.engine import (
     Mode,
     Policy,
     Reading,
+    RestoreApproval,
     Samples,
     SignalKind,
     Tier,
@@ -257,3 +266,31 @@ def test_assumptions_are_stated_for_what_the_policy_governs() -> None:
     assert "revision 1 known-good when the range began" in notes[0]
     assert "scale-ups are assumed to succeed at once" in notes[1]
     assert "changes no signal" in notes[-1]
+
+
+# -- manual restore approval ---------------------------------------------------------------------------------
+
+MANUAL = replace(POLICY, restore_approval=RestoreApproval.MANUAL)
+
+
+def test_a_manual_policy_shows_where_approvals_were_needed_and_what_waiting_costs() -> None:
+    # slow from step 20 to 39: the fallback at 21, the primary recovered at 45, when the restore falls due
+    policy, notes = backtest_policy(replace(MANUAL, restore_approved_at=T0, override_by="alice"), STEP, 60.0)
+    assert policy.restore_approved_at is None and policy.override_by is None
+    assert notes == ("restoreApproval Manual: each held restore is taken as approved 60s after it fell due "
+                     "(--approval-delay), so it starts at the first step from then; 'approvals' lists them",)
+    at_once = summarise(replay(policy, history(100, slow=set(range(20, 40))), STEP))
+    assert at_once.manual_approval
+    assert at_once.approvals == (Approval(T0 + 45 * STEP, "primary", T0 + 46 * STEP),)
+    assert times(at_once.timeline, "RestoreApproved") == [46] and times(at_once.timeline, "RestoreStep")[0] == 46
+    waiting = summarise(replay(policy, history(100, slow=set(range(20, 40))), STEP, approval_delay=60.0))
+    assert waiting.approvals == (Approval(T0 + 45 * STEP, "primary", T0 + 57 * STEP),)
+    assert waiting.tiers[1].traffic_seconds > at_once.tiers[1].traffic_seconds + 50
+
+
+def test_a_hold_that_ends_before_its_approval_is_listed_as_not_approved() -> None:
+    # the primary recovers at 45, is held, and trips again at 51 before a 60 s approval could come
+    summary = summarise(replay(MANUAL, history(100, slow=set(range(20, 40)) | set(range(50, 100))), STEP,
+                               approval_delay=60.0))
+    assert summary.approvals == (Approval(T0 + 45 * STEP, "primary", None),)
+    assert times(summary.timeline, "RestoreNoLongerDue") == [51]

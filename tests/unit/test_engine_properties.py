@@ -21,6 +21,7 @@ from understudy.engine import (
     Policy,
     Reading,
     ReadingStatus,
+    RestoreApproval,
     Samples,
     SignalKind,
     State,
@@ -56,7 +57,8 @@ def triggers(draw: st.DrawFn, tiers: tuple[str, ...]) -> tuple[Trigger, ...]:
 
 @st.composite
 def policies(draw: st.DrawFn, overrides: bool = False) -> Policy:
-    """Random valid policies; pins and pauses only when `overrides`, since they may move at once."""
+    """Random valid policies; pins and pauses only when `overrides`, since they may move at once. Restores
+    need an approval in some (a given one, at a random time, or none)."""
     tiers = NAMES[: draw(st.integers(1, 4))]
     steps = tuple(sorted(draw(st.sets(st.integers(1, 100), min_size=1, max_size=4))))
     return Policy(
@@ -73,6 +75,9 @@ def policies(draw: st.DrawFn, overrides: bool = False) -> Policy:
         creep_window=draw(st.sampled_from([60.0, 600.0, 86400.0])),
         pinned_tier=draw(st.one_of(st.none(), st.sampled_from(tiers))) if overrides else None,
         paused=draw(st.booleans()) if overrides else False,
+        restore_approval=draw(st.sampled_from(list(RestoreApproval))),
+        restore_approved_at=draw(st.one_of(st.none(), st.integers(0, 12_000).map(lambda s: START + s))),
+        override_by=draw(st.sampled_from([None, "alice"])),
     )
 
 

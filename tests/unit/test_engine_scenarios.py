@@ -531,7 +531,7 @@ def test_status_form_has_no_floats_and_camel_case_keys() -> None:
 
 
 def test_every_emitted_reason_is_listed() -> None:
-    assert len(set(AUDIT_REASONS)) == 21
+    assert len(set(AUDIT_REASONS)) == 24
     assert all(r[0].isupper() and r.isalnum() for r in AUDIT_REASONS)
 
 

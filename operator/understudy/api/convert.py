@@ -38,6 +38,9 @@ def to_engine_policy(spec: FallbackPolicySpec) -> engine.Policy:
         creep_action=engine.CreepAction(creep.action.value),
         pinned_tier=override.pin_tier if override else None,
         paused=override.paused if override else False,
+        restore_approval=evaluation.restore_approval,
+        restore_approved_at=override.restore_approved_seconds if override else None,
+        override_by=override.by if override else None,
     )
 
 

@@ -17,7 +17,8 @@ from pydantic_core import PydanticCustomError
 
 from understudy.api.durations import parse_duration
 from understudy.engine.governance_state import MAX_REPLICAS, Phase
-from understudy.engine.model import PRIMARY, CreepAction, Mode
+from understudy.engine.model import PRIMARY, CreepAction, Mode, RestoreApproval
+from understudy.engine.times import from_rfc3339
 from understudy.engine.model import MissingData as OnMissingData
 from understudy.signals.confine import PromQLError, check_syntax
 
@@ -108,6 +109,15 @@ def _promql(value: str) -> str:
         check_syntax(value)
     except PromQLError as error:
         raise rule_error(str(error)) from None
+    return value
+
+
+def _date_time(value: str) -> str:
+    """The CRD's `format: date-time`: RFC 3339 with a UTC offset, such as "2026-12-01T10:02:03Z"."""
+    try:
+        from_rfc3339(value)
+    except ValueError:
+        raise rule_error(f"must be an RFC 3339 time such as \"2026-12-01T10:02:03Z\", not {value!r}") from None
     return value
 
 
@@ -329,6 +339,7 @@ class Evaluation(_Spec):
     restore_stall_after: PositiveDuration = "10m"
     on_missing_data: OnMissingData = OnMissingData.HOLD
     when_all_breached: TierName | None = None
+    restore_approval: RestoreApproval = RestoreApproval.AUTOMATIC
 
     @model_validator(mode="after")
     def _ordering(self) -> Evaluation:
@@ -372,6 +383,13 @@ class Drill(_Spec):
 class Override(_Spec):
     pin_tier: TierName | None = None
     paused: bool = False
+    restore_approved_at: Annotated[str, AfterValidator(_date_time)] | None = None
+    by: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+
+    @property
+    def restore_approved_seconds(self) -> float | None:
+        """restoreApprovedAt as epoch seconds, to the second."""
+        return None if self.restore_approved_at is None else from_rfc3339(self.restore_approved_at) / 1000
 
 
 class FallbackPolicySpec(_Spec):

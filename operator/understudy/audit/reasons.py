@@ -34,6 +34,9 @@ REASONS: Final[dict[str, EventKind]] = {
     "Restored": EventKind(NORMAL, "Restore"),
     "RestoreAborted": EventKind(WARNING, "Restore"),
     "RestoreStalled": EventKind(WARNING, "Restore"),
+    "RestoreAwaitingApproval": EventKind(WARNING, "Restore"),
+    "RestoreApproved": EventKind(NORMAL, "Approve"),
+    "RestoreNoLongerDue": EventKind(NORMAL, "Restore"),
     "AllTiersBreached": EventKind(WARNING, "Route"),
     "CapacityInsufficient": EventKind(WARNING, "Route"),
     "NoReadyReplicas": EventKind(WARNING, "Route"),
@@ -75,9 +78,11 @@ UNKNOWN_REASON: Final = EventKind(NORMAL, "Observe")
 TRANSITION_REASONS: Final[frozenset[str]] = frozenset({
     "FallbackActivated", "AllTiersBreached", "RestoreStep", "Restored", "RestoreAborted",
     "Pinned", "Unpinned", "Paused", "Resumed", "Frozen", "Unfrozen", "RolledBack", "RollbackFailed",
+    "RestoreAwaitingApproval", "RestoreApproved", "RestoreNoLongerDue",
 })
 """Reasons that belong in status.history and the transitions counter: changes of who serves traffic,
-overrides, and rollbacks. Observations (MetricsMissing, TierTripped...) only go to Events."""
+overrides, restores held for and released by an approval, and rollbacks. Observations (MetricsMissing,
+TierTripped...) only go to Events."""
 
 
 def event_kind(reason: str) -> EventKind:

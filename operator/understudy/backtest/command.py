@@ -79,9 +79,10 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> int:
         start = end - parse_span(args.since) if args.since else parse_time(args.start, now)
         step = parse_step(args.step) if args.step else compiled.interval
         times = step_times(start, end, step)
+        approval_delay = parse_span(args.approval_delay)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    policy, notes = backtest_policy(compiled.policy, step)
+    policy, notes = backtest_policy(compiled.policy, step, approval_delay)
     target = replace(compiled.target, policy=policy)
     capacities = to_engine_capacities(validated.spec)
 
@@ -94,7 +95,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO, now: float) -> int:
                             enabled=not args.quiet and err.isatty(), stream=err)
     try:
         history = source.read(target, times, progress)
-        result = replay(policy, _counted(history.steps(), progress), step, compiled.drills, capacities)
+        result = replay(policy, _counted(history.steps(), progress), step, compiled.drills, capacities,
+                        approval_delay)
     finally:
         progress.close()
         source.close()

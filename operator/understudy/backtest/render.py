@@ -134,6 +134,9 @@ def _governance(s: Summary) -> list[list[str]]:
         ["scale-ups", _listed([f"{tier} to {n} replicas at {when(t)}" for t, tier, n in s.scale_ups])],
         ["scale-backs", _listed([f"{tier} to {n} replicas at {when(t)}" for t, tier, n in s.scale_downs])],
         ["drills", ", ".join(f"{n} {result.lower()}" for result, n in s.drills.items()) or "none"],
+        *([["approvals", _listed([f"restore to {a.tier} held at {when(a.held_at)}, " + (
+            f"approved at {when(a.approved_at)}" if a.approved_at is not None else "not approved")
+            for a in s.approvals])]] if s.manual_approval else []),
     ]
 
 
@@ -174,6 +177,9 @@ def to_json(summary: Summary, context: Context) -> dict[str, Any]:
             "scaleUps": [{"time": when(t), "tier": tier, "replicas": n} for t, tier, n in s.scale_ups],
             "scaleBacks": [{"time": when(t), "tier": tier, "replicas": n} for t, tier, n in s.scale_downs],
             "drills": dict(s.drills),
+            "approvals": [{"heldAt": when(a.held_at), "tier": a.tier,
+                           "approvedAt": when(a.approved_at) if a.approved_at is not None else None}
+                          for a in s.approvals],
         },
         "timeline": [
             {"time": when(e.at), "reason": e.record.reason, "message": e.record.message,

@@ -25,6 +25,7 @@ from understudy.engine import (
     Mode,
     Policy,
     ReadingStatus,
+    RestoreApproval,
     decide,
     initial_state,
 )
@@ -66,6 +67,8 @@ class Replay:
     """The highest off-primary time over max(observed time, creep window), the quantity the budget caps."""
     peak_at: float | None = None
     last: Decision | None = None
+    approval_delay: float = 0.0
+    """Seconds a person is taken to need to approve a held restore (restoreApproval Manual)."""
     rollbacks: list[tuple[float, str]] = field(default_factory=list)
     """(time, revision) of each rollback `govern` asked for."""
     scales: list[tuple[float, ScaleIntent]] = field(default_factory=list)
@@ -73,13 +76,15 @@ class Replay:
     """Drill outcomes by result: Passed, Failed, Inconclusive, Aborted, Skipped."""
 
 
-def backtest_policy(policy: Policy, step: float) -> tuple[Policy, tuple[str, ...]]:
+def backtest_policy(policy: Policy, step: float, approval_delay: float = 0.0) -> tuple[Policy, tuple[str, ...]]:
     """The policy as a replay must run it, and notes saying what was changed and why.
 
     `interval` becomes the step: the engine credits at most two intervals of time per evaluation (to
     ignore operator downtime), so a step longer than that would silently drop time off the primary.
-    A pin or pause is dropped: a backtest asks what the rules would have done, not a person. Observe mode
-    is replayed as Enforce, so the report shows the rollbacks, scales and drills it would do once enforced.
+    A pin, pause or recorded approval is dropped: a backtest asks what the rules would have done, not a
+    person; with Manual restore approval, `replay` approves each held restore `approval_delay` after it
+    fell due. Observe mode is replayed as Enforce, so the report shows the rollbacks, scales and drills it
+    would do once enforced.
     """
     notes: list[str] = []
     if abs(step - policy.interval) > 1e-9:
@@ -91,17 +96,25 @@ def backtest_policy(policy: Policy, step: float) -> tuple[Policy, tuple[str, ...
         notes.append("spec.override (pin or pause) ignored: the replay shows what the triggers would have done")
     if policy.mode is Mode.OBSERVE:
         notes.append("mode Observe replayed as Enforce: the report shows what the policy would do once enforced")
-    return replace(policy, interval=step, pinned_tier=None, paused=False, mode=Mode.ENFORCE), tuple(notes)
+    if policy.restore_approval is RestoreApproval.MANUAL:
+        notes.append(f"restoreApproval Manual: each held restore is taken as approved {approval_delay:g}s after it "
+                     f"fell due (--approval-delay), so it starts at the first step from then; 'approvals' lists them")
+    return replace(policy, interval=step, pinned_tier=None, paused=False, mode=Mode.ENFORCE,
+                   restore_approved_at=None, override_by=None), tuple(notes)
 
 
 def replay(policy: Policy, history: Iterable[Step], step: float, drills: tuple[Drill, ...] = (),
-           capacities: Mapping[str, TierCapacity] | None = None) -> Replay:
+           capacities: Mapping[str, TierCapacity] | None = None, approval_delay: float = 0.0) -> Replay:
     """Run the engine over `history` (steps in increasing time) from the initial state.
 
-    The policy is taken as created at the first step, so a drill first falls due one period later.
+    The policy is taken as created at the first step, so a drill first falls due one period later. With
+    Manual restore approval, each held restore is approved `approval_delay` seconds after it fell due (an
+    approval dated then, which the engine honours from that time on).
     """
     capacities = capacities or {}
-    result = Replay(policy=policy, step=step)
+    result = Replay(policy=policy, step=step, approval_delay=approval_delay)
+    deciding = policy
+    """The policy as `decide` sees it: `policy` with the approval of the restore held last, if any."""
     keys = [(tier, trigger.name) for tier in policy.tier_names for trigger in policy.triggers
             if trigger.applies(tier)]
     for key in keys:
@@ -123,8 +136,11 @@ def replay(policy: Policy, history: Iterable[Step], step: float, drills: tuple[D
         facts = cluster.facts(moment)
         if capacities:
             samples = replace(samples, capacity={**samples.capacity, **capacity_fit(capacities, facts)})
-        decision = decide(policy, samples, state, at)
+        decision = decide(deciding, samples, state, at)
         state = decision.state
+        if state.held_since_ms is not None and deciding.restore_approved_at != (
+                approved := state.held_since_ms / 1000 + approval_delay):
+            deciding = replace(policy, restore_approved_at=approved)
         drill = step_drills(drills, policy, decision, samples, running, last_drills, created, at)
         running = drill.running
         if drill.outcome is not None:
@@ -179,6 +195,29 @@ class TriggerCount:
 
 
 @dataclass(frozen=True)
+class Approval:
+    """One restore held for an approval, and how it ended."""
+
+    held_at: float
+    tier: str
+    """The better tier the restore would go to."""
+    approved_at: float | None
+    """When it was approved (None: it was no longer due before, or the range ended first)."""
+
+
+def approvals(events: Iterable[Event]) -> tuple[Approval, ...]:
+    """Each RestoreAwaitingApproval with the RestoreApproved that released it, if one did."""
+    found: list[Approval] = []
+    for e in events:
+        reason = e.record.reason
+        if reason == reasons.RESTORE_AWAITING_APPROVAL:
+            found.append(Approval(e.at, e.record.tier or "", None))
+        elif reason == reasons.RESTORE_APPROVED and found and found[-1].approved_at is None:
+            found[-1] = replace(found[-1], tier=e.record.to_tier or found[-1].tier, approved_at=e.at)
+    return tuple(found)
+
+
+@dataclass(frozen=True)
 class Summary:
     start: float
     end: float
@@ -213,6 +252,10 @@ class Summary:
     scale_downs: tuple[tuple[float, str, int], ...] = ()
     drills: Mapping[str, int] = field(default_factory=dict)
     """Drill outcomes by result."""
+    manual_approval: bool = False
+    """The policy holds restores for an approval (restoreApproval Manual)."""
+    approvals: tuple[Approval, ...] = ()
+    """Restores held for an approval: where a person would have been needed."""
 
 
 def summarise(result: Replay) -> Summary:
@@ -262,4 +305,6 @@ def summarise(result: Replay) -> Summary:
         scale_ups=tuple((at, i.tier, i.replicas) for at, i in result.scales if i.reason == SCALED_UP),
         scale_downs=tuple((at, i.tier, i.replicas) for at, i in result.scales if i.reason != SCALED_UP),
         drills=dict(sorted(result.drills.items())),
+        manual_approval=result.policy.restore_approval is RestoreApproval.MANUAL,
+        approvals=approvals(result.events),
     )

@@ -11,7 +11,8 @@ One evaluation goes through four stages, in this order, each in a module of its 
    known to have 0 ready replicas; tiers with evidence of health are preferred;
 3. creep (`creep`): time spent off the primary, in a sliding window, credited at the previous weights;
 4. routing (`route`): overrides (pause, pin) first, then at most one transition, never within minDwell of
-   the previous one, never while missing data holds routing or creep.action Freeze holds it.
+   the previous one, never while missing data holds routing or creep.action Freeze holds it; with Manual
+   restore approval, a restore starts only once approved (`approval`).
 """
 from __future__ import annotations
 
@@ -80,10 +81,10 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
     prev = tuple(w for _, w in state.weights)
     audit: list[AuditRecord] = []
 
-    if policy.paused and not state.paused:
-        audit.append(AuditRecord(reasons.PAUSED, "routing frozen by spec.paused"))
-    elif state.paused and not policy.paused:
-        audit.append(AuditRecord(reasons.RESUMED, "routing resumed"))
+    if policy.paused != state.paused:
+        by = f" by {policy.override_by}" if policy.override_by else ""
+        audit.append(AuditRecord(reasons.PAUSED, f"routing frozen by spec.paused{by}") if policy.paused
+                     else AuditRecord(reasons.RESUMED, f"routing resumed{by}"))
 
     evals = tuple([evaluate(triggers, samples.readings.get(n), share > 0)
                    for n, triggers, share in zip(names, plan.triggers, prev)])
@@ -127,6 +128,9 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         evidence=restore_evidence(plan, state, evals, now_ms),
         last_transition_ms=state.last_transition_ms,
         audit=audit,
+        # Automatic approval (or a spec edit to it) holds nothing; a held tier the spec dropped is dropped.
+        held=plan.index.get(state.held_tier) if plan.manual_restore and state.held_tier is not None else None,
+        held_since_ms=state.held_since_ms if plan.manual_restore and state.held_tier in plan.index else None,
     )
     # Creep credits the time since the previous evaluation at the previous weights, so it is known before
     # this evaluation moves anything: a Freeze it calls for holds this evaluation's routing already.
@@ -184,6 +188,8 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
         creep_buckets=buckets,
         frozen=frozen,
         restore_stalled=stalled,
+        held_tier=None if routing.held is None else names[routing.held],
+        held_since_ms=None if routing.held is None else routing.held_since_ms,
     )
     return Decision(
         state=new_state,

@@ -29,6 +29,14 @@ class CreepAction(str, Enum):
     ALERT = "Alert"
 
 
+class RestoreApproval(str, Enum):
+    """evaluation.restoreApproval. Manual: traffic leaves a tier on its own, but returns to a better one only
+    once a person approves (see `approval`)."""
+
+    AUTOMATIC = "Automatic"
+    MANUAL = "Manual"
+
+
 class SignalKind(str, Enum):
     LATENCY = "latency"
     ERROR_RATIO = "errorRatio"
@@ -104,6 +112,12 @@ class Policy:
     creep_action: CreepAction = CreepAction.ALERT
     pinned_tier: str | None = None
     paused: bool = False
+    restore_approval: RestoreApproval = RestoreApproval.AUTOMATIC
+    restore_approved_at: float | None = None
+    """spec.override.restoreApprovedAt, epoch seconds: with Manual approval, it releases a restore held at or
+    before this time (to the second), once this time has come."""
+    override_by: str | None = None
+    """spec.override.by: who wrote the override, as the spec says; named in the audit of what it changed."""
 
     @property
     def tier_names(self) -> tuple[str, ...]:

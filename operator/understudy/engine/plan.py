@@ -1,11 +1,12 @@
 """What `decide` needs from a policy, validated and precomputed once per Policy object."""
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Mapping
 
-from understudy.engine.model import Policy, Trigger
+from understudy.engine.model import Policy, RestoreApproval, Trigger
 
 CREEP_BUCKETS = 48
 """Slices of the creep window kept in state: bounds the status size whatever the window's length."""
@@ -28,6 +29,11 @@ class Plan:
     """The creep window."""
     rate_window_ms: int
     """The rate() window request counts cover (evaluation.window)."""
+    manual_restore: bool = False
+    """evaluation.restoreApproval Manual: a restore starts only once approved."""
+    approved_ms: int | None = None
+    """spec.override.restoreApprovedAt in epoch milliseconds, floored to the second."""
+    override_by: str | None = None
 
 
 _plans: dict[int, tuple[weakref.ref[Policy], Plan]] = {}
@@ -65,6 +71,8 @@ def _make_plan(policy: Policy) -> Plan:
         raise ValueError("tripAfter and recoverAfter must be at least 1")
     if policy.min_dwell < 0 or policy.interval <= 0 or policy.creep_window <= 0 or policy.restore_stall_after <= 0:
         raise ValueError("minDwell must be >= 0, interval, creep window and restoreStallAfter > 0")
+    if policy.restore_approved_at is not None and not math.isfinite(policy.restore_approved_at):
+        raise ValueError(f"restoreApprovedAt must be a time: {policy.restore_approved_at}")
     steps = policy.restore_steps
     if any(not 0 < s <= 100 for s in steps) or any(a >= b for a, b in zip(steps, steps[1:])):
         raise ValueError(f"restore steps must increase within 1..100: {steps}")
@@ -84,4 +92,7 @@ def _make_plan(policy: Policy) -> Plan:
         bucket_ms=max(1, -(-window_ms // CREEP_BUCKETS)),
         window_ms=window_ms,
         rate_window_ms=max(1, round(policy.window * 1000)),
+        manual_restore=policy.restore_approval is RestoreApproval.MANUAL,
+        approved_ms=None if policy.restore_approved_at is None else math.floor(policy.restore_approved_at) * 1000,
+        override_by=policy.override_by,
     )

@@ -19,6 +19,13 @@ RESTORE_ABORTED = "RestoreAborted"
 """The better tier failed during a restore; its share went back to the tier that was serving."""
 RESTORE_STALLED = "RestoreStalled"
 """A restore step has not advanced within evaluation.restoreStallAfter; the note says what it waits for."""
+RESTORE_AWAITING_APPROVAL = "RestoreAwaitingApproval"
+"""evaluation.restoreApproval Manual: a restore is due and waits for a person's approval."""
+RESTORE_APPROVED = "RestoreApproved"
+"""A held restore was approved (spec.override.restoreApprovedAt) and starts."""
+RESTORE_NO_LONGER_DUE = "RestoreNoLongerDue"
+"""A held restore is no longer due (the better tier failed again, or a pin took over): a later restore needs a
+new approval."""
 ALL_TIERS_BREACHED = "AllTiersBreached"
 """No tier is fit to serve; the whenAllBreached tier serves anyway."""
 CAPACITY_INSUFFICIENT = "CapacityInsufficient"
@@ -52,6 +59,9 @@ AUDIT_REASONS: tuple[str, ...] = (
     RESTORED,
     RESTORE_ABORTED,
     RESTORE_STALLED,
+    RESTORE_AWAITING_APPROVAL,
+    RESTORE_APPROVED,
+    RESTORE_NO_LONGER_DUE,
     ALL_TIERS_BREACHED,
     CAPACITY_INSUFFICIENT,
     NO_READY_REPLICAS,

@@ -82,6 +82,9 @@ def restore_state(policy: Policy, status: Any, now: float, observed: Mapping[str
         frozen=fields.flag("frozen", since_first_release=False),
         restore_stalled=fields.flag("restoreStalled", since_first_release=False),
     )
+    held = fields.hold(policy, state)
+    if held is not None:
+        state = replace(state, held_tier=held[0], held_since_ms=held[1])
     return Restored(state, tuple(fields.notes), known)
 
 
@@ -113,10 +116,20 @@ def carry_over(policy: Policy, plan: Plan, state: State) -> State:
     if routing_fits:
         old = dict(state.weights)
         return replace(state, tiers=tiers, pinned_tier=pinned, weights=tuple((n, old.get(n, 0)) for n in plan.names),
-                       restore_step=min(max(state.restore_step, 0), len(plan.steps) - 1))
+                       restore_step=min(max(state.restore_step, 0), len(plan.steps) - 1),
+                       **_hold_kept(state, index))
     fresh = initial_state(policy)
     return replace(state, tiers=tiers, pinned_tier=pinned, weights=fresh.weights, active_tier=fresh.active_tier,
-                   restore_tier=None, restore_step=0, restore_evidence=0, last_transition_ms=None)
+                   restore_tier=None, restore_step=0, restore_evidence=0, last_transition_ms=None,
+                   held_tier=None, held_since_ms=None)
+
+
+def _hold_kept(state: State, index: Mapping[str, int]) -> dict[str, Any]:
+    """A held restore survives an edit of the tier list while its tier is still better than the anchor."""
+    tier = state.held_tier
+    if tier in index and state.active_tier in index and index[tier] < index[state.active_tier]:
+        return {}
+    return {"held_tier": None, "held_since_ms": None}
 
 
 Routing = tuple[tuple[tuple[str, int], ...], str, str | None, int, int]
@@ -218,6 +231,27 @@ class _Fields:
             elif name in self.plan.index:
                 by_name[name] = self._tier(item, name, policy)
         return tuple(by_name.get(n, TierState(n)) for n in self.plan.names)
+
+    def hold(self, policy: Policy, state: State) -> tuple[str, int] | None:
+        """status.engine.restoreHeld: kept only for a better tier than the anchor, outside a restore, and
+        while the policy asks for approval (a spec edit to Automatic, or a removed tier, is no damage)."""
+        raw = self._get(self.status, "restoreHeld", "", lambda v: isinstance(v, Mapping), None, required=False)
+        if raw is None:
+            return None
+        tier = self._get(raw, "tier", "restoreHeld.", lambda v: isinstance(v, str), None)
+        since = self._get(raw, "sinceMs", "restoreHeld.", _is_int, None)
+        if tier is None or since is None or tier not in self.plan.index or not self.plan.manual_restore:
+            return None
+        index = self.plan.index
+        if state.restore_tier is not None or index[tier] >= index[state.active_tier]:
+            self.note(f"restoreHeld names {tier}, which the routing gives no restore to wait for: dropped")
+            return None
+        if since < 0:
+            self.note(f"restoreHeld.sinceMs is {since}: set to now")
+            since = self.now_ms
+        elif since > self.now_ms + self.tolerance_ms:
+            self.note(f"restoreHeld.sinceMs was {(since - self.now_ms) / 1000:.0f}s in the future: set to now")
+        return tier, min(since, self.now_ms)
 
     def _tier(self, d: Mapping[str, Any], name: str, policy: Policy) -> TierState:
         where = f"tiers[{name}]."

@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from understudy.engine import reasons
+from understudy.engine.approval import end_hold, restore_may_start
 from understudy.engine.health import Eval, Verdict, describe
 from understudy.engine.model import AuditRecord
 from understudy.engine.plan import Plan
@@ -23,6 +24,9 @@ class Routing:
     """Requests credited to the current restore step, in thousandths; 0 outside a restore."""
     last_transition_ms: int | None
     audit: list[AuditRecord]
+    held: int | None = None
+    """evaluation.restoreApproval Manual: the better tier a due restore waits to go to (see `approval`)."""
+    held_since_ms: int | None = None
 
 
 def restore_evidence(plan: Plan, state: State, evals: tuple[Eval, ...], now_ms: int) -> int:
@@ -152,10 +156,12 @@ def repin(plan: Plan, routing: Routing, old: str | None, new: str | None, now_ms
     Pinning makes the pinned tier the anchor, so after the pin is lifted the usual rules move traffic
     on from where it really is (a restore if a better tier is healthy, a fallback if this one is not).
     """
+    by = f" by {plan.override_by}" if plan.override_by else ""
     if new is None:
-        routing.audit.append(AuditRecord(reasons.UNPINNED, f"pin on {old} lifted", tier=old))
+        routing.audit.append(AuditRecord(reasons.UNPINNED, f"pin on {old} lifted{by}", tier=old))
         return None
-    routing.audit.append(AuditRecord(reasons.PINNED, f"all traffic pinned to {new}", tier=new, to_tier=new))
+    end_hold(plan, routing, f"override.pinTier sends all traffic to {new}")
+    routing.audit.append(AuditRecord(reasons.PINNED, f"all traffic pinned to {new}{by}", tier=new, to_tier=new))
     weights = [0] * len(plan.names)
     weights[plan.index[new]] = 100
     if weights != routing.weights:
@@ -179,13 +185,19 @@ def transition(plan: Plan, routing: Routing, tiers: list[TierState], evals: tupl
     - a restore under way: abort it if the better tier became unfit, else take the next step when the
       better tier was clear in this very evaluation, or too thin to judge but has served enough requests
       since the step began (`restore_evidence`); missing data waits;
-    - the preferred fit tier is better: start restoring to it (the first step is the probe). A restore in
-      progress is finished before an even better tier is considered, so steps never jump between targets.
+    - the preferred fit tier is better: start restoring to it (the first step is the probe), with Manual
+      restore approval only once approved (`approval`). A restore in progress is finished before an even
+      better tier is considered, so steps never jump between targets.
+
+    A restore held for approval that is no longer due ends here, with the reason.
     """
     c, t, first = routing.active, routing.restore, fit.first
     if first is None:
+        _end_hold(plan, routing, tiers, evals, fit)
         _move_all(plan, routing, fit.last_resort, tiers, evals, fit, now_ms)
     elif not fit.eligible[c]:
+        end_hold(plan, routing, f"{plan.names[c]} is unfit ({why(plan, tiers, evals, fit, c)[3]}) and traffic "
+                                f"leaves it")
         to = min((i for i, ok in enumerate(fit.eligible) if ok and i != c),
                  key=lambda i: (not fit.evidence[i], i < c, i))
         _move_all(plan, routing, to, tiers, evals, fit, now_ms)
@@ -196,7 +208,18 @@ def transition(plan: Plan, routing: Routing, tiers: list[TierState], evals: tupl
             # min(): restoreSteps may have been shortened by a spec edit during the restore.
             _restore_step(plan, routing, t, min(routing.step + 1, len(plan.steps) - 1), now_ms)
     elif first < c:
-        _restore_step(plan, routing, first, 0, now_ms)
+        if restore_may_start(plan, routing, first, now_ms):
+            _restore_step(plan, routing, first, 0, now_ms)
+    else:
+        _end_hold(plan, routing, tiers, evals, fit)
+
+
+def _end_hold(plan: Plan, routing: Routing, tiers: list[TierState], evals: tuple[Eval, ...], fit: Fitness) -> None:
+    """The held restore's tier is unfit again, or without evidence: end the hold, saying why."""
+    held = routing.held
+    if held is not None:
+        text = "no evidence that it can serve" if fit.eligible[held] else why(plan, tiers, evals, fit, held)[3]
+        end_hold(plan, routing, f"{plan.names[held]}: {text}")
 
 
 def stall_record(plan: Plan, routing: Routing, evals: tuple[Eval, ...], held_by: str | None,

@@ -65,6 +65,10 @@ class State:
     """creep.action Freeze holds routing: the creep budget is exceeded."""
     restore_stalled: bool = False
     """A RestoreStalled episode is open: the current restore step has not advanced within the bound."""
+    held_tier: str | None = None
+    """evaluation.restoreApproval Manual: a restore to this better tier is due and waits for approval."""
+    held_since_ms: int | None = None
+    """When that restore became due; an approval releases it only if at least as recent (see `approval`)."""
 
 
 def initial_state(policy: Policy) -> State:
@@ -100,6 +104,8 @@ def state_to_status(state: State) -> dict[str, Any]:
         status["frozen"] = True
     if state.restore_stalled:
         status["restoreStalled"] = True
+    if state.held_tier is not None and state.held_since_ms is not None:
+        status["restoreHeld"] = {"tier": state.held_tier, "sinceMs": state.held_since_ms}
     if state.last_transition_ms is not None:
         status["lastTransitionMs"] = state.last_transition_ms
     if state.last_evaluation_ms is not None:
@@ -118,6 +124,9 @@ def state_from_status(status: Mapping[str, Any]) -> State:
     restore = status.get("restore")
     if restore is not None and not isinstance(restore, Mapping):
         raise ValueError("restore: expected an object")
+    held = status.get("restoreHeld")
+    if held is not None and not isinstance(held, Mapping):
+        raise ValueError("restoreHeld: expected an object")
     return State(
         weights=tuple(
             (_str(w, "tier"), _int(w, "weight")) for w in _list(status, "weights")
@@ -140,6 +149,8 @@ def state_from_status(status: Mapping[str, Any]) -> State:
         ),
         frozen=_opt_bool(status, "frozen"),
         restore_stalled=_opt_bool(status, "restoreStalled"),
+        held_tier=None if held is None else _str(held, "tier"),
+        held_since_ms=None if held is None else _int(held, "sinceMs"),
     )
 
 
