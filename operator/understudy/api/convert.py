@@ -6,7 +6,7 @@ milliseconds, decimal strings floats.
 from __future__ import annotations
 
 from understudy.api.durations import parse_duration
-from understudy.api.models import FallbackPolicySpec, Trigger
+from understudy.api.models import BackendRef, FallbackPolicySpec, Trigger
 from understudy.engine import model as engine
 from understudy.engine.governance import TierCapacity
 
@@ -14,8 +14,9 @@ from understudy.engine.governance import TierCapacity
 def to_engine_policy(spec: FallbackPolicySpec) -> engine.Policy:
     """The engine's view of a validated spec."""
     tiers = (
-        engine.Tier(engine.PRIMARY, spec.primary.deployment_name, spec.primary.service_name),
-        *(engine.Tier(f.name, f.deployment_name, f.service_name) for f in spec.fallbacks),
+        engine.Tier(engine.PRIMARY, spec.primary.deployment_name, spec.primary.service_name,
+                    _backend_ref(spec.primary.backend_ref)),
+        *(engine.Tier(f.name, f.deployment_name, f.service_name, _backend_ref(f.backend_ref)) for f in spec.fallbacks),
     )
     evaluation, creep, override = spec.evaluation, spec.creep, spec.override
     steps = engine.Policy.restore_steps if evaluation.restore_steps is None else tuple(evaluation.restore_steps)
@@ -47,6 +48,10 @@ def to_engine_capacities(spec: FallbackPolicySpec) -> dict[str, TierCapacity]:
         f.name: TierCapacity(f.capacity.requests_per_replica, f.capacity.scale_on_activate, f.capacity.max_replicas)
         for f in spec.fallbacks if f.capacity is not None
     }
+
+
+def _backend_ref(ref: BackendRef | None) -> engine.BackendRef | None:
+    return None if ref is None else engine.BackendRef(ref.group, ref.kind, ref.name)
 
 
 def _trigger(trigger: Trigger, min_requests: int) -> engine.Trigger:

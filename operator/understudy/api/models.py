@@ -171,9 +171,18 @@ class DurationUnit(str, Enum):
     SECONDS = "Seconds"
 
 
+class BackendRef(_Spec):
+    """A Gateway API backendRef in the policy's namespace (an InferencePool, a Service, any other kind)."""
+
+    group: Annotated[str, Field(max_length=253, pattern=r"^$|" + DNS_SUBDOMAIN)] = ""
+    kind: Annotated[str, Field(max_length=63, pattern=r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")] = "Service"
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+
+
 class PrimaryTier(_Spec):
     deployment_name: DeploymentName
     service_name: ServiceName
+    backend_ref: BackendRef | None = None
 
 
 class Degradation(_Spec):
@@ -224,6 +233,7 @@ class FallbackTier(_Spec):
     name: Annotated[TierName, AfterValidator(_not_primary)]
     deployment_name: DeploymentName
     service_name: ServiceName
+    backend_ref: BackendRef | None = None
     degradation: Degradation | None = None
     capacity: Capacity | None = None
 
@@ -424,6 +434,9 @@ class FallbackPolicySpec(_Spec):
         if self.routing.service is not None and self.evaluation.restore_steps not in (None, [100]):
             raise rule_error(
                 "routing.service moves all traffic at once: evaluation.restoreSteps must be omitted or [100]")
+        if self.routing.gateway_api is None and any(t.backend_ref for t in (self.primary, *self.fallbacks)):
+            raise rule_error("backendRef is for routing.gatewayAPI only: Istio and Service routing send each tier's "
+                             "traffic to its serviceName")
         return self
 
 

@@ -67,10 +67,23 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class BackendRef:
+    """A Gateway API backendRef in the policy's namespace: an InferencePool, a Service, or any other kind.
+
+    The engine only carries it, from the spec to the routing backend that weighs it."""
+
+    group: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
     deployment: str
     service: str
+    backend_ref: BackendRef | None = None
+    """What a Gateway API rule sends this tier's traffic to; None means the core Service `service`."""
 
 
 @dataclass(frozen=True)
