@@ -8,6 +8,7 @@ from typing import Any, Callable
 from e2e.harness.prometheus import PrometheusServer
 from e2e.llm_scenario import POLICY_NAME, LLMScenario
 from e2e.scenario import wait_until
+from tests.corpus import readme_llm_examples
 
 ON_LARGE = {"primary": 100, "small": 0}
 ON_SMALL = {"primary": 0, "small": 100}
@@ -74,3 +75,22 @@ def test_half_a_request_per_second_is_judged_only_on_enough_requests_and_restore
                   if backend == "llm-large" and step_began - 10 <= t < restored]
     # The premise: no 10 s window of the step held minRequests (4) requests to the primary.
     assert max(sum(1 for u in to_primary if t <= u < t + 10) for t in to_primary) <= 3, to_primary
+
+
+def test_the_readmes_vllm_example_runs_against_the_simulator(
+        make_llm_scenario: Callable[[PrometheusServer], LLMScenario], prometheus: PrometheusServer) -> None:
+    """The README's vLLM policy as written (5 s evaluations, a 1 m window): every trigger reads, and a slow
+    first token moves the traffic to the small model's pool."""
+    sc = make_llm_scenario(prometheus)
+    sc.start_traffic(rate=4.0)
+    sc.start_operator()
+    example = readme_llm_examples()["vLLM"]
+    sc.apply_policy({**example, "metadata": {"name": POLICY_NAME, "namespace": sc.namespace}})
+    for condition in ("Ready", "MetricsAvailable"):
+        wait_until(lambda c=condition: (got := sc.condition(c, POLICY_NAME)) and got["status"] == "True", 90,
+                   f"{condition}=True")
+    assert sc.routed_weights() == ON_LARGE
+    sc.inject("primary", ttft_ms=3000)
+    sc.wait_for_weights(ON_SMALL, timeout=120)
+    activated = next(h for h in _history(sc) if h["reason"] == "FallbackActivated")
+    assert activated["trigger"] in ("ttft", "queue"), activated
