@@ -20,6 +20,7 @@ Faults at runtime through ``POST /admin`` (JSON) or ``LLMServer.inject()``: ``tt
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -64,8 +65,6 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up mid-stream is not a server error."""
-        import sys
-
         if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
             return
         super().handle_error(request, client_address)

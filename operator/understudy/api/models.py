@@ -430,8 +430,11 @@ class Signals(_Spec):
 
     @property
     def response_code_label(self) -> str:
+        """Read only where errors are a response-code label: an override, or a preset that counts them so."""
+        if self.response_code_label_override:
+            return self.response_code_label_override
         errors = self.server.errors
-        return self.response_code_label_override or (errors and errors.response_code_label) or "response_code"
+        return errors.response_code_label if errors and errors.response_code_label else "response_code"
 
     def measures(self, kind: str) -> bool:
         """Whether a trigger of this kind (its spec field) has a metric to read under this preset."""
