@@ -237,7 +237,7 @@ class Scenario:
                            **({} if self.backend == "service" else {"restoreSteps": [50, 100]})},
             "creep": {"maxFallbackRatio": "0.5", "window": "10m", "action": "Alert"},
         }
-        _merge(spec, spec_overrides)
+        merge_spec(spec, spec_overrides)
         return {"apiVersion": "understudy.dev/v1alpha1", "kind": "FallbackPolicy",
                 "metadata": {"name": name, "namespace": self.namespace}, "spec": spec}
 
@@ -328,10 +328,11 @@ class Scenario:
         return "\n".join(op.log_tail() for op in self.operators)
 
 
-def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+def merge_spec(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Deep-merge `overrides` into a policy spec: nested mappings merge, anything else replaces."""
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge_spec(base[key], value)
         else:
             base[key] = copy.deepcopy(value)
 
@@ -343,4 +344,4 @@ def scenario(cp: ControlPlane, prometheus: PrometheusServer, namespace: str, api
         yield sc
 
 
-__all__ = ["OperatorProcess", "Scenario", "TIERS", "scenario", "wait_until"]
+__all__ = ["OperatorProcess", "Scenario", "TIERS", "TierSpec", "merge_spec", "scenario", "wait_until"]

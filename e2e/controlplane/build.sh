@@ -245,6 +245,21 @@ fetch_crds() {
     mv "${gw}.tmp" "${gw}"
     log "fetched gateway-api standard CRDs ${GATEWAY_API_VERSION}"
   fi
+  # The Inference Extension's InferencePool (the v1 API, group inference.networking.k8s.io), from its module.
+  local gie="${CRD_ROOT}/gateway-api-inference-extension-${GATEWAY_API_INFERENCE_EXTENSION_VERSION}"
+  if [[ -s "${gie}/inference.networking.k8s.io_inferencepools.yaml" ]]; then
+    log "reused cache: inference extension CRDs ${GATEWAY_API_INFERENCE_EXTENSION_VERSION}"
+  else
+    local src
+    src="$(module_dir "sigs.k8s.io/gateway-api-inference-extension@${GATEWAY_API_INFERENCE_EXTENSION_VERSION}")"
+    rm -rf "${gie}.tmp"
+    mkdir -p "${gie}.tmp"
+    cp "${src}/config/crd/bases/inference.networking.k8s.io_inferencepools.yaml" "${gie}.tmp/"
+    chmod 0644 "${gie}.tmp"/*.yaml
+    rm -rf "${gie}"
+    mv "${gie}.tmp" "${gie}"
+    log "fetched inference extension CRDs ${GATEWAY_API_INFERENCE_EXTENSION_VERSION}"
+  fi
   # The prometheus-operator's ServiceMonitor and PrometheusRule, as it publishes them with its module.
   local promop="${CRD_ROOT}/prometheus-operator-${PROMETHEUS_OPERATOR_VERSION}" kind
   if [[ -s "${promop}/monitoring.coreos.com_prometheusrules.yaml" ]]; then

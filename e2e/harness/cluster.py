@@ -52,6 +52,8 @@ POD_CIDR = "10.244.0.0/16"
 ISTIO_CRDS = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io")
 # Standard-channel Gateway API kinds an HTTPRoute lives with (file stems in config/crd/standard/).
 GATEWAY_API_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants")
+# The Gateway API Inference Extension's backend kind: an HTTPRoute rule may weigh InferencePools.
+INFERENCE_POOL_CRD = "inferencepools.inference.networking.k8s.io"
 
 
 class ControlPlaneError(RuntimeError):
@@ -91,6 +93,7 @@ class Toolchain:
     kwok_stages: Path
     istio_crds: Path
     gateway_api_crds: Path
+    inference_pool_crd: Path
     prometheus_operator_crds: Path
     versions: Mapping[str, str]
 
@@ -117,6 +120,8 @@ class Toolchain:
             kwok_stages=root / f"kwok-stages-{v['KWOK_VERSION']}" / "stages.yaml",
             istio_crds=root / "crds" / f"istio-{v['ISTIO_API_VERSION']}" / "customresourcedefinitions.gen.yaml",
             gateway_api_crds=root / "crds" / f"gateway-api-{v['GATEWAY_API_VERSION']}",
+            inference_pool_crd=root / "crds" / f"gateway-api-inference-extension-{v['GATEWAY_API_INFERENCE_EXTENSION_VERSION']}"
+            / "inference.networking.k8s.io_inferencepools.yaml",
             prometheus_operator_crds=root / "crds" / f"prometheus-operator-{v['PROMETHEUS_OPERATOR_VERSION']}",
             versions=v,
         )
@@ -132,7 +137,7 @@ class Toolchain:
         return [
             self.etcd, self.kube_apiserver, self.kube_controller_manager, self.kube_scheduler,
             self.kubectl, self.kwok, self.helm, self.registry, self.actionlint, self.kwok_stages,
-            self.istio_crds, self.gateway_api_crds, self.prometheus_operator_crds,
+            self.istio_crds, self.gateway_api_crds, self.inference_pool_crd, self.prometheus_operator_crds,
         ]
 
 
@@ -653,7 +658,7 @@ class ControlPlane:
     # ---- CRDs ----------------------------------------------------------------------------------
 
     def crd_documents(self) -> list[dict[str, Any]]:
-        """The Istio routing CRDs plus the Gateway API CRDs around HTTPRoute.
+        """The Istio routing CRDs, the Gateway API CRDs around HTTPRoute and the InferencePool.
 
         Parsing ~2 MB of upstream YAML takes seconds on a busy 2-core box, so the selection is kept
         as JSON in the cache, keyed by both pinned versions.
@@ -661,7 +666,8 @@ class ControlPlane:
         v = self.toolchain.versions
         selection = hashlib.sha256(",".join(ISTIO_CRDS + GATEWAY_API_CRDS).encode()).hexdigest()[:8]
         bundle = cache_dir() / "crds" / (
-            f"bundle-istio-{v['ISTIO_API_VERSION']}-gwapi-{v['GATEWAY_API_VERSION']}-{selection}.json"
+            f"bundle-istio-{v['ISTIO_API_VERSION']}-gwapi-{v['GATEWAY_API_VERSION']}"
+            f"-gie-{v['GATEWAY_API_INFERENCE_EXTENSION_VERSION']}-{selection}.json"
         )
         with contextlib.suppress(OSError, ValueError):
             return json.loads(bundle.read_text())
@@ -674,8 +680,8 @@ class ControlPlane:
             doc = yaml.load(text, Loader=loader)  # noqa: S506 - safe loader
             if doc and doc.get("kind") == "CustomResourceDefinition" and doc["metadata"]["name"] in ISTIO_CRDS:
                 docs.append(doc)
-        for kind in GATEWAY_API_CRDS:
-            f = self.toolchain.gateway_api_crds / f"gateway.networking.k8s.io_{kind}.yaml"
+        files = [self.toolchain.gateway_api_crds / f"gateway.networking.k8s.io_{k}.yaml" for k in GATEWAY_API_CRDS]
+        for f in (*files, self.toolchain.inference_pool_crd):
             for doc in yaml.load_all(f.read_text(), Loader=loader):  # noqa: S506 - safe loader
                 if doc and doc.get("kind") == "CustomResourceDefinition":
                     docs.append(doc)
@@ -695,7 +701,7 @@ class ControlPlane:
         self.timings["CRD manifests"] = round(time.monotonic() - t0, 2)
         names = [d["metadata"]["name"] for d in docs]
         found = set(names)
-        wanted = [*ISTIO_CRDS, *(f"{k}.gateway.networking.k8s.io" for k in GATEWAY_API_CRDS)]
+        wanted = [*ISTIO_CRDS, *(f"{k}.gateway.networking.k8s.io" for k in GATEWAY_API_CRDS), INFERENCE_POOL_CRD]
         missing = [n for n in wanted if n not in found] if docs_given is None else []
         if missing:
             raise ControlPlaneError(f"CRDs missing from the fetched upstream manifests: {missing}")

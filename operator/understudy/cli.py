@@ -168,10 +168,12 @@ def report(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def add_validate(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "validate",
-        help="check FallbackPolicy manifests offline, with the API server's rules",
+        help="check FallbackPolicy manifests offline, with the API server's rules, and show their PromQL",
         description=(
-            "Check FallbackPolicy documents against the same rules the CRD enforces. Documents of other API "
-            "groups in the same files are skipped. Exit status 1 when any policy is invalid."
+            "Check FallbackPolicy documents against the same rules the CRD enforces, and print the PromQL each "
+            "trigger of a valid policy will run (as the operator batches it, for the policy's namespace, custom "
+            "queries held to it). Documents of other API groups in the same files are skipped. Exit status 1 "
+            "when any policy is invalid."
         ),
     )
     parser.add_argument(
@@ -198,7 +200,7 @@ def validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
             continue
         name = _display_name(document)
         try:
-            FallbackPolicy.model_validate(document)
+            policy = FallbackPolicy.model_validate(document)
         except ValidationError as error:
             failed = True
             print(f"{where}: {KIND} {name} is invalid:", file=out)
@@ -206,7 +208,32 @@ def validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 print(f"  {line}", file=out)
         else:
             print(f"{where}: {KIND} {name} OK", file=out)
+            for line in _queries(policy, document):
+                print(f"  {line}", file=out)
     return 1 if failed else 0
+
+
+def _queries(policy: FallbackPolicy, document: dict[str, Any]) -> Iterator[str]:
+    """What each trigger reads, as the operator plans it: the PromQL and the request count that gates it."""
+    from understudy.loop import PolicySnapshot, compile_policy
+    from understudy.signals.promql import plan_queries, trigger_reads
+
+    namespace = str(policy.metadata.get("namespace") or "default")
+    compiled = compile_policy(PolicySnapshot.of(namespace, _display_name(document), "", 0, "", document["spec"], {}))
+    reads = trigger_reads(plan_queries([compiled.target]), compiled.target.key)
+    kinds = {t.name: t.kind for t in policy.spec.triggers}
+    for trigger, tiers in reads.items():
+        distinct = {(r.query, r.count_query, r.from_deployment) for r in tiers.values()}
+        for tier, read in tiers.items() if len(distinct) > 1 else [("", next(iter(tiers.values())))]:
+            on = f" on {tier}" if tier else ""
+            if read.from_deployment:
+                yield f"{trigger} ({kinds[trigger]}){on}: read from the tier's Deployment, not from Prometheus"
+            elif read.query is None:
+                yield f"{trigger} ({kinds[trigger]}){on}: not read (refused, reads as missing data)"
+            else:
+                yield f"{trigger} ({kinds[trigger]}){on}: {read.query}"
+                if read.count_query:
+                    yield f"  unless fewer than {read.min_requests} requests in the window: {read.count_query}"
 
 
 def _display_name(document: dict[str, Any]) -> str:

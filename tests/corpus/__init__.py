@@ -1,6 +1,7 @@
 """The FallbackPolicy corpus (see README.md), loaded once for the unit and the API-server tests."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,15 @@ def load(kind: str) -> list[Case]:
 
 VALID = load("valid")
 INVALID = load("invalid")
+
+
+README = ROOT.parents[1] / "README.md"
+
+
+def readme_llm_examples() -> dict[str, dict[str, Any]]:
+    """The example policies of the README's "LLM platforms" section, by their signals.preset."""
+    text = README.read_text()
+    section = text[text.index("## LLM platforms"):text.index("\n## ", text.index("## LLM platforms") + 1)]
+    documents = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)]
+    return {d["spec"]["signals"]["preset"]: d for d in documents
+            if isinstance(d, dict) and d.get("kind") == "FallbackPolicy"}

@@ -8,6 +8,7 @@ import pytest
 
 from e2e.harness.cluster import ControlPlane
 from e2e.harness.prometheus import PrometheusServer
+from e2e.llm_scenario import LLMScenario
 from e2e.scenario import Scenario
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "understudy.dev_fallbackpolicies.yaml"
@@ -29,6 +30,25 @@ def make_scenario(control_plane: ControlPlane, kube_api: Any, namespace: str, fa
 
     def build(prometheus: PrometheusServer, backend: str = "istio") -> Scenario:
         sc = Scenario(control_plane, prometheus, namespace, kube_api, backend, tmp_path)
+        sc.__enter__()
+        made.append(sc)
+        return sc
+
+    try:
+        yield build
+    finally:
+        for sc in reversed(made):
+            sc.close()
+
+
+@pytest.fixture
+def make_llm_scenario(control_plane: ControlPlane, kube_api: Any, namespace: str, fallbackpolicy_crd: None,
+                      tmp_path: Path) -> Iterator[Callable[[PrometheusServer], LLMScenario]]:
+    """Build the two-model chat assistant behind InferencePools; everything it starts is stopped after."""
+    made: list[LLMScenario] = []
+
+    def build(prometheus: PrometheusServer) -> LLMScenario:
+        sc = LLMScenario(control_plane, prometheus, namespace, kube_api, workdir=tmp_path)
         sc.__enter__()
         made.append(sc)
         return sc

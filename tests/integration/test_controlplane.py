@@ -253,3 +253,30 @@ def test_env_file_is_sourceable_and_extendable(control_plane: ControlPlane, tmp_
     assert out[0] == f"node/{control_plane.node_names[0]}"
     assert out[1].startswith(control_plane.toolchain.versions["HELM_VERSION"])
     assert out[2] == "http://127.0.0.1:9090"
+
+
+def test_inference_pool_crd_is_served_and_httproutes_weigh_pools(kube_api: client.ApiClient, namespace: str) -> None:
+    """The Inference Extension's InferencePool, from its pinned Go module, and an HTTPRoute rule weighing two."""
+    custom = client.CustomObjectsApi(kube_api)
+    for name in ("llm-large", "llm-small"):
+        custom.create_namespaced_custom_object("inference.networking.k8s.io", "v1", namespace, "inferencepools", {
+            "apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool", "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": name}}, "targetPorts": [{"number": 8000}],
+                     "endpointPickerRef": {"name": f"{name}-epp", "port": {"number": 9002}}},
+        })
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "llm"},
+        "spec": {"parentRefs": [{"name": "inference-gateway"}], "rules": [{"backendRefs": [
+            {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": n, "weight": w}
+            for n, w in (("llm-large", 90), ("llm-small", 10))]}]},
+    }
+    custom.create_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes", route)
+    got = custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes", "llm")
+    assert [(r["kind"], r["name"], r["weight"]) for r in got["spec"]["rules"][0]["backendRefs"]] == [
+        ("InferencePool", "llm-large", 90), ("InferencePool", "llm-small", 10)]
+    pool = {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool", "metadata": {"name": "bad"},
+            "spec": {"selector": {"matchLabels": {"app": "x"}}, "targetPorts": [{"number": 8000}],
+                     "endpointPickerRef": {"name": "epp"}}}
+    with pytest.raises(ApiException) as err:  # the upstream CEL rule: a Service picker needs a port
+        custom.create_namespaced_custom_object("inference.networking.k8s.io", "v1", namespace, "inferencepools", pool)
+    assert err.value.status == 422 and "port is required" in err.value.body

@@ -19,7 +19,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.corpus import INVALID, VALID, Case
+from tests.corpus import INVALID, VALID, Case, readme_llm_examples
 from understudy.api import FallbackPolicy, FallbackPolicyStatus
 from understudy.engine.governance_state import (
     Attempt,
@@ -93,6 +93,17 @@ def test_valid_policy_is_accepted_and_defaulted_like_the_models(
     created = create(kube_api, namespace, case.document)
     spec = FallbackPolicy.model_validate(case.document).spec
     assert created["spec"] == spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+@pytest.mark.parametrize("preset", sorted(readme_llm_examples()))
+def test_the_readmes_llm_examples_are_accepted_as_written(
+    crd: dict[str, Any], kube_api: Any, namespace: str, preset: str
+) -> None:
+    document = readme_llm_examples()[preset]
+    created = create(kube_api, namespace, document)
+    assert created["spec"]["signals"]["preset"] == preset
+    assert created["spec"] == FallbackPolicy.model_validate(document).spec.model_dump(
+        by_alias=True, exclude_none=True, mode="json")
 
 
 @pytest.mark.parametrize("case", INVALID, ids=lambda c: c.id)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
 
-from understudy.engine.model import Tier
+from understudy.engine.model import BackendRef, Tier
 from understudy.routing import (
     GatewayAPITarget,
     IstioBackend,
@@ -462,3 +462,101 @@ def test_gateway_refusals(
         backend_for(kube_api, target, TIERS).apply(namespace, ON_DISTILLED)
     assert err.value.reason == reason
     assert get_route(kube_api, namespace)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+# ---- Gateway API over InferencePools (the Inference Extension's backend kind) -----------------------------------
+
+INFERENCE = "inference.networking.k8s.io"
+POOL_TIERS = tuple(
+    Tier(t.name, t.deployment, t.service, BackendRef(INFERENCE, "InferencePool", f"pool-{t.name}")) for t in TIERS
+)
+
+
+def pool_route() -> dict[str, Any]:
+    """Rule 0 sends debug traffic to a Service; rule 1 weighs one InferencePool per tier."""
+    def pool(name: str, weight: int) -> dict[str, Any]:
+        return {"group": INFERENCE, "kind": "InferencePool", "name": name, "weight": weight}
+
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "recommender"},
+        "spec": {
+            "parentRefs": [{"name": "inference-gateway"}],
+            "rules": [
+                {"matches": [{"headers": [{"name": "x-debug", "value": "1"}]}],
+                 "backendRefs": [{"name": "model-debug", "port": 80}]},
+                {"backendRefs": [pool("pool-primary", 100), pool("pool-distilled", 0), pool("pool-baseline", 0)]},
+            ],
+        },
+    }
+
+
+@pytest.fixture
+def pools(kube_api: ApiClient, namespace: str) -> dict[str, Any]:
+    return CustomObjectsApi(kube_api).create_namespaced_custom_object(*GATEWAY[:2], namespace, GATEWAY[2], pool_route())
+
+
+def test_inference_pools_are_weighed_like_services(kube_api: ApiClient, namespace: str, pools: dict[str, Any]) -> None:
+    backend = backend_for(kube_api, GatewayAPITarget("recommender", 1), POOL_TIERS)
+    assert backend.read(namespace) == ON_PRIMARY
+    assert backend.apply(namespace, SPLIT) is True
+    assert backend.read(namespace) == SPLIT
+    after = get_route(kube_api, namespace)
+    refs = after["spec"]["rules"][1]["backendRefs"]
+    assert [(r["kind"], r["name"], r["weight"]) for r in refs] == [
+        ("InferencePool", "pool-primary", 60), ("InferencePool", "pool-distilled", 40),
+        ("InferencePool", "pool-baseline", 0)]
+    assert after["spec"]["rules"][0] == pools["spec"]["rules"][0]
+    assert backend.apply(namespace, SPLIT) is False
+
+
+def test_inference_pools_keep_a_persons_edit_to_another_rule(
+    kube_api: ApiClient, namespace: str, pools: dict[str, Any]
+) -> None:
+    def person_edits() -> None:
+        CustomObjectsApi(kube_api).patch_namespaced_custom_object(
+            *GATEWAY[:2], namespace, GATEWAY[2], "recommender",
+            [{"op": "replace", "path": "/spec/rules/0/backendRefs/0/port", "value": 8080}], _content_type=JSON_PATCH,
+        )
+
+    client = Interleaving(kube_api, "/httproutes/recommender", person_edits)
+    try:
+        assert backend_for(client, GatewayAPITarget("recommender", 1), POOL_TIERS).apply(namespace, ON_DISTILLED)
+    finally:
+        client.close()
+    assert client.patch_statuses == [409, 200]
+    after = get_route(kube_api, namespace)
+    assert after["spec"]["rules"][0]["backendRefs"][0]["port"] == 8080
+    assert [r["weight"] for r in after["spec"]["rules"][1]["backendRefs"]] == [0, 100, 0]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason", "said"),
+    [
+        # the same name as a tier's pool, but a Service: not the tier's backend
+        ([{"op": "replace", "path": "/spec/rules/1/backendRefs/1",
+           "value": {"name": "pool-distilled", "port": 80, "weight": 0}}],
+         "DestinationUnknown", "sends to Service 'pool-distilled', which is no tier's backendRef"),
+        # the right pool, in another namespace
+        ([{"op": "add", "path": "/spec/rules/1/backendRefs/2/namespace", "value": "elsewhere"}],
+         "DestinationUnknown", "InferencePool 'pool-baseline' (inference.networking.k8s.io) in namespace 'elsewhere'"),
+        ([{"op": "remove", "path": "/spec/rules/1/backendRefs/2"}],
+         "DestinationMissing", "no backendRef for InferencePool 'pool-baseline' (inference.networking.k8s.io)"),
+        ([{"op": "add", "path": "/spec/rules/1/backendRefs/-",
+           "value": {"group": INFERENCE, "kind": "InferencePool", "name": "pool-primary", "weight": 0}}],
+         "DestinationAmbiguous", "several backendRefs for tier 'primary'"),
+    ],
+)
+def test_inference_pool_refusals_name_what_does_not_match(
+    kube_api: ApiClient, namespace: str, pools: dict[str, Any], edit: list[dict[str, Any]], reason: str, said: str,
+) -> None:
+    CustomObjectsApi(kube_api).patch_namespaced_custom_object(
+        *GATEWAY[:2], namespace, GATEWAY[2], "recommender", edit, _content_type=JSON_PATCH
+    )
+    before = get_route(kube_api, namespace)["metadata"]["resourceVersion"]
+    with pytest.raises(RoutingTargetError) as err:
+        backend_for(kube_api, GatewayAPITarget("recommender", 1), POOL_TIERS).apply(namespace, ON_DISTILLED)
+    assert err.value.reason == reason
+    assert said in err.value.message
+    assert get_route(kube_api, namespace)["metadata"]["resourceVersion"] == before

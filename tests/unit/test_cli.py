@@ -19,10 +19,27 @@ def run_validate(*paths: str) -> tuple[int, str]:
     return status, out.getvalue()
 
 
-def test_valid_policy_prints_one_ok_line() -> None:
+def test_valid_policy_prints_one_ok_line_then_what_each_trigger_reads() -> None:
     status, output = run_validate(str(VALID[0].path))
     assert status == 0
-    assert output == f"{VALID[0].path}: FallbackPolicy {VALID[0].document['metadata']['name']} OK\n"
+    first, *reads = output.splitlines()
+    assert first == f"{VALID[0].path}: FallbackPolicy {VALID[0].document['metadata']['name']} OK"
+    assert reads and all(line.startswith("  ") for line in reads)
+
+
+def test_validate_prints_the_promql_of_each_trigger() -> None:
+    status, output = run_validate(str(next(c for c in VALID if c.path.stem == "vllm-llm-triggers").path))
+    assert status == 0
+    lines = output.splitlines()
+    assert ('  ttft (timeToFirstToken): 1000 * histogram_quantile(0.99, sum by (le, namespace, workload) (rate('
+            'vllm:time_to_first_token_seconds_bucket{namespace=~"default", workload=~"llm-large|llm-small"}[60s])))'
+            ) in lines
+    assert ('  queue (queueDepth): avg by (namespace, workload) (vllm:num_requests_waiting{namespace=~"default", '
+            'workload=~"llm-large|llm-small"})') in lines
+    gate = ('    unless fewer than 3 requests in the window: sum by (namespace, workload) (increase('
+            'vllm:request_success_total{namespace=~"default", workload=~"llm-large|llm-small"}[60s]))')
+    assert lines[lines.index(next(x for x in lines if x.startswith("  ttft"))) + 1] == gate
+    assert lines[lines.index(next(x for x in lines if x.startswith("  queue"))) + 1].startswith("  kv-cache")
 
 
 def test_invalid_policy_prints_its_problem_and_fails() -> None:

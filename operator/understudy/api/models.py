@@ -21,6 +21,7 @@ from understudy.engine.model import PRIMARY, CreepAction, Mode, RestoreApproval
 from understudy.engine.times import from_rfc3339
 from understudy.engine.model import MissingData as OnMissingData
 from understudy.signals.confine import PromQLError, check_syntax
+from understudy.signals.presets import KIND_FIELDS, PRESETS, Preset, ServerMetrics, presets_measuring
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -181,9 +182,18 @@ class DurationUnit(str, Enum):
     SECONDS = "Seconds"
 
 
+class BackendRef(_Spec):
+    """A Gateway API backendRef in the policy's namespace (an InferencePool, a Service, any other kind)."""
+
+    group: Annotated[str, Field(max_length=253, pattern=r"^$|" + DNS_SUBDOMAIN)] = ""
+    kind: Annotated[str, Field(max_length=63, pattern=r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")] = "Service"
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+
+
 class PrimaryTier(_Spec):
     deployment_name: DeploymentName
     service_name: ServiceName
+    backend_ref: BackendRef | None = None
 
 
 class Degradation(_Spec):
@@ -234,6 +244,7 @@ class FallbackTier(_Spec):
     name: Annotated[TierName, AfterValidator(_not_primary)]
     deployment_name: DeploymentName
     service_name: ServiceName
+    backend_ref: BackendRef | None = None
     degradation: Degradation | None = None
     capacity: Capacity | None = None
 
@@ -289,6 +300,32 @@ class QuerySignal(_Spec):
         return self
 
 
+class TokenLatencySignal(_Spec):
+    """A quantile of the model server's time to first token or time per output token."""
+
+    quantile: Quantile
+    above: PositiveDuration
+
+
+class QueueDepthSignal(_Spec):
+    above: Annotated[str, Field(max_length=16, pattern=DECIMAL)]
+
+
+class KVCacheUsageSignal(_Spec):
+    above: Ratio
+
+
+class TokensPerSecondSignal(_Spec):
+    above: Annotated[str, Field(max_length=16, pattern=DECIMAL)] | None = None
+    below: Annotated[str, Field(max_length=16, pattern=DECIMAL)] | None = None
+
+    @model_validator(mode="after")
+    def _one_comparison(self) -> TokensPerSecondSignal:
+        if (self.above is None) == (self.below is None):
+            raise rule_error("a tokensPerSecond trigger needs exactly one of above or below")
+        return self
+
+
 def _no_duplicates(names: list[str]) -> list[str]:
     """The CRD's `x-kubernetes-list-type: set`: a tier listed twice is a typo."""
     if len(set(names)) != len(names):
@@ -302,28 +339,120 @@ class Trigger(_Spec):
     error_ratio: ErrorRatioSignal | None = None
     ready_replicas: ReadyReplicasSignal | None = None
     query: QuerySignal | None = None
+    time_to_first_token: TokenLatencySignal | None = None
+    time_per_output_token: TokenLatencySignal | None = None
+    queue_depth: QueueDepthSignal | None = None
+    kv_cache_usage: KVCacheUsageSignal | None = None
+    tokens_per_second: TokensPerSecondSignal | None = None
     applies_to: (
         Annotated[list[TierName], Field(min_length=1, max_length=9), AfterValidator(_no_duplicates)] | None
     ) = None
 
+    @property
+    def signals(self) -> tuple[BaseModel | None, ...]:
+        return (self.latency, self.error_ratio, self.ready_replicas, self.query, self.time_to_first_token,
+                self.time_per_output_token, self.queue_depth, self.kv_cache_usage, self.tokens_per_second)
+
+    @property
+    def kind(self) -> str:
+        """The spec field of the trigger's signal, e.g. "latency" or "timeToFirstToken"."""
+        return next(SIGNAL_FIELDS[i] for i, signal in enumerate(self.signals) if signal is not None)
+
     @model_validator(mode="after")
     def _one_signal(self) -> Trigger:
-        if sum(s is not None for s in (self.latency, self.error_ratio, self.ready_replicas, self.query)) != 1:
-            raise rule_error("each trigger needs exactly one signal: latency, errorRatio, readyReplicas or query")
+        if sum(s is not None for s in self.signals) != 1:
+            raise rule_error(ONE_SIGNAL_MESSAGE)
         return self
 
 
+SIGNAL_FIELDS = ("latency", "errorRatio", "readyReplicas", "query", "timeToFirstToken", "timePerOutputToken",
+                 "queueDepth", "kvCacheUsage", "tokensPerSecond")
+"""The spec fields of `Trigger.signals`, in its order."""
+ONE_SIGNAL_MESSAGE = (
+    "each trigger needs exactly one signal: latency, errorRatio, readyReplicas, query, timeToFirstToken, "
+    "timePerOutputToken, queueDepth, kvCacheUsage or tokensPerSecond")
+
+
+def _listed(presets: tuple[Preset, ...]) -> str:
+    names = [p.value for p in presets]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def preset_message(kind: str) -> str:
+    """The CRD's message for a trigger kind that the policy's signals.preset cannot read."""
+    which = _listed(presets_measuring(kind))
+    if kind == "latency":
+        return f"triggers[].latency needs signals.durationMetric or a signals.preset whose server measures it: {which}"
+    if kind == "errorRatio":
+        return ("triggers[].errorRatio needs signals.responseCodeLabel or a signals.preset whose server counts "
+                f"failed requests: {which}")
+    return f"triggers[].{kind} needs a signals.preset whose server measures it: {which}"
+
+
 class Signals(_Spec):
+    """Where the triggers read: a preset of a mesh's or model server's metric names, each overridable.
+
+    The overrides are stored apart and the resolved names are properties under the names the operator
+    reads (`requests_metric`, ...), so a policy without overrides follows its preset.
+    """
+
+    preset: Preset = Preset.ISTIO
     prometheus_url: Annotated[str, Field(max_length=2048), AfterValidator(_prometheus_url)] | None = Field(
         default=None, alias="prometheusURL"
     )
-    requests_metric: MetricName = "istio_requests_total"
-    duration_metric: MetricName = "istio_request_duration_milliseconds"
-    duration_unit: DurationUnit = DurationUnit.MILLISECONDS
-    workload_label: LabelName = "destination_workload"
-    namespace_label: LabelName = "destination_workload_namespace"
-    response_code_label: LabelName = "response_code"
+    requests_metric_override: MetricName | None = Field(default=None, alias="requestsMetric")
+    duration_metric_override: MetricName | None = Field(default=None, alias="durationMetric")
+    duration_unit_override: DurationUnit | None = Field(default=None, alias="durationUnit")
+    workload_label_override: LabelName | None = Field(default=None, alias="workloadLabel")
+    namespace_label_override: LabelName | None = Field(default=None, alias="namespaceLabel")
+    response_code_label_override: LabelName | None = Field(default=None, alias="responseCodeLabel")
     min_requests: Annotated[int, Field(ge=0, le=1_000_000)] = 20
+
+    @property
+    def server(self) -> ServerMetrics:
+        return PRESETS[self.preset]
+
+    @property
+    def requests_metric(self) -> str:
+        return self.requests_metric_override or self.server.requests
+
+    @property
+    def duration_metric(self) -> str:
+        """The latency histogram; "" where the preset has none and nothing overrides it (no latency trigger
+        is then allowed)."""
+        latency = self.server.latency
+        return self.duration_metric_override or (latency.metric if latency else "")
+
+    @property
+    def duration_unit(self) -> DurationUnit:
+        if self.duration_unit_override is not None:
+            return self.duration_unit_override
+        latency = self.server.latency
+        return DurationUnit.SECONDS if latency and latency.seconds else DurationUnit.MILLISECONDS
+
+    @property
+    def workload_label(self) -> str:
+        return self.workload_label_override or self.server.workload_label
+
+    @property
+    def namespace_label(self) -> str:
+        return self.namespace_label_override or self.server.namespace_label
+
+    @property
+    def response_code_label(self) -> str:
+        """Read only where errors are a response-code label: an override, or a preset that counts them so."""
+        if self.response_code_label_override:
+            return self.response_code_label_override
+        errors = self.server.errors
+        return errors.response_code_label if errors and errors.response_code_label else "response_code"
+
+    def measures(self, kind: str) -> bool:
+        """Whether a trigger of this kind (its spec field) has a metric to read under this preset."""
+        if kind == "latency" and self.duration_metric_override:
+            return True
+        if kind == "errorRatio" and self.response_code_label_override:
+            return True
+        return kind not in KIND_FIELDS or self.preset in presets_measuring(kind)
 
 
 class Evaluation(_Spec):
@@ -442,6 +571,12 @@ class FallbackPolicySpec(_Spec):
         if self.routing.service is not None and self.evaluation.restore_steps not in (None, [100]):
             raise rule_error(
                 "routing.service moves all traffic at once: evaluation.restoreSteps must be omitted or [100]")
+        for kind in KIND_FIELDS:
+            if any(t.kind == kind for t in self.triggers) and not self.signals.measures(kind):
+                raise rule_error(preset_message(kind))
+        if self.routing.gateway_api is None and any(t.backend_ref for t in (self.primary, *self.fallbacks)):
+            raise rule_error("backendRef is for routing.gatewayAPI only: Istio and Service routing send each tier's "
+                             "traffic to its serviceName")
         return self
 
 

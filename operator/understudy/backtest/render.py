@@ -222,7 +222,7 @@ def plot(result: Replay, context: Context, path: str | Path) -> None:
                         linewidth=1.3, label=tier)
         ax.axhline(trigger.threshold, color="black", linestyle="--", linewidth=1,
                    label=f"{trigger.comparison.value} {trigger.threshold:g}")
-        unit = " (ms)" if trigger.kind.value == "latency" else ""
+        unit = " (ms)" if trigger.kind.value in ("latency", "timeToFirstToken", "timePerOutputToken") else ""
         ax.set_ylabel(f"{trigger.name}{unit}", fontsize=9)
         ax.legend(loc="upper left", fontsize=8, ncol=len(names) + 1, frameon=False)
         ax.grid(alpha=0.3)

@@ -42,6 +42,11 @@ class SignalKind(str, Enum):
     ERROR_RATIO = "errorRatio"
     READY_REPLICAS = "readyReplicas"
     QUERY = "query"
+    TIME_TO_FIRST_TOKEN = "timeToFirstToken"
+    TIME_PER_OUTPUT_TOKEN = "timePerOutputToken"
+    QUEUE_DEPTH = "queueDepth"
+    KV_CACHE_USAGE = "kvCacheUsage"
+    TOKENS_PER_SECOND = "tokensPerSecond"
 
 
 class Comparison(str, Enum):
@@ -50,11 +55,24 @@ class Comparison(str, Enum):
 
 
 @dataclass(frozen=True)
+class Series:
+    """The model server's own metric a trigger reads (from its signals preset), as a PromQL selector; the
+    engine only carries it to the signal reader. `scale` turns the metric's unit into the trigger's (1000 for
+    a histogram of seconds read in milliseconds); `counts_successes` marks an error ratio whose counter
+    counts the requests that succeeded rather than those that failed."""
+
+    selector: str
+    scale: float = 1.0
+    counts_successes: bool = False
+
+
+@dataclass(frozen=True)
 class Trigger:
     """One explicit limit, evaluated separately on every tier it applies to.
 
-    `threshold` is in the signal's own unit: milliseconds for latency, a 0..1 ratio for error ratio and
-    ready replicas, the query's unit for custom PromQL.
+    `threshold` is in the signal's own unit: milliseconds for latency, time to first token and time per
+    output token, a 0..1 ratio for error ratio, ready replicas and KV-cache usage, requests for queue depth,
+    tokens per second, the query's unit for custom PromQL.
     """
 
     name: str
@@ -66,6 +84,9 @@ class Trigger:
     min_requests: int = 0
     applies_to: frozenset[str] = frozenset()
     """Tier names this trigger is evaluated on; empty means every tier."""
+    series: Series | None = None
+    """Where a model server's signal is read; None for the request metrics of `signals` (and the kinds that
+    read no metric)."""
 
     def applies(self, tier: str) -> bool:
         return not self.applies_to or tier in self.applies_to
@@ -75,10 +96,23 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class BackendRef:
+    """A Gateway API backendRef in the policy's namespace: an InferencePool, a Service, or any other kind.
+
+    The engine only carries it, from the spec to the routing backend that weighs it."""
+
+    group: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
     deployment: str
     service: str
+    backend_ref: BackendRef | None = None
+    """What a Gateway API rule sends this tier's traffic to; None means the core Service `service`."""
 
 
 @dataclass(frozen=True)

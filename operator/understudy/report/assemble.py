@@ -17,7 +17,7 @@ from typing import Any
 
 from understudy.backtest.source import parse_time
 from understudy.engine.model import PRIMARY
-from understudy.signals.promql import MetricNames, promql_duration
+from understudy.signals.promql import MetricNames, promql_duration, selector
 
 HISTORY_LIMIT = 20
 """status.history's maxItems: with this many entries, older transitions may have been dropped."""
@@ -267,9 +267,7 @@ def _selector(inputs: ReportInputs, metric: str, tiers: Sequence[TierRef], extra
     m = inputs.metrics
     matchers = [f'{m.namespace_label}="{_string(inputs.namespace)}"',
                 f'{m.workload_label}=~"{_alternation([t.deployment for t in tiers])}"']
-    if extra:
-        matchers.append(extra)
-    return f"{metric}{{{', '.join(matchers)}}}"
+    return selector(metric, *matchers, extra)
 
 
 def _subquery_step(inputs: ReportInputs) -> str:

@@ -1,10 +1,12 @@
 """Gateway API HTTPRoute backend: rewrites the backendRef weights of one rule.
 
 Only `spec.rules[i].backendRefs[j].weight` is written, conditionally on the resourceVersion read. A
-tier's backendRef is the core Service of the tier's name in the route's namespace. Unlike the Istio
-backend, a tier missing from the rule is not added (DestinationMissing): a Service backendRef needs a
-port, and the operator has no business guessing it. Weights are relative (an absent weight is 1), so a
-person's 1/1 reads as 50/50; the operator writes percents.
+tier's backendRef is the one its spec names (group, kind, name: an InferencePool of the Gateway API
+Inference Extension, or any other kind), by default the core Service of the tier's serviceName, always in
+the route's namespace; it is matched and weighed the same whatever its kind. Unlike the Istio backend, a
+tier missing from the rule is not added (DestinationMissing): a Service backendRef needs a port, and the
+operator has no business guessing it. Weights are relative (an absent weight is 1), so a person's 1/1
+reads as 50/50; the operator writes percents.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 
 from kubernetes.client import ApiClient, CustomObjectsApi
 
-from understudy.engine.model import Tier
+from understudy.engine.model import BackendRef, Tier
 from understudy.routing.base import (
     CustomObject,
     GatewayAPITarget,
@@ -29,13 +31,24 @@ PLURAL = "httproutes"
 KIND = "HTTPRoute"
 
 
-def _is_service(ref: dict[str, Any], namespace: str) -> bool:
-    """A backendRef to a core Service in the route's own namespace (the defaults when fields are absent)."""
-    return (
-        ref.get("group", "") == ""
-        and ref.get("kind", "Service") == "Service"
-        and ref.get("namespace", namespace) == namespace
-    )
+def backend_ref(tier: Tier) -> BackendRef:
+    """The backendRef a tier's traffic goes to: the one its spec names, else the core Service of its name."""
+    return tier.backend_ref or BackendRef("", "Service", tier.service)
+
+
+def _describe(ref: BackendRef | dict[str, Any]) -> str:
+    """`InferencePool "llm-large" (inference.networking.k8s.io)`, or `Service "x"` for the core group."""
+    if isinstance(ref, dict):
+        ref = BackendRef(str(ref.get("group", "")), str(ref.get("kind", "Service")), str(ref.get("name", "")))
+    return f"{ref.kind} {ref.name!r}" + (f" ({ref.group})" if ref.group else "")
+
+
+def _identity(ref: dict[str, Any], namespace: str) -> BackendRef | None:
+    """A rule's backendRef as (group, kind, name) with Gateway API's defaults filled in; None for one in
+    another namespace, which no tier names."""
+    if ref.get("namespace", namespace) != namespace:
+        return None
+    return BackendRef(str(ref.get("group", "")), str(ref.get("kind", "Service")), str(ref.get("name", "")))
 
 
 class GatewayAPIBackend:
@@ -80,26 +93,28 @@ class GatewayAPIBackend:
         if not 0 <= rule < len(rules):
             raise RoutingTargetError("RouteNotFound", f"{where} has {len(rules)} rules; rule {rule} does not exist")
         refs = rules[rule].get("backendRefs") or []
-        by_service = {t.service: t for t in self._tiers}
-        if len(by_service) != len(self._tiers):
-            raise RoutingTargetError("DestinationAmbiguous", f"several tiers share one Service in {where}")
+        by_ref = {backend_ref(t): t for t in self._tiers}
+        if len(by_ref) != len(self._tiers):
+            raise RoutingTargetError("DestinationAmbiguous", f"several tiers share one backendRef in {where}")
         placed: dict[str, int] = {}
         for j, ref in enumerate(refs):
-            tier = by_service.get(ref.get("name", "")) if _is_service(ref, namespace) else None
+            identity = _identity(ref, namespace)
+            tier = by_ref.get(identity) if identity is not None else None
             if tier is None:
+                elsewhere = "" if identity is not None else f" in namespace {ref.get('namespace')!r}"
                 raise RoutingTargetError(
                     "DestinationUnknown",
-                    f"{where} rule {rule} sends to {ref.get('kind', 'Service')} {ref.get('name')!r}, "
-                    "which is no tier's Service",
+                    f"{where} rule {rule} sends to {_describe(ref)}{elsewhere}, which is no tier's backendRef "
+                    f"(the tiers' are {', '.join(_describe(backend_ref(t)) for t in self._tiers)})",
                 )
             if tier.name in placed:
                 raise RoutingTargetError(
                     "DestinationAmbiguous", f"{where} rule {rule} has several backendRefs for tier {tier.name!r}"
                 )
             placed[tier.name] = j
-        absent = [t.service for t in self._tiers if t.name not in placed]
+        absent = [_describe(backend_ref(t)) for t in self._tiers if t.name not in placed]
         if absent and (require_all or not placed):
             raise RoutingTargetError(
-                "DestinationMissing", f"{where} rule {rule} has no backendRef for the Services {absent}"
+                "DestinationMissing", f"{where} rule {rule} has no backendRef for {', '.join(absent)}"
             )
         return refs, placed

@@ -35,6 +35,7 @@ from understudy.engine.model import (
     Policy,
     Reading,
     Samples,
+    Series,
     SignalKind,
     Tier,
     Trigger,
@@ -88,6 +89,24 @@ class _Shape(str, Enum):
     REQUESTS = "requests"
     ERROR_RATIO = "errorRatio"
     LATENCY = "latency"
+    QUANTILE = "quantile"
+    """A quantile of a model server's histogram (time to first token, time per output token)."""
+    GAUGE = "gauge"
+    """A model server's gauge, averaged over the tier's replicas (queue depth, KV-cache usage)."""
+    RATE = "rate"
+    """A model server's counter per second, summed over the tier's replicas (tokens per second)."""
+
+
+_SHAPES = {
+    SignalKind.LATENCY: _Shape.LATENCY,
+    SignalKind.ERROR_RATIO: _Shape.ERROR_RATIO,
+    SignalKind.TIME_TO_FIRST_TOKEN: _Shape.QUANTILE,
+    SignalKind.TIME_PER_OUTPUT_TOKEN: _Shape.QUANTILE,
+    SignalKind.QUEUE_DEPTH: _Shape.GAUGE,
+    SignalKind.KV_CACHE_USAGE: _Shape.GAUGE,
+    SignalKind.TOKENS_PER_SECOND: _Shape.RATE,
+}
+"""The batched query shape each kind read from Prometheus takes."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,7 @@ class _Group:
     metrics: MetricNames
     window: str
     quantile: float | None = None
+    series: Series | None = None
 
 
 @dataclass(frozen=True)
@@ -187,9 +207,24 @@ def _matchers(metrics: MetricNames, series: Iterable[tuple[str, str]], limit: in
     return text if len(text) <= limit else ""
 
 
-def _selector(metric: str, *matchers: str) -> str:
+def selector(metric: str, *matchers: str) -> str:
+    """`metric` with `matchers` added: a metric name, or a selector that already has matchers of its own
+    (`name{a="b"}`, `{__name__=~"x|y"}`: a preset may need two counters or one series of a gauge family)."""
     present = [m for m in matchers if m]
-    return f"{metric}{{{', '.join(present)}}}" if present else metric
+    name, brace, inner = metric.partition("{")
+    own = [inner.rstrip().removesuffix("}").strip()] if brace else []
+    every = [m for m in (*own, *present) if m]
+    return f"{name}{{{', '.join(every)}}}" if every else name
+
+
+def _bucket(histogram: str) -> str:
+    """The `_bucket` series of a histogram named on its own or by a selector."""
+    name, brace, rest = histogram.partition("{")
+    return f"{name}_bucket{brace}{rest}"
+
+
+def _scaled(scale: float, expression: str) -> str:
+    return expression if scale == 1.0 else f"{scale:g} * {expression}"
 
 
 def _render(group: _Group, matchers: str) -> str:
@@ -197,16 +232,32 @@ def _render(group: _Group, matchers: str) -> str:
     by = f"{m.namespace_label}, {m.workload_label}"
     w = group.window
     if group.shape is _Shape.REQUESTS:
-        return f"sum by ({by}) (increase({_selector(m.requests_metric, matchers)}[{w}]))"
+        return f"sum by ({by}) (increase({selector(m.requests_metric, matchers)}[{w}]))"
+    series = group.series
     if group.shape is _Shape.ERROR_RATIO:
         # A workload with no 5xx yet has no 5xx series at all; `or 0 * total` gives it a true zero, but
         # only where the total exists, so a workload without traffic data still reads as absent.
-        errors = _selector(m.requests_metric, matchers, f'{m.response_code_label}=~"5.."')
-        total = f"sum by ({by}) (rate({_selector(m.requests_metric, matchers)}[{w}]))"
-        return f"(sum by ({by}) (rate({errors}[{w}])) or 0 * {total}) / {total}"
-    bucket = _selector(f"{m.duration_metric}_bucket", matchers)
-    quantile = f"histogram_quantile({group.quantile!r}, sum by (le, {by}) (rate({bucket}[{w}])))"
-    return f"1000 * {quantile}" if m.duration_in_seconds else quantile
+        total = f"sum by ({by}) (rate({selector(m.requests_metric, matchers)}[{w}]))"
+        if series is None:
+            errors = selector(m.requests_metric, matchers, f'{m.response_code_label}=~"5.."')
+        else:
+            errors = selector(series.selector, matchers)
+        counted = f"(sum by ({by}) (rate({errors}[{w}])) or 0 * {total})"
+        if series is not None and series.counts_successes:
+            return f"({total} - {counted}) / {total}"
+        return f"{counted} / {total}"
+    if group.shape is _Shape.LATENCY:
+        bucket = selector(f"{m.duration_metric}_bucket", matchers)
+        quantile = f"histogram_quantile({group.quantile!r}, sum by (le, {by}) (rate({bucket}[{w}])))"
+        return f"1000 * {quantile}" if m.duration_in_seconds else quantile
+    assert series is not None, "a model server's signal names its series"
+    if group.shape is _Shape.QUANTILE:
+        bucket = selector(_bucket(series.selector), matchers)
+        quantile = f"histogram_quantile({group.quantile!r}, sum by (le, {by}) (rate({bucket}[{w}])))"
+        return _scaled(series.scale, quantile)
+    if group.shape is _Shape.GAUGE:
+        return _scaled(series.scale, f"avg by ({by}) ({selector(series.selector, matchers)})")
+    return _scaled(series.scale, f"sum by ({by}) (rate({selector(series.selector, matchers)}[{w}]))")
 
 
 @lru_cache(maxsize=1024)
@@ -216,17 +267,19 @@ def _builtin(metrics: MetricNames, window: float, trigger: Trigger) -> tuple[_Gr
     Cached: a fleet has few distinct (metric names, window, trigger) combinations, and planning a
     thousand policies should not rebuild the same groups for each of them.
     """
-    if trigger.kind not in (SignalKind.LATENCY, SignalKind.ERROR_RATIO):
+    shape = _SHAPES.get(trigger.kind)
+    if shape is None:
         return None
-    if trigger.kind is SignalKind.LATENCY and trigger.quantile is None:
+    if shape in (_Shape.LATENCY, _Shape.QUANTILE) and trigger.quantile is None:
+        return None
+    if shape in (_Shape.QUANTILE, _Shape.GAUGE, _Shape.RATE) and trigger.series is None:
         return None
     names = replace(metrics, min_requests=0)
     duration = promql_duration(window)
-    if trigger.kind is SignalKind.LATENCY:
-        group = _Group(_Shape.LATENCY, names, duration, trigger.quantile)
-    else:
-        group = _Group(_Shape.ERROR_RATIO, names, duration)
-    gate = trigger.min_requests or metrics.min_requests
+    group = _Group(shape, names, duration, trigger.quantile if shape in (_Shape.LATENCY, _Shape.QUANTILE) else None,
+                   trigger.series)
+    # A gauge is the server's state now, not a statistic of the window's requests: no request minimum.
+    gate = 0 if shape is _Shape.GAUGE else trigger.min_requests or metrics.min_requests
     return group, (_Group(_Shape.REQUESTS, names, duration) if gate > 0 else None), gate
 
 
@@ -298,6 +351,33 @@ def plan_queries(
     builtin = set(rendered.values())
     return QueryPlan(queries=tuple(sorted(queries)), bindings=bindings, loads=loads, refused=refused,
                      custom=frozenset(q for q in queries if q not in builtin))
+
+
+@dataclass(frozen=True)
+class TriggerRead:
+    """How one trigger is read on one tier, for a person (`understudy validate`)."""
+
+    query: str | None
+    """The PromQL sent (batched over every tier of the batch); None: read from the Deployment, or unreadable."""
+    count_query: str | None = None
+    """The request count that gates it, if any."""
+    min_requests: int = 0
+    from_deployment: bool = False
+
+
+def trigger_reads(plan: QueryPlan, key: Hashable) -> dict[str, dict[str, TriggerRead]]:
+    """trigger name -> tier name -> how it is read, for one planned target."""
+    reads: dict[str, dict[str, TriggerRead]] = {}
+    for tier, triggers in plan.bindings.get(key, {}).items():
+        for trigger, b in triggers.items():
+            if isinstance(b, _SeriesBinding):
+                read = TriggerRead(b.query, b.count_query, b.min_requests if b.count_query else 0)
+            elif isinstance(b, _CustomBinding):
+                read = TriggerRead(b.query)
+            else:
+                read = TriggerRead(None, from_deployment=isinstance(b, _ReadyBinding))
+            reads.setdefault(trigger, {})[tier] = read
+    return reads
 
 
 def _number(raw: Any) -> float | None:
