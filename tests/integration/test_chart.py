@@ -144,6 +144,34 @@ def installed(control_plane: ControlPlane, namespace: str) -> Iterator[Callable[
     yield install
     for release in releases:
         helm(control_plane, "uninstall", release, "--namespace", namespace, "--wait", check=False)
+        status_admission_released(control_plane, namespace)
+
+
+def status_admission_released(control_plane: ControlPlane, namespace: str) -> None:
+    """Wait until a status write by someone other than the uninstalled operator is admitted again.
+
+    The API server's admission follows deleted ValidatingAdmissionPolicies from a cache, some seconds behind
+    the objects: a cluster-wide release's status-writer policy would otherwise still refuse the next test's
+    operator. A dry-run status patch by the admin, in `namespace`, is what that policy refused.
+    """
+    with contextlib.closing(control_plane.api_client()) as api:
+        custom = client.CustomObjectsApi(api)
+        probe = {**POLICY, "metadata": {"name": "admission-probe"}}
+        with contextlib.suppress(ApiException):
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probe)
+
+        def admitted() -> bool:
+            try:
+                custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, PLURAL, "admission-probe", {"status": {"observedGeneration": 1}},
+                    dry_run="All")
+            except ApiException as refused:
+                if refused.status != 403:
+                    raise
+                return False
+            return True
+
+        wait_for("status writes admitted again after the uninstall", admitted, timeout=60)
 
 
 # ---- rendering: lint and schema ---------------------------------------------------------------------------
@@ -641,6 +669,7 @@ def test_upgrade_to_two_replicas_with_leader_election_then_uninstall_leaves_noth
     while leftovers() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert leftovers() == []
+    status_admission_released(control_plane, namespace)
     assert not can_i(control_plane, user, "list", "fallbackpolicies.understudy.dev", None)
     # CRDs from crds/ are never deleted by Helm: policies survive an uninstall.
     ext = client.ApiextensionsV1Api(kube_api)
