@@ -2,7 +2,8 @@
 
 Order: the engine (a subprocess pinned to one core), then on one control plane + Prometheus: reaction time
 on the wired scenario and on the LLM scenario, batched vs per-policy reading, scale (100 / 1,000 / 5,000
-policies), and a profile of the evaluation cycle over the scale run's policies. Each prints its figures and the machine. The exit
+policies), a profile of the evaluation cycle over the scale run's policies, and isolation (1,000 policies
+beside one whose own Prometheus trickles). Each prints its figures and the machine. The exit
 status is non-zero only when a benchmark could not run; goals that are not met are reported, not failed.
 
 Options shorten a run for development: `--rounds 5 --scale 100:20,1000:30 --batching 100,1000`.
@@ -18,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from e2e.bench import batching, reaction, scale
+from e2e.bench import batching, isolation, reaction, scale
 from e2e.bench import profile as profiling
 from e2e.bench.common import REPO_ROOT, BenchUnavailable, machine, machine_line, stack
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 attempt("scale", lambda: scale.run(st, exporter, scale.parse_plan(args.scale.split(","))))
                 if "scale" in results:
                     attempt("profile", lambda: profiling.run(st, scale.NAMESPACE))
+                attempt("isolation", lambda: isolation.run(st))
             finally:
                 st.prometheus.remove_target(exporter.url)
                 exporter.stop()
@@ -125,6 +127,9 @@ def summary(results: dict[str, Any], total: float) -> list[tuple[str, bool, str]
     s = results.get("scale")
     if s is not None:
         rows += [(f"scale: {goal}", ok, measured) for goal, ok, measured in scale.goals(s)]
+    iso = results.get("isolation")
+    if iso is not None:
+        rows += isolation.goals(iso)
     rows.append(("`make bench` in under 20 minutes", total <= 20 * 60, f"{total / 60:.1f} min on this machine"))
     return rows
 
@@ -319,6 +324,30 @@ def render(results: dict[str, Any], failures: dict[str, str], m0: dict[str, Any]
             out += ["Call tree of the last steady cycle:", "", "```", *last.tree.strip().splitlines()[:60], "```", ""]
     else:
         out += ["Not run: " + failures.get("profile", "the scale benchmark did not run"), ""]
+    out += ["## 6. Isolation: one policy's bad Prometheus beside a thousand", ""]
+    iso = results.get("isolation")
+    if iso is not None:
+        out += [
+            f"A namespace of its own with the synthetic mesh and {iso.policies:,} policies like the scale run's; "
+            "one operator (`understudy run --query-timeout 2 --policy-prometheus-urls any`). After the warm-up, "
+            f"two steady windows of one run: without, then with one more policy whose `spec.signals.prometheusURL` "
+            "is a server that sends a 200 header and then one byte a second, forever. *Lateness* is the "
+            "operator's `understudy_evaluation_lateness_seconds` histogram (how long after its due time an "
+            "evaluation finished: reading, decision, writes), quantiles interpolated within its buckets as "
+            f"`histogram_quantile` does. {iso.bad_policy_ready} for the bad policy at the end.",
+            "",
+            isolation.markdown(iso),
+            "",
+            _goal_rows(isolation.goals(iso)),
+            "",
+            "The reader waits for a policy's own Prometheus only as long as the operator's own takes, or "
+            "0.25 s: a later answer stays in flight, its policy is looked at again every 0.1 s and evaluated "
+            "when the answer is complete or its deadline (`--policy-query-timeout`) has passed; after a read "
+            "that ran out of time the URL is not asked again for 5 s, doubling up to 5 minutes.",
+            "",
+        ]
+    else:
+        out += ["Not run: " + failures.get("isolation", failures.get("stack", "?")), ""]
     out += [FINDINGS]
     return "\n".join(out) + "\n"
 

@@ -87,17 +87,17 @@ class ScaleResult:
         self.lines.append(text)
 
 
-def create_policies(api: Any, start: int, end: int) -> int:
+def create_policies(api: Any, start: int, end: int, namespace: str = NAMESPACE, prefix: str = PREFIX) -> int:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     custom = client.CustomObjectsApi(api)
 
     def create(i: int) -> int:
-        body = fleet_policy(f"p-{i}", NAMESPACE, PREFIX, i % GROUPS, interval=f"{INTERVAL:g}s")
+        body = fleet_policy(f"p-{i}", namespace, prefix, i % GROUPS, interval=f"{INTERVAL:g}s")
         for attempt in range(5):
             try:
-                custom.create_namespaced_custom_object("understudy.dev", "v1alpha1", NAMESPACE,
+                custom.create_namespaced_custom_object("understudy.dev", "v1alpha1", namespace,
                                                        "fallbackpolicies", body)
                 return 1
             except ApiException as err:
@@ -117,7 +117,7 @@ def _delta(a: OperatorMetricsSnapshot, b: OperatorMetricsSnapshot) -> dict[str, 
     return {k: b.writes.get(k, 0.0) - a.writes.get(k, 0.0) for k in kinds if b.writes.get(k, 0.0) != a.writes.get(k, 0.0)}
 
 
-def _metrics(port: int, timeout: float = 60.0) -> OperatorMetricsSnapshot:
+def metrics_when_up(port: int, timeout: float = 60.0) -> OperatorMetricsSnapshot:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -137,13 +137,13 @@ def measure_size(st: Stack, r: SizeResult, steady: float, log_dir: Any) -> str:
         assert op.proc is not None
         pid = op.proc.pid
         started = time.monotonic()
-        first = _metrics(op.metrics_port)
+        first = metrics_when_up(op.metrics_port)
         # Warm-up: every policy evaluated once, then two polls more than an interval apart without writes.
         previous, quiet_since = first, None
         deadline = started + max(150.0, r.policies * 0.15)
         while time.monotonic() < deadline:
             time.sleep(2.0)
-            now = _metrics(op.metrics_port)
+            now = metrics_when_up(op.metrics_port)
             if now.policies_observed >= r.policies and now.total_writes == previous.total_writes:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since >= INTERVAL + 1:
@@ -156,12 +156,12 @@ def measure_size(st: Stack, r: SizeResult, steady: float, log_dir: Any) -> str:
         r.warmup_writes = _delta(first, previous)
         r.warmup_events = previous.events - first.events
         # Steady state.
-        a, cpu_a, t_a = _metrics(op.metrics_port), cpu_seconds(pid), time.monotonic()
+        a, cpu_a, t_a = metrics_when_up(op.metrics_port), cpu_seconds(pid), time.monotonic()
         peak = 0.0
         while time.monotonic() - t_a < steady:
             time.sleep(min(5.0, max(0.1, steady - (time.monotonic() - t_a))))
             peak = max(peak, memory_mib(pid).get("VmRSS", 0.0))
-        b, cpu_b, t_b = _metrics(op.metrics_port), cpu_seconds(pid), time.monotonic()
+        b, cpu_b, t_b = metrics_when_up(op.metrics_port), cpu_seconds(pid), time.monotonic()
         mem = memory_mib(pid)
         r.window = t_b - t_a
         r.cycles = b.cycles - a.cycles

@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "fallbackpolicies"
 
+DEFERRED_POLL_SECONDS = 0.1
+"""How soon a policy whose own Prometheus has not answered yet is looked at again (`Readout.deferred`)."""
 ACCOUNTING_FIELDS = ("last_evaluation_ms", "creep_buckets")
 """Parts of the engine state that move on every evaluation. They are checkpointed (see
 `Evaluator.checkpoint_seconds`), not written each cycle, so a steady state causes no API writes."""
@@ -268,6 +270,8 @@ class Evaluator:
     write_workers: int = 8
     """Concurrent writers: a write waits on the API server far longer than it keeps a core busy."""
     runtimes: dict[Hashable, Runtime] = field(default_factory=dict)
+    _waiting: dict[Hashable, float] = field(default_factory=dict)
+    """Policies waiting on their own Prometheus -> when their evaluation was due (for the lateness metric)."""
 
     def __post_init__(self) -> None:
         self._custom = CustomObjectsApi(self.api)
@@ -280,6 +284,7 @@ class Evaluator:
     def reset(self) -> None:
         """Forget everything in memory: the next cycle reloads each policy's state from its status."""
         self.runtimes.clear()
+        self._waiting.clear()
 
     def next_due(self) -> float | None:
         return min((r.next_due for r in self.runtimes.values()), default=None)
@@ -296,6 +301,7 @@ class Evaluator:
         due = [(k, r) for k, r in self.runtimes.items() if r.next_due <= now]
         report.due = len(due)
         valid = [(k, r) for k, r in due if r.compiled is not None]
+        due_at = {k: self._waiting.pop(k, rt.next_due) for k, rt in valid}
         for key, rt in due:
             rt.next_due = schedule_next(rt.compiled.interval if rt.compiled else 30.0, now)
             if rt.compiled is None:
@@ -307,13 +313,19 @@ class Evaluator:
             report.queries = self.reader.stats.queries_sent - before.queries_sent
             self.metrics.count_queries(before, self.reader.stats)
             for key, rt in valid:
-                rt.signal_error = readout.errors.get(key)
+                if key in readout.deferred:  # its own Prometheus has not answered yet: look again shortly
+                    rt.next_due, self._waiting[key] = now + DEFERRED_POLL_SECONDS, due_at.pop(key)
+                else:
+                    rt.signal_error = readout.errors.get(key)
             pending = [self._evaluate(key, rt, policies[key], readout.samples.get(key, Samples({})),
                                       readout.loads.get(key), deployments, now, report)
-                       for key, rt in valid]
+                       for key, rt in valid if key not in readout.deferred]
             self._apply_all([e for e in pending if e is not None], report)
         report.seconds = time.monotonic() - started
         self.metrics.cycle_duration.observe(report.seconds)
+        for at in due_at.values():
+            if at > 0.0:  # 0.0: a first evaluation, due whenever it comes
+                self.metrics.evaluation_lateness.observe(max(0.0, now + report.seconds - at))
         return report
 
     # -- keeping runtimes in line with the index -------------------------------------------------------
@@ -321,6 +333,7 @@ class Evaluator:
     def _sync(self, policies: Mapping[Hashable, PolicySnapshot]) -> None:
         for gone in set(self.runtimes) - set(policies):
             del self.runtimes[gone]
+            self._waiting.pop(gone, None)
             namespace, name = gone  # type: ignore[misc]
             self.metrics.forget_policy(namespace, name)
         for key, snap in policies.items():

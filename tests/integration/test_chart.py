@@ -817,6 +817,9 @@ def test_operator_runs_with_exactly_the_charts_permissions(
         assert ("understudy_fallback_ratio", (("namespace", other_namespace), ("policy", "recommender"))) in samples
         assert samples[("understudy_prometheus_query_errors_total", (("source", "default"),))] > 0
         assert samples[("understudy_evaluation_cycle_duration_seconds_count", ())] > 0
+        # Lateness counts evaluations after the first (due on the 5 s interval's grid).
+        wait_for("a second evaluation's lateness", lambda: parse_exposition(scrape(metrics_port)).get(
+            ("understudy_evaluation_lateness_seconds_count", ()), 0) > 0, timeout=30)
     finally:
         proc.terminate()
         try:

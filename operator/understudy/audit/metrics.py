@@ -21,6 +21,8 @@ from understudy.version import PYTHON_VERSION, VERSION
 
 CYCLE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Seconds: one cycle for all policies should take well under the default 5 s evaluation interval."""
+LATENESS_BUCKETS: Final = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+"""Seconds: a policy evaluated more than a second after its due time has lost a scrape's worth of reaction."""
 
 
 class OperatorMetrics:
@@ -45,6 +47,11 @@ class OperatorMetrics:
         self.cycle_duration = Histogram(
             "understudy_evaluation_cycle_duration_seconds",
             "Wall time of one evaluation cycle over every due policy.", buckets=CYCLE_BUCKETS, registry=r)
+        self.evaluation_lateness = Histogram(
+            "understudy_evaluation_lateness_seconds",
+            "How long after its due time a policy's evaluation finished (its reading, decision and writes): "
+            "the part of the reaction time the operator adds beyond the interval.",
+            buckets=LATENESS_BUCKETS, registry=r)
         self.prometheus_queries = Counter(
             "understudy_prometheus_queries",
             "PromQL queries sent, by source: the operator's own Prometheus (default) or policies' own URLs (policy).",

@@ -21,6 +21,12 @@ them: a query that fails right after succeeding reuses its last result for up to
 reads (one by default) before it reads MISSING. The failure still counts in `ReaderStats` and is logged.
 Reads at an explicit instant (`at`, backtests) get no grace: a stale answer would be wrong history.
 `read` blocks; the operator calls it from a worker thread, never from the event loop.
+
+A policy's own Prometheus never holds up anyone else's read: `read_all` waits for the operator's
+Prometheus, and for a policy URL's answers only as long as that takes or `POLICY_WAIT`, whichever is
+longer. An answer not in by then stays in flight (one read per URL at a time), and the targets waiting on
+it are listed in `Readout.deferred`; a later call collects the answer once it is complete or its deadline
+has passed. Reads at an explicit instant wait for everything.
 """
 from __future__ import annotations
 
@@ -50,6 +56,9 @@ from understudy.signals.transport import Credentials, Endpoint, QueryFailed, Wat
 __all__ = ["PLANS_KEPT", "PrometheusAccess", "ReaderStats", "Readout", "SignalError", "SignalReader"]
 
 _LOG = logging.getLogger(__name__)
+
+POLICY_WAIT = 0.25
+"""Seconds a read waits for a policy's own Prometheus beyond the operator's own before deferring its targets."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,18 @@ class Readout:
     errors: Mapping[Hashable, SignalError] = field(default_factory=dict)
     """Per target key, why its signals (all, or one custom query's) were not read: reason
     PrometheusURLNotAllowed or CustomQueryRefused."""
+    deferred: frozenset[Hashable] = frozenset()
+    """Keys of targets whose own Prometheus has not answered yet: no readings this time; ask again soon."""
+
+
+@dataclass
+class _InFlight:
+    """A read of a policy's own Prometheus that outlived the call that started it."""
+
+    plan: QueryPlan
+    futures: dict[str, Future[tuple[QueryResult, bool]]]
+    deadline: float
+    keys: frozenset[Hashable]
 
 
 class SignalReader:
@@ -147,6 +168,7 @@ class SignalReader:
         self._lock = threading.Lock()
         self._stats = ReaderStats()
         self._failing: set[PrometheusURL] = set()
+        self._inflight: dict[PrometheusURL, _InFlight] = {}
 
     @property
     def stats(self) -> ReaderStats:
@@ -197,6 +219,7 @@ class SignalReader:
             if not lane.users:
                 del self._lanes[url]
                 self._failing.discard(url)
+                self._inflight.pop(url, None)
                 lane.close()
 
     def _sweep(self, now: float) -> None:
@@ -255,22 +278,51 @@ class SignalReader:
                 self._claim(target.key, None if route == self.default else route, started)
         self._sweep(started)
 
-        plans = {url: self._plan(url, batch) for url, batch in batches.items()}
-        for plan in plans.values():
-            errors.update((key, SignalError(QUERY_REFUSED, message)) for key, message in plan.refused.items())
+        plans: dict[PrometheusURL, QueryPlan] = {}
+        deferred: set[Hashable] = set()
         futures: dict[tuple[PrometheusURL, str], Future[tuple[QueryResult, bool]]] = {}
-        last_deadline = started
-        for url, plan in plans.items():
+        deadlines: dict[PrometheusURL, float] = {}
+        started_now: set[PrometheusURL] = set()
+        for url, batch in batches.items():
+            flight = self._inflight.get(url)
+            if flight is not None:  # an earlier call's read: its targets are answered by it, the rest wait
+                plans[url], deadlines[url] = flight.plan, flight.deadline
+                errors.update((key, SignalError(QUERY_REFUSED, message)) for key, message in flight.plan.refused.items())
+                futures.update(((url, q), f) for q, f in flight.futures.items())
+                deferred.update(t.key for t in batch if t.key not in flight.keys)
+                continue
+            plan = plans[url] = self._plan(url, batch)
+            errors.update((key, SignalError(QUERY_REFUSED, message)) for key, message in plan.refused.items())
             lane = self._lanes[url]
             if lane.backing_off(started):
                 continue
-            deadline = lane.deadline(started, len(plan.queries))
-            last_deadline = max(last_deadline, deadline)
+            deadlines[url] = lane.deadline(started, len(plan.queries))
+            started_now.add(url)
             for q in plan.queries:
                 cap = self.access.max_custom_answer_bytes if q in plan.custom else self.access.max_answer_bytes
-                futures[(url, q)] = lane.pool.submit(self._query, lane, q, at, deadline, cap)
+                futures[(url, q)] = lane.pool.submit(self._query, lane, q, at, deadlines[url], cap)
         # The watchdog ends every request by its deadline; the margin covers the thread's hand-over.
-        wait(futures.values(), timeout=max(last_deadline - time.monotonic(), 0.0) + 0.25)
+        own = [f for (url, _), f in futures.items() if url == self.default]
+        wait(own, timeout=max(deadlines.get(self.default, started) - time.monotonic(), 0.0) + 0.25)
+        if at is None:
+            patience = max(time.monotonic(), started + POLICY_WAIT)
+            fresh = [f for (url, _), f in futures.items() if url in started_now and url != self.default]
+            wait(fresh, timeout=max(min(patience, max(deadlines.values(), default=started)) - time.monotonic(), 0))
+        else:
+            wait(futures.values(), timeout=max(max(deadlines.values(), default=started) - time.monotonic(), 0) + 0.25)
+        now = time.monotonic()
+        for url in list(plans):
+            if url == self.default or url not in deadlines:
+                continue
+            mine = [f for (u, _), f in futures.items() if u == url]
+            if all(f.done() for f in mine) or now >= deadlines[url] + 0.25:
+                self._inflight.pop(url, None)
+                continue
+            plan = plans.pop(url)
+            keys = frozenset(t.key for t in batches[url]) if url in started_now else self._inflight[url].keys
+            self._inflight[url] = _InFlight(plan, {q: futures.pop((url, q)) for q in plan.queries}, deadlines[url],
+                                            keys)
+            deferred.update(keys)
 
         results: dict[PrometheusURL, dict[str, QueryResult]] = {url: {} for url in plans}
         costly: set[PrometheusURL] = set()
@@ -300,7 +352,10 @@ class SignalReader:
                                                        if t.applies(tier.name)} for tier in target.policy.tiers})
             loads[target.key] = None
         self._count(futures, errors_by_lane, started)
-        return Readout(samples, loads, errors)
+        for key in deferred:
+            samples.pop(key, None)
+            loads.pop(key, None)
+        return Readout(samples, loads, errors, frozenset(deferred))
 
     def _count(self, futures: Mapping[tuple[PrometheusURL, str], object], errors_by_lane: Mapping[PrometheusURL, int],
                started: float) -> None:
