@@ -754,7 +754,8 @@ def parse_exposition(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 # ---- the operator itself, as the chart's ServiceAccount ------------------------------------------------------
 
 # \b around 403: a random loopback port such as 58403 in a log line is not a refusal.
-PERMISSION_PROBLEMS = re.compile(r"forbidden|\b403\b|not enough permissions|unauthori[sz]ed", re.IGNORECASE)
+# A 403 is a status code, not the milliseconds of a log line's timestamp ("14:32:58,403").
+PERMISSION_PROBLEMS = re.compile(r"forbidden|(?<![,.])\b403\b|not enough permissions|unauthori[sz]ed", re.IGNORECASE)
 
 
 @pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
