@@ -1,0 +1,1 @@
+"""The controller: snapshots, cycle, writer, and the watches that keep routing objects in line."""

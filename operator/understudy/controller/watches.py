@@ -1,0 +1,64 @@
+"""kopf watches of the routing objects policies manage: Istio VirtualServices, Gateway API HTTPRoutes
+and core Services.
+
+Each event keeps a compact snapshot (`drift.snapshot_of`: the resourceVersion and the managed fields
+only) in `memo.routing`, a `RoutingStore`. The watch is the only read: the evaluation loop compares these
+snapshots with what it last wrote (`drift.drift`) and makes no request at all while they agree. A kind
+whose CRD is not installed is simply not watched until it is (kopf follows CRDs as they appear).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import kopf
+
+from understudy.controller.drift import HTTP_ROUTE, SERVICE, VIRTUAL_SERVICE, RoutingKey, RoutingSnapshot, snapshot_of
+
+
+class RoutingStore:
+    """The latest snapshot of every watched routing object, and a counter that moves when one changes."""
+
+    def __init__(self) -> None:
+        self.objects: dict[RoutingKey, RoutingSnapshot] = {}
+        self.changes = 0
+
+    def put(self, kind: str, namespace: str, name: str, resource_version: str, spec: Mapping[str, Any],
+            deleted: bool) -> None:
+        key = (kind, namespace, name)
+        if deleted:
+            self.objects.pop(key, None)
+        else:
+            self.objects[key] = snapshot_of(kind, resource_version, spec)
+        self.changes += 1
+
+
+def _store(memo: kopf.Memo) -> RoutingStore:
+    """The memo's RoutingStore, made by the first event (the watches may start before the loop)."""
+    store: RoutingStore | None = getattr(memo, "routing", None)
+    if store is None:
+        store = memo.routing = RoutingStore()
+    return store
+
+
+def _put(kind: str, event: Mapping[str, Any], namespace: str, name: str, meta: Any, spec: Any,
+         memo: kopf.Memo) -> None:
+    _store(memo).put(kind, namespace, name, str(meta.get("resourceVersion") or ""), spec or {},
+                     event.get("type") == "DELETED")
+
+
+@kopf.on.event("networking.istio.io", "v1", "virtualservices")
+async def virtual_service_event(event: Mapping[str, Any], namespace: str, name: str, meta: Any, spec: Any,
+                                memo: kopf.Memo, **_: Any) -> None:
+    _put(VIRTUAL_SERVICE, event, namespace, name, meta, spec, memo)
+
+
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes")
+async def http_route_event(event: Mapping[str, Any], namespace: str, name: str, meta: Any, spec: Any,
+                           memo: kopf.Memo, **_: Any) -> None:
+    _put(HTTP_ROUTE, event, namespace, name, meta, spec, memo)
+
+
+@kopf.on.event("v1", "services")
+async def service_event(event: Mapping[str, Any], namespace: str, name: str, meta: Any, spec: Any,
+                        memo: kopf.Memo, **_: Any) -> None:
+    _put(SERVICE, event, namespace, name, meta, spec, memo)
