@@ -2,7 +2,7 @@
 trickles its answer one byte a second (`e2e.harness.hostile_prometheus`, mode ``trickle``).
 
 One operator subprocess (`understudy run --policy-prometheus-urls any`, the default query timeout) watches
-a namespace of its own with the synthetic mesh and one VirtualService per workload group, as in the scale
+a namespace of its own with the synthetic mesh and one VirtualService per policy, as in the scale
 benchmark. After the warm-up (every policy evaluated, writes stopped), two steady windows in one run:
 *without* the bad policy, then *with* it (created at the start of the window). Lateness is the operator's
 own `understudy_evaluation_lateness_seconds` histogram: how long after its due time each evaluation
@@ -144,16 +144,15 @@ def run(st: Stack, policies: int = POLICIES, steady: float = STEADY) -> Isolatio
         st.prometheus.add_target(exporter.url)
         st.prometheus.wait_for_targets_up([exporter.url], timeout=60)
         custom = client.CustomObjectsApi(api)
-        for g in range(GROUPS):
-            custom.create_namespaced_custom_object("networking.istio.io", "v1", NAMESPACE, "virtualservices",
-                                                   virtual_service(NAMESPACE, PREFIX, g))
         created = create_policies(api, 0, policies, namespace=NAMESPACE, prefix=PREFIX)
         result.say(f"  created {created} policies")
         op = OperatorProcess(st.cp, st.prometheus.url, NAMESPACE, st.workdir / "operator-isolation.log",
                              ("--query-timeout", "2", "--policy-prometheus-urls", "any")).start()
         _warm_up(op.metrics_port, policies)
         result.windows.append(_window("without the bad policy", op.metrics_port, steady))
-        bad = fleet_policy("trickler", NAMESPACE, PREFIX, 0, interval=f"{INTERVAL:g}s")
+        custom.create_namespaced_custom_object("networking.istio.io", "v1", NAMESPACE, "virtualservices",
+                                               virtual_service(NAMESPACE, PREFIX, 0, "trickler"))
+        bad = fleet_policy("trickler", NAMESPACE, PREFIX, 0, interval=f"{INTERVAL:g}s", virtual_service="trickler")
         bad["spec"]["signals"] = {"prometheusURL": hostile.url}
         custom.create_namespaced_custom_object("understudy.dev", "v1alpha1", NAMESPACE, "fallbackpolicies", bad)
         result.windows.append(_window("with the bad policy", op.metrics_port, steady))

@@ -138,12 +138,14 @@ def fleet_policy(name: str, namespace: str, prefix: str, group: int, interval: s
     }
 
 
-def virtual_service(namespace: str, prefix: str, group: int) -> dict[str, Any]:
-    """The VirtualService a group's policies route through, all traffic on the primary."""
+def virtual_service(namespace: str, prefix: str, group: int, name: str | None = None) -> dict[str, Any]:
+    """A VirtualService over a group's workloads (named `name`, by default after the group), all traffic on
+    the primary. Each benchmark policy gets one of its own: the operator gives a route to one policy only
+    (the others would be RouteConflict and write nothing, which would flatter the figures)."""
     hosts = group_workloads(prefix, group)
     return {
         "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-        "metadata": {"name": f"{prefix}-{group}", "namespace": namespace},
-        "spec": {"hosts": [f"{prefix}-{group}"], "http": [{"name": "default", "route": [
+        "metadata": {"name": name or f"{prefix}-{group}", "namespace": namespace},
+        "spec": {"hosts": [name or f"{prefix}-{group}"], "http": [{"name": "default", "route": [
             {"destination": {"host": h}, "weight": 100 if i == 0 else 0} for i, h in enumerate(hosts)]}]},
     }

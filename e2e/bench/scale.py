@@ -1,7 +1,7 @@
 """Scale: 100, 1,000 and 5,000 FallbackPolicies on one operator (a subprocess, `understudy run`).
 
 The policies share 30 three-tier workload groups of the synthetic mesh (`mesh.MeshExporter`, scraped by the real
-Prometheus) and one Istio VirtualService per workload group; evaluation interval 5 s, window 1 m, two
+Prometheus); each has an Istio VirtualService of its own (created with it), since a route has one owner; evaluation interval 5 s, window 1 m, two
 built-in triggers (p99 latency, error ratio). The policies are created cumulatively (a thread pool of
 concurrent creates), and the operator is started afresh for each size, so its RSS is that of one size.
 
@@ -93,20 +93,25 @@ def create_policies(api: Any, start: int, end: int, namespace: str = NAMESPACE, 
 
     custom = client.CustomObjectsApi(api)
 
-    def create(i: int) -> int:
-        body = fleet_policy(f"p-{i}", namespace, prefix, i % GROUPS, interval=f"{INTERVAL:g}s")
+    def make(plural: str, group: str, version: str, body: dict[str, Any]) -> None:
         for attempt in range(5):
             try:
-                custom.create_namespaced_custom_object("understudy.dev", "v1alpha1", namespace,
-                                                       "fallbackpolicies", body)
-                return 1
+                custom.create_namespaced_custom_object(group, version, namespace, plural, body)
+                return
             except ApiException as err:
                 if err.status == 409:
-                    return 1
+                    return
                 if err.status not in (429, 500, 503, 504) or attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))
-        return 0
+
+    def create(i: int) -> int:
+        """Policy p-i and its own VirtualService p-i (one owner per route: see `mesh.virtual_service`)."""
+        name, group = f"p-{i}", i % GROUPS
+        make("virtualservices", "networking.istio.io", "v1", virtual_service(namespace, prefix, group, name))
+        make("fallbackpolicies", "understudy.dev", "v1alpha1",
+             fleet_policy(name, namespace, prefix, group, interval=f"{INTERVAL:g}s", virtual_service=name))
+        return 1
 
     with ThreadPoolExecutor(max_workers=CREATE_WORKERS) as pool:
         return sum(pool.map(create, range(start, end)))
@@ -180,17 +185,11 @@ def measure_size(st: Stack, r: SizeResult, steady: float, log_dir: Any) -> str:
 
 
 def run(st: Stack, exporter: MeshExporter, plan: Sequence[tuple[int, float]] = DEFAULT_PLAN) -> ScaleResult:
-    from kubernetes import client
-
     result = ScaleResult()
     result.say(f"== Scale: FallbackPolicies on one operator, interval {INTERVAL:g}s, {GROUPS} workload groups "
                f"of the synthetic mesh, steady-state windows {', '.join(f'{n}: {s:g}s' for n, s in plan)}")
     api = st.pooled_client(CREATE_WORKERS * 2)
     try:
-        custom = client.CustomObjectsApi(api)
-        for g in range(GROUPS):
-            custom.create_namespaced_custom_object("networking.istio.io", "v1", NAMESPACE, "virtualservices",
-                                                   virtual_service(NAMESPACE, PREFIX, g))
         created = 0
         for n, steady in plan:
             r = SizeResult(n)
@@ -199,7 +198,8 @@ def run(st: Stack, exporter: MeshExporter, plan: Sequence[tuple[int, float]] = D
             r.create_seconds = time.monotonic() - t0
             created = n
             result.say(f"  {n:>5} policies: created {r.created} more in {r.create_seconds:.1f} s "
-                       f"({r.created / max(r.create_seconds, 1e-9):.0f}/s, {CREATE_WORKERS} concurrent creates)")
+                       f"({r.created / max(r.create_seconds, 1e-9):.0f}/s with their VirtualServices, "
+                       f"{CREATE_WORKERS} concurrent creates)")
             result.operator_log_tail = measure_size(st, r, steady, st.workdir)
             result.sizes.append(r)
             k = r.per_interval

@@ -54,6 +54,8 @@ REASONS: Final[dict[str, EventKind]] = {
     # From the shell and the engine's governance and drills: what happened when a decision met the cluster.
     "RoutingFailed": EventKind(WARNING, "Route"),
     "RoutingRestored": EventKind(NORMAL, "Route"),
+    "RoutingDriftRepaired": EventKind(WARNING, "Route"),
+    "RouteConflict": EventKind(WARNING, "Route"),
     "ScaledUp": EventKind(NORMAL, "Scale"),
     "ScaledDown": EventKind(NORMAL, "Scale"),
     "ScaleFailed": EventKind(WARNING, "Scale"),
