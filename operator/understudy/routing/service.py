@@ -36,6 +36,8 @@ class ServiceBackend:
         self._apps = AppsV1Api(api)
         self._target = target
         self._tiers = tiers
+        self.selector: dict[str, str] | None = None
+        """The selector the last successful `apply` left on the Service: what a watch compares (drift)."""
 
     def read(self, namespace: str) -> Weights:
         selector = self._fetch(namespace).get("spec", {}).get("selector") or {}
@@ -63,12 +65,14 @@ class ServiceBackend:
                 return []
             return [{"op": "add", "path": "/spec/selector", "value": wanted}]
 
-        return read_modify_write(
+        changed = read_modify_write(
             KIND, name, namespace,
             fetch=lambda: self._fetch(namespace),
             plan=plan,
             patch=lambda ops: self._core.patch_namespaced_service(name, namespace, ops, _preload_content=False),
         )
+        self.selector = wanted
+        return changed
 
     def _fetch(self, namespace: str) -> dict[str, Any]:
         name = self._target.name
