@@ -56,6 +56,10 @@ class RouteKeeper:
         self._policies: object = None
         self._routing_changes = -1
 
+    def reset(self) -> None:
+        """Forget everything, with the Evaluator's runtimes (a new leadership starts afresh)."""
+        self.__init__()  # type: ignore[misc]
+
     def observe(self, policies: Mapping[Hashable, _Snapshot], runtimes: Mapping[Hashable, Any],
                 routing: RoutingStore | None) -> None:
         """Update ownership and find drifted routes; `runtimes` are the Evaluator's (compiled, routed, ...)."""
@@ -77,7 +81,7 @@ class RouteKeeper:
             snap = routing.objects.get(routing_key(namespace, rt.compiled.routing))
             if snap is None:
                 if state.seen is not None:  # deleted: routing again reports it, and repairs a recreation
-                    state.seen, state.drift, rt.routed = None, "no object at all (it was deleted)", None
+                    state.seen, state.drift, rt.routed = None, "nothing (it was deleted)", None
                 continue
             if snap.resource_version == state.seen:
                 continue
