@@ -58,7 +58,9 @@ class RouteKeeper:
 
     def reset(self) -> None:
         """Forget everything, with the Evaluator's runtimes (a new leadership starts afresh)."""
-        self.__init__()  # type: ignore[misc]
+        self.states.clear()
+        self.repairs = []
+        self._policies, self._routing_changes = None, -1
 
     def observe(self, policies: Mapping[Hashable, _Snapshot], runtimes: Mapping[Hashable, Any],
                 routing: RoutingStore | None) -> None:
