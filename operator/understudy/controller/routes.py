@@ -110,6 +110,11 @@ class RouteKeeper:
             state.owner = owner
             rt.unchanged_by = None  # Ready changes: the next evaluation must build its status
 
+    def drifted(self, key: Hashable) -> bool:
+        """Whether a drift found for this policy still waits for a write."""
+        state = self.states.get(key)
+        return state is not None and state.drift is not None
+
     def conflict(self, key: Hashable, rt: Any) -> str | None:
         """Why this policy routes nothing (RouteConflict's message), or None when it owns its route."""
         state = self.states.get(key)
