@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from understudy.controller.drift import VIRTUAL_SERVICE
-from understudy.controller.routes import RouteKeeper
-from understudy.controller.watches import RoutingStore
+from understudy.controller.drift import VIRTUAL_SERVICE, RoutingStore
+from understudy.controller.routes import RouteKeeper, RouteState, announce, routed
 from understudy.engine.model import Mode, Tier
 from understudy.routing.base import IstioTarget, Weights
 
@@ -35,6 +34,7 @@ class Runtime:
     routed: Weights | None = PRIMARY
     backend: Any = None
     unchanged_by: Any = ()
+    route: RouteState = field(default_factory=RouteState)
 
 
 @dataclass(frozen=True)
@@ -52,32 +52,27 @@ def _vs(store: RoutingStore, rv: str, primary: int, timeout: str = "1s") -> None
 
 def test_drift_is_found_once_per_changed_object_and_repaired_with_one_record() -> None:
     keeper, store = RouteKeeper(), RoutingStore()
-    runtimes = {("ml", "a"): Runtime()}
-    policies = {("ml", "a"): Snap(1.0)}
+    rt = Runtime()
+    runtimes, policies = {("ml", "a"): rt}, {("ml", "a"): Snap(1.0)}
     _vs(store, "1", 100)
-    keeper.observe(policies, runtimes, store)
-    assert keeper.repairs == []
+    assert keeper.observe(policies, runtimes, store) == []
     _vs(store, "2", 100, timeout="9s")  # another route's edit: no drift
-    keeper.observe(policies, runtimes, store)
-    assert keeper.repairs == []
+    assert keeper.observe(policies, runtimes, store) == []
     _vs(store, "3", 50)
-    keeper.observe(policies, runtimes, store)
-    assert keeper.repairs == [("ml", "a")]
-    keeper.observe(policies, runtimes, store)  # nothing moved since: nothing to do, nothing compared
-    assert keeper.repairs == []
-    record = keeper.routed(("ml", "a"), runtimes[("ml", "a")], PRIMARY, changed=True)
+    assert keeper.observe(policies, runtimes, store) == [("ml", "a")]
+    assert keeper.observe(policies, runtimes, store) == []  # nothing moved since: nothing compared
+    record = routed(rt, PRIMARY, changed=True)
     assert record is not None and record.reason == "RoutingDriftRepaired"
     assert "primary=50, distilled=50" in record.message and "wrote back primary=100, distilled=0" in record.message
-    assert keeper.routed(("ml", "a"), runtimes[("ml", "a")], PRIMARY, changed=True) is None
+    assert routed(rt, PRIMARY, changed=True) is None
 
 
 def test_a_repair_that_changed_nothing_records_nothing() -> None:
     keeper, store = RouteKeeper(), RoutingStore()
-    runtimes, policies = {("ml", "a"): Runtime()}, {("ml", "a"): Snap(1.0)}
+    rt = Runtime()
     _vs(store, "1", 50)
-    keeper.observe(policies, runtimes, store)
-    assert keeper.repairs == [("ml", "a")]
-    assert keeper.routed(("ml", "a"), runtimes[("ml", "a")], PRIMARY, changed=False) is None
+    assert keeper.observe({("ml", "a"): Snap(1.0)}, {("ml", "a"): rt}, store) == [("ml", "a")]
+    assert routed(rt, PRIMARY, changed=False) is None and rt.route.drift is None
 
 
 def test_a_deleted_object_makes_the_policy_route_again_and_its_recreation_counts_as_a_repair() -> None:
@@ -87,9 +82,9 @@ def test_a_deleted_object_makes_the_policy_route_again_and_its_recreation_counts
     _vs(store, "1", 100)
     keeper.observe(policies, runtimes, store)
     store.put(VIRTUAL_SERVICE, "ml", "rec", "2", {}, deleted=True)
-    keeper.observe(policies, runtimes, store)
-    assert rt.routed is None and keeper.repairs == []
-    record = keeper.routed(("ml", "a"), rt, PRIMARY, changed=True)
+    assert keeper.observe(policies, runtimes, store) == []
+    assert rt.routed is None
+    record = routed(rt, PRIMARY, changed=True)
     assert record is not None and "deleted" in record.message
 
 
@@ -99,17 +94,26 @@ def test_the_newer_of_two_policies_on_one_route_is_announced_once_and_takes_over
     runtimes = {("ml", "old"): old, ("ml", "new"): new}
     policies = {("ml", "old"): Snap(1.0), ("ml", "new"): Snap(2.0)}
     keeper.observe(policies, runtimes, store)
-    assert keeper.conflict(("ml", "old"), old) is None
-    assert "old" in (keeper.conflict(("ml", "new"), new) or "")
-    first = keeper.announce(("ml", "new"), new)
+    assert old.route.conflict is None
+    assert "old" in (new.route.conflict or "")
+    first = announce(new)
     assert first is not None and first.reason == "RouteConflict"
-    assert keeper.announce(("ml", "new"), new) is None
+    assert announce(new) is None
     keeper.observe(dict(policies), runtimes, store)  # a policy changed, ownership did not: no new episode
-    assert keeper.announce(("ml", "new"), new) is None
+    assert announce(new) is None
     new.routed = PRIMARY  # whatever it thinks it routed, it must write its own weights once it owns the route
     del runtimes[("ml", "old")]
     keeper.observe({("ml", "new"): Snap(2.0)}, runtimes, store)
-    assert keeper.conflict(("ml", "new"), new) is None and new.routed is None
+    assert new.route.conflict is None and new.routed is None
+
+
+def test_a_conflicting_policy_is_not_checked_for_drift() -> None:
+    keeper, store = RouteKeeper(), RoutingStore()
+    old, new = Runtime(), Runtime()
+    _vs(store, "1", 50)
+    repairs = keeper.observe({("ml", "old"): Snap(1.0), ("ml", "new"): Snap(2.0)},
+                             {("ml", "old"): old, ("ml", "new"): new}, store)
+    assert repairs == [("ml", "old")]
 
 
 def test_observe_mode_policies_claim_nothing() -> None:
@@ -118,4 +122,4 @@ def test_observe_mode_policies_claim_nothing() -> None:
     enforcing = Runtime()
     keeper.observe({("ml", "shadow"): Snap(1.0), ("ml", "live"): Snap(2.0)},
                    {("ml", "shadow"): shadow, ("ml", "live"): enforcing}, RoutingStore())
-    assert keeper.conflict(("ml", "live"), enforcing) is None
+    assert enforcing.route.conflict is None

@@ -40,6 +40,24 @@ class RoutingSnapshot:
     managed: IstioRoutes | GatewayRules | Selector
 
 
+class RoutingStore:
+    """The latest snapshot of every watched routing object (kept by `watches`), and a counter that moves
+    whenever one changes, so the cycle looks for drift only after a change."""
+
+    def __init__(self) -> None:
+        self.objects: dict[RoutingKey, RoutingSnapshot] = {}
+        self.changes = 0
+
+    def put(self, kind: str, namespace: str, name: str, resource_version: str, spec: Mapping[str, Any],
+            deleted: bool) -> None:
+        key = (kind, namespace, name)
+        if deleted:
+            self.objects.pop(key, None)
+        else:
+            self.objects[key] = snapshot_of(kind, resource_version, spec)
+        self.changes += 1
+
+
 def routing_key(namespace: str, target: RoutingTarget) -> RoutingKey:
     """The watched object a policy's routing target lives in."""
     if isinstance(target, IstioTarget):

@@ -3,14 +3,13 @@ carries what was written (drift.py). Makes no request and no write; the writer a
 
 The cycle calls `RouteKeeper.observe` once per cycle. It recomputes ownership only when the policy
 snapshots changed, and compares routing snapshots only when the routing watch saw a change, and then only
-for objects whose resourceVersion moved: a steady state costs a counter comparison.
+for objects whose resourceVersion moved: a steady state costs two comparisons per cycle.
 
-Per policy:
+Per policy (its runtime's `route`, a `RouteState`):
 - a policy that does not own its route is `Ready=False, RouteConflict` (one Event per episode) and routes
   nothing; when it becomes the owner, `routed` is forgotten so its next evaluation writes its weights;
 - a route whose managed weights differ from `routed` (what the operator wrote last) is due for a repair:
-  the writer writes `routed` back (`repairs`), once, with one `RoutingDriftRepaired` Event if that
-  changed anything;
+  the writer writes `routed` back, with one `RoutingDriftRepaired` Event if that changed anything;
 - a routing object that disappeared makes the next evaluation route again, which reports TargetNotFound
   until it is back, and then counts as a repaired drift.
 """
@@ -19,12 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable, Mapping, Protocol
 
-from understudy.controller.drift import drift, routing_key
+from understudy.controller.drift import RoutingStore, drift, routing_key
 from understudy.controller.ownership import Claim, PolicyKey, conflict_message, conflicts, describe
-from understudy.controller.watches import RoutingStore
 from understudy.engine import AuditRecord
 from understudy.engine.model import Mode
-from understudy.routing import ServiceBackend, Weights
+from understudy.routing.base import Weights
 
 DRIFT_REASON = "RoutingDriftRepaired"
 CONFLICT_REASON = "RouteConflict"
@@ -36,10 +34,11 @@ class _Snapshot(Protocol):
 
 @dataclass
 class RouteState:
-    """One policy's route bookkeeping (kept beside its runtime, dropped with it)."""
+    """One policy's route bookkeeping, kept on its runtime (`Runtime.route`)."""
 
+    conflict: str | None = None
+    """Why this policy routes nothing: an older policy owns its route (RouteConflict's message)."""
     owner: PolicyKey | None = None
-    """The policy that owns this one's route, when it is not this one."""
     announced: bool = False
     """Whether the RouteConflict of the current episode has been recorded."""
     seen: str | None = None
@@ -49,35 +48,30 @@ class RouteState:
 
 
 class RouteKeeper:
+    """Ownership and drift across all runtimes (each runtime has `compiled`, `routed`, `backend`, `route`)."""
+
     def __init__(self) -> None:
-        self.states: dict[Hashable, RouteState] = {}
-        self.repairs: list[Hashable] = []
-        """Policies whose route drifted and that the writer should write back this cycle."""
         self._policies: object = None
         self._routing_changes = -1
 
     def reset(self) -> None:
-        """Forget everything, with the Evaluator's runtimes (a new leadership starts afresh)."""
-        self.states.clear()
-        self.repairs = []
+        """Start afresh with the Evaluator's runtimes (a new leadership reloads them all)."""
         self._policies, self._routing_changes = None, -1
 
     def observe(self, policies: Mapping[Hashable, _Snapshot], runtimes: Mapping[Hashable, Any],
-                routing: RoutingStore | None) -> None:
-        """Update ownership and find drifted routes; `runtimes` are the Evaluator's (compiled, routed, ...)."""
-        for gone in set(self.states) - set(runtimes):
-            del self.states[gone]
+                routing: RoutingStore | None) -> list[Hashable]:
+        """Update ownership; return the policies whose route drifted and should be written back now."""
         owners_moved = policies is not self._policies
         if owners_moved:
             self._policies = policies
-            self._own(policies, runtimes)
-        self.repairs = []
+            _own(policies, runtimes)
         if routing is None or (routing.changes == self._routing_changes and not owners_moved):
-            return
+            return []
         self._routing_changes = routing.changes
+        repairs: list[Hashable] = []
         for key, rt in runtimes.items():
-            state = self.states.setdefault(key, RouteState())
-            if rt.compiled is None or state.owner is not None or rt.routed is None:
+            state: RouteState = rt.route
+            if rt.compiled is None or state.conflict is not None or rt.routed is None:
                 continue
             namespace = key[0]  # type: ignore[index]
             snap = routing.objects.get(routing_key(namespace, rt.compiled.routing))
@@ -88,57 +82,52 @@ class RouteKeeper:
             if snap.resource_version == state.seen:
                 continue
             state.seen = snap.resource_version
-            selector = rt.backend.selector if isinstance(rt.backend, ServiceBackend) else None
+            # Service routing: the selector the backend last wrote (the backend exists once it has written)
+            selector = getattr(rt.backend, "selector", None)
             found = drift(snap, namespace, rt.compiled.routing, rt.compiled.policy.tiers, rt.routed, selector)
             if found is not None:
                 state.drift = found
-                self.repairs.append(key)
+                repairs.append(key)
+        return repairs
 
-    def _own(self, policies: Mapping[Hashable, _Snapshot], runtimes: Mapping[Hashable, Any]) -> None:
-        claims = [Claim(key, rt.compiled.routing, policies[key].created)  # type: ignore[arg-type]
-                  for key, rt in runtimes.items()
-                  if rt.compiled is not None and rt.compiled.policy.mode is Mode.ENFORCE and key in policies]
-        losers = conflicts(claims)
-        for key, rt in runtimes.items():
-            state = self.states.setdefault(key, RouteState())
-            owner = losers.get(key)  # type: ignore[call-overload]
-            if owner == state.owner:
-                continue
-            if owner is None:  # the route is this policy's now: its next evaluation writes its weights
-                state.announced = False
-                rt.routed = None
-            state.owner = owner
-            rt.unchanged_by = None  # Ready changes: the next evaluation must build its status
 
-    def drifted(self, key: Hashable) -> bool:
-        """Whether a drift found for this policy still waits for a write."""
-        state = self.states.get(key)
-        return state is not None and state.drift is not None
+def _own(policies: Mapping[Hashable, _Snapshot], runtimes: Mapping[Hashable, Any]) -> None:
+    """Give each route to its oldest Enforce-mode claimant; mark the others."""
+    claims = [Claim(key, rt.compiled.routing, policies[key].created)  # type: ignore[arg-type]
+              for key, rt in runtimes.items()
+              if rt.compiled is not None and rt.compiled.policy.mode is Mode.ENFORCE and key in policies]
+    losers = conflicts(claims)
+    for key, rt in runtimes.items():
+        state: RouteState = rt.route
+        owner = losers.get(key)  # type: ignore[call-overload]
+        if owner == state.owner:
+            continue
+        if owner is None:  # the route is this policy's now: its next evaluation writes its weights
+            state.conflict, state.announced = None, False
+            rt.routed = None
+        else:
+            state.conflict = conflict_message(owner, rt.compiled.routing)
+        state.owner = owner
+        rt.unchanged_by = None  # Ready changes: the next evaluation must build its status
 
-    def conflict(self, key: Hashable, rt: Any) -> str | None:
-        """Why this policy routes nothing (RouteConflict's message), or None when it owns its route."""
-        state = self.states.get(key)
-        if state is None or state.owner is None or rt.compiled is None:
-            return None
-        return conflict_message(state.owner, rt.compiled.routing)
 
-    def announce(self, key: Hashable, rt: Any) -> AuditRecord | None:
-        """The RouteConflict record, once per episode."""
-        message = self.conflict(key, rt)
-        state = self.states.get(key)
-        if message is None or state is None or state.announced:
-            return None
-        state.announced = True
-        return AuditRecord(reason=CONFLICT_REASON, message=message)
+def announce(rt: Any) -> AuditRecord | None:
+    """The RouteConflict record, once per episode."""
+    state: RouteState = rt.route
+    if state.conflict is None or state.announced:
+        return None
+    state.announced = True
+    return AuditRecord(reason=CONFLICT_REASON, message=state.conflict)
 
-    def routed(self, key: Hashable, rt: Any, weights: Weights, changed: bool) -> AuditRecord | None:
-        """After a successful routing write: the RoutingDriftRepaired record when it undid a drift."""
-        state = self.states.get(key)
-        if state is None or state.drift is None:
-            return None
-        carried, state.drift = state.drift, None
-        if not changed:
-            return None  # the object had been put right already (or the watch lagged behind a write)
-        return AuditRecord(reason=DRIFT_REASON, message=(
-            f"{describe(rt.compiled.routing)} carried {carried}, not what this policy decided; "
-            f"wrote back {', '.join(f'{n}={w}' for n, w in weights)}"))
+
+def routed(rt: Any, weights: Weights, changed: bool) -> AuditRecord | None:
+    """After a successful routing write: the RoutingDriftRepaired record when it undid a drift."""
+    state: RouteState = rt.route
+    if state.drift is None:
+        return None
+    carried, state.drift = state.drift, None
+    if not changed:
+        return None  # the object had been put right already (or the watch lagged behind a write)
+    return AuditRecord(reason=DRIFT_REASON, message=(
+        f"{describe(rt.compiled.routing)} carried {carried}, not what this policy decided; "
+        f"wrote back {', '.join(f'{n}={w}' for n, w in weights)}"))

@@ -12,24 +12,7 @@ from typing import Any, Mapping
 
 import kopf
 
-from understudy.controller.drift import HTTP_ROUTE, SERVICE, VIRTUAL_SERVICE, RoutingKey, RoutingSnapshot, snapshot_of
-
-
-class RoutingStore:
-    """The latest snapshot of every watched routing object, and a counter that moves when one changes."""
-
-    def __init__(self) -> None:
-        self.objects: dict[RoutingKey, RoutingSnapshot] = {}
-        self.changes = 0
-
-    def put(self, kind: str, namespace: str, name: str, resource_version: str, spec: Mapping[str, Any],
-            deleted: bool) -> None:
-        key = (kind, namespace, name)
-        if deleted:
-            self.objects.pop(key, None)
-        else:
-            self.objects[key] = snapshot_of(kind, resource_version, spec)
-        self.changes += 1
+from understudy.controller.drift import HTTP_ROUTE, SERVICE, VIRTUAL_SERVICE, RoutingStore
 
 
 def _store(memo: kopf.Memo) -> RoutingStore:
