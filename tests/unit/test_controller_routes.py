@@ -35,6 +35,7 @@ class Runtime:
     backend: Any = None
     unchanged_by: Any = ()
     route: RouteState = field(default_factory=RouteState)
+    status: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,14 @@ def test_observe_mode_policies_claim_nothing() -> None:
     keeper.observe({("ml", "shadow"): Snap(1.0), ("ml", "live"): Snap(2.0)},
                    {("ml", "shadow"): shadow, ("ml", "live"): enforcing}, RoutingStore())
     assert enforcing.route.conflict is None
+
+
+def test_a_reloaded_runtime_is_judged_again_and_does_not_announce_a_reported_episode_twice() -> None:
+    keeper, store = RouteKeeper(), RoutingStore()
+    policies = {("ml", "old"): Snap(1.0), ("ml", "new"): Snap(2.0)}
+    runtimes = {("ml", "old"): Runtime(), ("ml", "new"): Runtime(routed=None)}
+    keeper.observe(policies, runtimes, store)
+    reported = {"conditions": [{"type": "Ready", "status": "False", "reason": "RouteConflict"}]}
+    runtimes[("ml", "new")] = reloaded = Runtime(routed=None, status=reported)  # e.g. after a 409
+    keeper.observe(policies, runtimes, store)  # the same snapshots: only the new runtime is judged
+    assert reloaded.route.conflict is not None and announce(reloaded) is None

@@ -36,6 +36,8 @@ class _Snapshot(Protocol):
 class RouteState:
     """One policy's route bookkeeping, kept on its runtime (`Runtime.route`)."""
 
+    judged: bool = False
+    """Whether ownership has been decided for this runtime (a reloaded runtime starts undecided)."""
     conflict: str | None = None
     """Why this policy routes nothing: an older policy owns its route (RouteConflict's message)."""
     owner: PolicyKey | None = None
@@ -61,7 +63,7 @@ class RouteKeeper:
     def observe(self, policies: Mapping[Hashable, _Snapshot], runtimes: Mapping[Hashable, Any],
                 routing: RoutingStore | None) -> list[Hashable]:
         """Update ownership; return the policies whose route drifted and should be written back now."""
-        owners_moved = policies is not self._policies
+        owners_moved = policies is not self._policies or any(not rt.route.judged for rt in runtimes.values())
         if owners_moved:
             self._policies = policies
             _own(policies, runtimes)
@@ -100,6 +102,7 @@ def _own(policies: Mapping[Hashable, _Snapshot], runtimes: Mapping[Hashable, Any
     for key, rt in runtimes.items():
         state: RouteState = rt.route
         owner = losers.get(key)  # type: ignore[call-overload]
+        fresh, state.judged = not state.judged, True
         if owner == state.owner:
             continue
         if owner is None:  # the route is this policy's now: its next evaluation writes its weights
@@ -107,8 +110,16 @@ def _own(policies: Mapping[Hashable, _Snapshot], runtimes: Mapping[Hashable, Any
             rt.routed = None
         else:
             state.conflict = conflict_message(owner, rt.compiled.routing)
+            # a runtime reloaded from status (a new leader, a 409) does not announce the episode again
+            state.announced = fresh and _reported(rt.status)
         state.owner = owner
         rt.unchanged_by = None  # Ready changes: the next evaluation must build its status
+
+
+def _reported(status: Mapping[str, Any]) -> bool:
+    """Whether status already says RouteConflict (so its Event was posted)."""
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    return bool(ready.get("status") == "False" and ready.get("reason") == CONFLICT_REASON)
 
 
 def announce(rt: Any) -> AuditRecord | None:
