@@ -8,7 +8,6 @@ snapshots and decides which writes a decision needs; a decision that changes not
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Hashable, Mapping
@@ -18,14 +17,13 @@ from pydantic import ValidationError
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, format_ratio, status_patch
 from understudy.controller.compile import Compiled, capacity_fits, compile_policy
+from understudy.controller.intents import creep_intents, scale_intents
 from understudy.controller.runtime import (
     CycleReport,
     Effects,
     InvalidStatus,
     Plan,
-    Rollback,
     Runtime,
-    Scale,
     Workload,
     epoch,
     essential,
@@ -37,9 +35,7 @@ from understudy.controller.runtime import (
 from understudy.controller.status import last_known_good, primary_revision, record_drill
 from understudy.controller.store import DeploymentSnapshot, PolicySnapshot
 from understudy.engine import (
-    PRIMARY,
     AuditRecord,
-    CreepAction,
     Decision,
     Policy,
     Samples,
@@ -191,10 +187,10 @@ class Cycle:
         workload: list[Workload] = []
         scaled: list[dict[str, Any]] | None = None
         if rt.compiled.capacities:
-            scaled, scales = self._scale(rt, snap, decision, load, deployments)
+            scaled, scales = scale_intents(rt, snap, decision, load, deployments)
             workload += scales
         if any(r.reason == "CreepBudgetExceeded" for r in decision.audit):
-            records, rollbacks = self._on_creep(rt, snap, decision)
+            records, rollbacks = creep_intents(rt, snap, decision)
             shell_records += records
             workload += rollbacks
         drill = self._drill(rt, snap, policy, decision, samples, now)
@@ -255,54 +251,6 @@ class Cycle:
                                                 epoch(running["startedAt"]), epoch(running["endsAt"]))
         last = {o["tier"]: epoch(o["time"]) for o in rt.hot.get("lastDrills") or []}
         return step_drills(rt.compiled.drills, policy, decision, samples, run, last, snap.created, now)
-
-    @staticmethod
-    def _scale(rt: Runtime, snap: PolicySnapshot, decision: Decision, load: float | None,
-               deployments: Mapping[tuple[str, str], DeploymentSnapshot],
-               ) -> tuple[list[dict[str, Any]], list[Workload]]:
-        """Scale a skipped fallback up so it can take over, and back once traffic has left it.
-
-        Returns the new status.scaledTiers (the replica counts to return to) and the scale writes to make.
-        """
-        assert rt.compiled is not None
-        scaled = {e["tier"]: int(e["replicas"]) for e in rt.hot.get("scaledTiers") or []}
-        scales: list[Workload] = []
-        weights = dict(decision.weights)
-        settled = decision.active_tier == PRIMARY and decision.state.restore_tier is None
-        for tier, tier_state in zip(rt.compiled.policy.tiers, decision.state.tiers):
-            capacity = rt.compiled.capacities.get(tier.name)
-            current = deployments.get((snap.namespace, tier.deployment))
-            if capacity is None or current is None or not capacity.scale_on_activate:
-                continue
-            if tier_state.capacity_short and load is not None:
-                wanted = min(capacity.max_replicas or current.desired, math.ceil(load / capacity.requests_per_replica))
-                if wanted > current.desired:
-                    scales.append(Scale("ScaledUp", snap.namespace, tier.name, tier.deployment, wanted,
-                                        f"to carry {load:.1f} requests/s at "
-                                        f"{capacity.requests_per_replica} per replica"))
-                    scaled.setdefault(tier.name, current.desired)
-            elif tier.name in scaled and settled and weights.get(tier.name, 0) == 0:
-                original = scaled.pop(tier.name)
-                scales.append(Scale("ScaledDown", snap.namespace, tier.name, tier.deployment, original,
-                                    "traffic is back on the primary"))
-        return [{"tier": t, "replicas": r} for t, r in scaled.items()], scales
-
-    @staticmethod
-    def _on_creep(rt: Runtime, snap: PolicySnapshot, decision: Decision,
-                  ) -> tuple[list[AuditRecord], list[Workload]]:
-        """Act on a creep verdict, once per episode, as the policy's creep.action says."""
-        assert rt.compiled is not None
-        action = rt.compiled.policy.creep_action
-        ratio = f"{decision.fallback_ratio:.3f}"
-        if action is not CreepAction.ROLLBACK_PRIMARY:
-            return [], []
-        deployment = rt.compiled.policy.tiers[0].deployment
-        good = rt.hot.get("lastKnownGoodRevision")
-        if not good:
-            return [AuditRecord(reason="RollbackFailed", tier=PRIMARY,
-                                message=f"Fallback ratio {ratio} is over budget, but no healthy revision of "
-                                        f"{deployment} is on record: nothing was rolled back.")], []
-        return [], [Rollback(snap.namespace, deployment, str(good), ratio)]
 
     @staticmethod
     def _invalid(key: Hashable, rt: Runtime, snap: PolicySnapshot, now: float) -> InvalidStatus | None:
