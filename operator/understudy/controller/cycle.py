@@ -17,7 +17,9 @@ from pydantic import ValidationError
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, format_ratio, status_patch
 from understudy.controller.compile import Compiled, capacity_fits, compile_policy
+from understudy.controller.drift import RoutingStore
 from understudy.controller.intents import creep_intents, scale_intents
+from understudy.controller.routes import RouteKeeper, announce
 from understudy.controller.runtime import (
     CycleReport,
     Effects,
@@ -65,6 +67,8 @@ class Cycle:
     """How often the creep accounting is written while the window holds time off the primary."""
     waiting: dict[Hashable, float] = field(default_factory=dict)
     """Policies waiting on their own Prometheus -> when their evaluation was due (for the lateness metric)."""
+    routes: RouteKeeper = field(default_factory=RouteKeeper)
+    """Who owns each route, and which drifted (fed by the routing watches)."""
 
     def plan(
         self,
@@ -72,12 +76,14 @@ class Cycle:
         deployments: Mapping[tuple[str, str], DeploymentSnapshot],
         now: float,
         report: CycleReport,
+        routing: RoutingStore | None = None,
     ) -> Plan:
         self._sync(policies)
+        repairs = self.routes.observe(policies, self.runtimes, routing)
         due = [(k, r) for k, r in self.runtimes.items() if r.next_due <= now]
         report.due = len(due)
         valid = [(k, r) for k, r in due if r.compiled is not None]
-        plan = Plan([], [], {k: self.waiting.pop(k, rt.next_due) for k, rt in valid})
+        plan = Plan([], [], {k: self.waiting.pop(k, rt.next_due) for k, rt in valid}, repairs)
         for key, rt in due:
             rt.next_due = schedule_next(rt.compiled.interval if rt.compiled else 30.0, now)
             if rt.compiled is None:
@@ -195,6 +201,7 @@ class Cycle:
             workload += rollbacks
         drill = self._drill(rt, snap, policy, decision, samples, now)
         shell_records += drill.audit
+        shell_records += [r for r in (announce(rt),) if r is not None]
         if shell_records:
             decision = replace(decision, audit=decision.audit + tuple(shell_records))
 

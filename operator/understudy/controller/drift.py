@@ -16,9 +16,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from understudy.engine.model import Tier
-from understudy.routing.base import GatewayAPITarget, IstioTarget, RoutingTarget, ServiceTarget, Weights
-from understudy.routing.gatewayapi import backend_ref
-from understudy.routing.istio import host_matches
+from understudy.routing.targets import (
+    GatewayAPITarget,
+    IstioTarget,
+    RoutingTarget,
+    ServiceTarget,
+    Weights,
+    backend_ref,
+    host_matches,
+)
 
 VIRTUAL_SERVICE, HTTP_ROUTE, SERVICE = "VirtualService", "HTTPRoute", "Service"
 

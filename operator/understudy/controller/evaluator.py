@@ -11,6 +11,7 @@ from kubernetes.client import ApiClient
 from understudy.audit.events import EventRecorder
 from understudy.audit.metrics import OperatorMetrics
 from understudy.controller.cycle import Cycle
+from understudy.controller.drift import RoutingStore
 from understudy.controller.runtime import CycleReport, Runtime
 from understudy.controller.store import DeploymentSnapshot, PolicySnapshot
 from understudy.controller.writer import Writer
@@ -42,6 +43,7 @@ class Evaluator:
         """Forget everything in memory: the next cycle reloads each policy's state from its status."""
         self.runtimes.clear()
         self._cycle.waiting.clear()
+        self._cycle.routes.reset()
 
     def next_due(self) -> float | None:
         return min((r.next_due for r in self.runtimes.values()), default=None)
@@ -51,10 +53,11 @@ class Evaluator:
         policies: Mapping[Hashable, PolicySnapshot],
         deployments: Mapping[tuple[str, str], DeploymentSnapshot],
         now: float,
+        routing: RoutingStore | None = None,
     ) -> CycleReport:
         started = time.monotonic()
         report = CycleReport()
-        plan = self._cycle.plan(policies, deployments, now, report)
+        plan = self._cycle.plan(policies, deployments, now, report, routing)
         self._writer.carry_out(plan, report)
         report.seconds = time.monotonic() - started
         self.metrics.cycle_duration.observe(report.seconds)

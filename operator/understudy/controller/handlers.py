@@ -1,8 +1,8 @@
-"""kopf wiring: two watches and one evaluation loop, nothing else.
+"""kopf wiring: the watches and one evaluation loop, nothing else.
 
 No per-policy timers or daemons: those put a finalizer on every object and tick in herds. Event
-handlers keep a snapshot of every FallbackPolicy and every Deployment in memory (they write nothing to
-the objects), and a single loop started at startup batches the work of all due policies (see
+handlers keep a snapshot of every FallbackPolicy and every Deployment in memory, and `watches` one of
+every routing object (they write nothing to the objects), and a single loop started at startup batches the work of all due policies (see
 `evaluator.Evaluator`). kopf's own indexes are not used: until every object is indexed once, each new object
 wakes every waiting per-object worker, which at thousands of policies kept the start-up busy for minutes.
 """
@@ -22,6 +22,7 @@ from kubernetes import client, config
 
 from understudy.audit.events import EventRecorder
 from understudy.audit.metrics import OperatorMetrics
+from understudy.controller import watches  # noqa: F401  (registers the routing watches)
 from understudy.controller.evaluator import Evaluator
 from understudy.controller.leader import LeaderElector, LeaseConfig
 from understudy.controller.store import GROUP, PLURAL, VERSION, DeploymentSnapshot, PolicySnapshot, Store
@@ -152,7 +153,7 @@ async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, s
             if store.changes != seen:  # copied here, on the event loop's thread, where the handlers write
                 seen, policies, deployments = store.changes, dict(store.policies), dict(store.deployments)
             try:
-                report = await asyncio.to_thread(evaluator.cycle, policies, deployments, time.time())
+                report = await asyncio.to_thread(evaluator.cycle, policies, deployments, time.time(), store.routing)
                 if report.due:
                     log.debug("cycle: %s", report)
             except Exception:

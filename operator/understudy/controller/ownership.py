@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from understudy.routing.base import GatewayAPITarget, IstioTarget, RoutingTarget
+from understudy.routing.targets import GatewayAPITarget, IstioTarget, RoutingTarget
 
 PolicyKey = tuple[str, str]
 """(namespace, name) of a FallbackPolicy."""

@@ -22,7 +22,7 @@ from understudy.controller.drift import RoutingStore, drift, routing_key
 from understudy.controller.ownership import Claim, PolicyKey, conflict_message, conflicts, describe
 from understudy.engine import AuditRecord
 from understudy.engine.model import Mode
-from understudy.routing.base import Weights
+from understudy.routing.targets import Weights
 
 DRIFT_REASON = "RoutingDriftRepaired"
 CONFLICT_REASON = "RouteConflict"

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Hashable, Mapping
 
 from understudy.controller.compile import Compiled
+from understudy.controller.routes import RouteState
 from understudy.controller.store import PolicySnapshot, pack, unpack
 from understudy.engine import Decision, State, TierState
 from understudy.routing.targets import RoutingBackend, Weights
@@ -62,6 +63,8 @@ class Runtime:
     """Why the last read left some of this policy's signals unread on purpose (a refused URL or query)."""
     unchanged_by: tuple[Any, ...] | None = None
     """The inputs of the last evaluation that found status already right (reset whenever status changes)."""
+    route: RouteState = field(default_factory=RouteState)
+    """Route ownership and drift (controller.routes)."""
 
     @property
     def status(self) -> dict[str, Any]:
@@ -155,6 +158,8 @@ class Plan:
     invalid: list[InvalidStatus]
     effects: list[Effects]
     due_at: dict[Hashable, float]
+    repairs: list[Hashable] = field(default_factory=list)
+    """Policies whose routing object drifted from what was written: the writer writes it back."""
 
 
 def settle(rt: Runtime, decision: Decision, kept: Essential, checkpoint: bool, now: float) -> None:
@@ -166,6 +171,8 @@ def settle(rt: Runtime, decision: Decision, kept: Essential, checkpoint: bool, n
 
 def readiness(rt: Runtime) -> tuple[bool, str, str]:
     """The Ready condition's status, reason and message as this runtime stands."""
+    if rt.route.conflict is not None:
+        return False, "RouteConflict", rt.route.conflict
     if rt.routing_error is not None:
         reason, _, message = rt.routing_error.partition(": ")
         return False, reason, message
@@ -175,7 +182,7 @@ def readiness(rt: Runtime) -> tuple[bool, str, str]:
 
 
 def must_route(rt: Runtime, decision: Decision) -> bool:
-    return decision.route and decision.weights != rt.routed
+    return decision.route and decision.weights != rt.routed and rt.route.conflict is None
 
 
 def epoch(stamp: str) -> float:

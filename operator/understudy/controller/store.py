@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from understudy.api.models import API_VERSION
+from understudy.controller.drift import RoutingStore
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "fallbackpolicies"
@@ -74,6 +75,8 @@ class Store:
         self.policies: dict[tuple[str, str], PolicySnapshot] = {}
         self.deployments: dict[tuple[str, str], DeploymentSnapshot] = {}
         self.changes = 0
+        self.routing = RoutingStore()
+        """The routing objects' snapshots, kept by controller.watches with a change counter of their own."""
 
     def put(self, into: dict[tuple[str, str], Any], key: tuple[str, str], value: Any, deleted: bool) -> None:
         if deleted:

@@ -2,7 +2,7 @@
 and core Services.
 
 Each event keeps a compact snapshot (`drift.snapshot_of`: the resourceVersion and the managed fields
-only) in `memo.routing`, a `RoutingStore`. The watch is the only read: the evaluation loop compares these
+only) in `memo.store.routing`, a `RoutingStore`. The watch is the only read: the evaluation loop compares these
 snapshots with what it last wrote (`drift.drift`) and makes no request at all while they agree. A kind
 whose CRD is not installed is simply not watched until it is (kopf follows CRDs as they appear).
 """
@@ -15,18 +15,11 @@ import kopf
 from understudy.controller.drift import HTTP_ROUTE, SERVICE, VIRTUAL_SERVICE, RoutingStore
 
 
-def _store(memo: kopf.Memo) -> RoutingStore:
-    """The memo's RoutingStore, made by the first event (the watches may start before the loop)."""
-    store: RoutingStore | None = getattr(memo, "routing", None)
-    if store is None:
-        store = memo.routing = RoutingStore()
-    return store
-
-
 def _put(kind: str, event: Mapping[str, Any], namespace: str, name: str, meta: Any, spec: Any,
          memo: kopf.Memo) -> None:
-    _store(memo).put(kind, namespace, name, str(meta.get("resourceVersion") or ""), spec or {},
-                     event.get("type") == "DELETED")
+    routing: RoutingStore = memo.store.routing  # made at startup, before kopf starts watching
+    routing.put(kind, namespace, name, str(meta.get("resourceVersion") or ""), spec or {},
+                event.get("type") == "DELETED")
 
 
 @kopf.on.event("networking.istio.io", "v1", "virtualservices")

@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from understudy.audit.events import EventRecorder, ObjectRef
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, status_patch
+from understudy.controller.routes import routed
 from understudy.controller.runtime import (
     CycleReport,
     Effects,
@@ -68,6 +69,8 @@ class Writer:
         for invalid in plan.invalid:
             self._write_invalid(invalid, report)
         self._apply_all(plan.effects, report)
+        for key in plan.repairs:
+            self._repair(key, report)
 
     def _write_invalid(self, e: InvalidStatus, report: CycleReport) -> None:
         if self._write_status(e.key, e.rt, e.snap, e.status, report):
@@ -143,12 +146,35 @@ class Writer:
         recovered = rt.routing_error is not None
         rt.routing_error = None
         rt.routed = decision.weights
+        records = [r for r in (routed(rt, decision.weights, changed),) if r is not None]
         if changed:
             report.routing_writes += 1
             self.metrics.api_write(type(rt.backend).__name__)
         if recovered:
-            return [AuditRecord(reason="RoutingRestored", message="The routing target accepts weights again.")]
-        return []
+            records.append(AuditRecord(reason="RoutingRestored", message="The routing target accepts weights again."))
+        return records
+
+    def _repair(self, key: Hashable, report: CycleReport) -> None:
+        """Write back the weights a drifted routing object lost (controller.routes). A failure is left to
+        the policy's next evaluation, which routes again and reports it; the Event follows the write."""
+        rt = self.runtimes.get(key)
+        if rt is None or rt.backend is None or rt.routed is None or rt.route.drift is None:
+            return  # gone, or put right by this cycle's own routing write
+        namespace, name = key  # type: ignore[misc]
+        weights, rt.routed = rt.routed, None
+        try:
+            changed = rt.backend.apply(namespace, weights)
+        except (RoutingTargetError, ApiException) as err:
+            log.warning("writing back the drifted routing of %s/%s failed: %s", namespace, name, err)
+            return
+        rt.routed = weights
+        if changed:
+            report.routing_writes += 1
+            self.metrics.api_write(type(rt.backend).__name__)
+        record = routed(rt, weights, changed)
+        if record is not None:
+            self.recorder.record(ObjectRef(name, namespace, rt.uid), record, datetime.now(timezone.utc))
+            report.events += 1
 
     def _write_status(self, key: Hashable, rt: Runtime, snap: PolicySnapshot, status: dict[str, Any],
                       report: CycleReport) -> bool:

@@ -25,15 +25,11 @@ from understudy.routing.base import (
     percentages,
     pointer,
 )
+from understudy.routing.targets import backend_ref
 
 GROUP = "gateway.networking.k8s.io"
 PLURAL = "httproutes"
 KIND = "HTTPRoute"
-
-
-def backend_ref(tier: Tier) -> BackendRef:
-    """The backendRef a tier's traffic goes to: the one its spec names, else the core Service of its name."""
-    return tier.backend_ref or BackendRef("", "Service", tier.service)
 
 
 def _describe(ref: BackendRef | dict[str, Any]) -> str:

@@ -28,21 +28,11 @@ from understudy.routing.base import (
     percentages,
     pointer,
 )
+from understudy.routing.targets import host_matches
 
 GROUP = "networking.istio.io"
 PLURAL = "virtualservices"
 KIND = "VirtualService"
-
-
-def host_matches(host: str, service: str, namespace: str) -> bool:
-    """True when an Istio destination host names `service` in `namespace` (short or qualified form)."""
-    if host == service:
-        return True
-    qualified = f"{service}.{namespace}"
-    if not host.startswith(qualified):
-        return False
-    rest = host[len(qualified):]
-    return rest in ("", ".svc") or rest.startswith(".svc.")
 
 
 class IstioBackend:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from understudy.engine.model import BackendRef, Tier
+
 Weights = tuple[tuple[str, int], ...]
 """(tier name, percent) for every tier of the policy, in tier order; the percents sum to 100."""
 
@@ -59,3 +61,19 @@ class GatewayAPITarget:
 
 
 RoutingTarget = IstioTarget | ServiceTarget | GatewayAPITarget
+
+
+def host_matches(host: str, service: str, namespace: str) -> bool:
+    """True when an Istio destination host names `service` in `namespace` (short or qualified form)."""
+    if host == service:
+        return True
+    qualified = f"{service}.{namespace}"
+    if not host.startswith(qualified):
+        return False
+    rest = host[len(qualified):]
+    return rest in ("", ".svc") or rest.startswith(".svc.")
+
+
+def backend_ref(tier: Tier) -> BackendRef:
+    """The backendRef a tier's traffic goes to: the one its spec names, else the core Service of its name."""
+    return tier.backend_ref or BackendRef("", "Service", tier.service)
