@@ -1,0 +1,1 @@
+"""The controller shell around the engine: snapshots, cycles, writes, leadership, health."""
