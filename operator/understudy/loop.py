@@ -21,7 +21,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
-from typing import Any, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 from kubernetes.client import ApiClient, AppsV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
@@ -33,6 +33,7 @@ from understudy.api.models import API_VERSION, Capacity, DurationUnit
 from understudy.audit.events import EventRecorder, ObjectRef
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, format_ratio, format_time, status_patch
+from understudy.controller.boundary import Boundary, Failure, Stage, failed_status, merge_readouts
 from understudy.engine import (
     PRIMARY,
     AuditRecord,
@@ -269,11 +270,15 @@ class Evaluator:
     """How often the creep accounting is written while the window holds time off the primary."""
     write_workers: int = 8
     """Concurrent writers: a write waits on the API server far longer than it keeps a core busy."""
+    may_write: Callable[[], bool] = lambda: True
+    """Asked before each policy's writes: a replica that lost its Lease mid-cycle writes nothing more."""
+    boundary: Boundary = field(default_factory=Boundary)
     runtimes: dict[Hashable, Runtime] = field(default_factory=dict)
     _waiting: dict[Hashable, float] = field(default_factory=dict)
     """Policies waiting on their own Prometheus -> when their evaluation was due (for the lateness metric)."""
 
     def __post_init__(self) -> None:
+        self._snapshots: Mapping[Hashable, PolicySnapshot] = {}
         self._custom = CustomObjectsApi(self.api)
         self._apps = AppsV1Api(self.api)
         self._writers = ThreadPoolExecutor(max_workers=self.write_workers, thread_name_prefix="understudy-write")
@@ -298,6 +303,7 @@ class Evaluator:
         started = time.monotonic()
         report = CycleReport()
         self._sync(policies)
+        self._snapshots = policies
         due = [(k, r) for k, r in self.runtimes.items() if r.next_due <= now]
         report.due = len(due)
         valid = [(k, r) for k, r in due if r.compiled is not None]
@@ -305,11 +311,18 @@ class Evaluator:
         for key, rt in due:
             rt.next_due = schedule_next(rt.compiled.interval if rt.compiled else 30.0, now)
             if rt.compiled is None:
-                self._report_invalid(key, rt, policies[key], now, report)
+                invalid = self.boundary.call(key, Stage.WRITE, lambda: self._report_invalid(
+                    key, rt, policies[key], now, report), f"{policies[key].namespace}/{policies[key].name}")
+                if isinstance(invalid, Failure):
+                    self._report_failure(invalid, now, report)
+        failures: list[Failure] = []
         if valid:
             ready = {k: (d.ready, d.desired) for k, d in deployments.items()}
             before = self.reader.stats
-            readout = self.reader.read_all([rt.compiled.target for _, rt in valid if rt.compiled], ready)
+            readout, failures = self.boundary.read_isolated(
+                lambda targets: self.reader.read_all(targets, ready), merge_readouts,
+                [rt.compiled.target for _, rt in valid if rt.compiled], key=lambda t: t.key)
+            valid = [(k, rt) for k, rt in valid if k in readout.samples or k in readout.deferred]
             report.queries = self.reader.stats.queries_sent - before.queries_sent
             self.metrics.count_queries(before, self.reader.stats)
             for key, rt in valid:
@@ -317,10 +330,23 @@ class Evaluator:
                     rt.next_due, self._waiting[key] = now + DEFERRED_POLL_SECONDS, due_at.pop(key)
                 else:
                     rt.signal_error = readout.errors.get(key)
-            pending = [self._evaluate(key, rt, policies[key], readout.samples.get(key, Samples({})),
-                                      readout.loads.get(key), deployments, now, report)
-                       for key, rt in valid if key not in readout.deferred]
-            self._apply_all([e for e in pending if e is not None], report)
+            pending: list[Effects] = []
+            for key, rt in valid:
+                if key in readout.deferred:
+                    continue
+                snap = policies[key]
+                effects = self.boundary.call(key, Stage.DECIDE, lambda: self._evaluate(
+                    key, rt, snap, readout.samples.get(key, Samples({})), readout.loads.get(key), deployments, now,
+                    report), f"{snap.namespace}/{snap.name}")
+                if isinstance(effects, Failure):
+                    failures.append(effects)
+                elif effects is not None:
+                    pending.append(effects)
+                else:
+                    self.boundary.succeeded(key)
+            self._apply_all(pending, report)
+        for failure in failures:
+            self._report_failure(failure, now, report)
         report.seconds = time.monotonic() - started
         self.metrics.cycle_duration.observe(report.seconds)
         for at in due_at.values():
@@ -334,6 +360,7 @@ class Evaluator:
         for gone in set(self.runtimes) - set(policies):
             del self.runtimes[gone]
             self._waiting.pop(gone, None)
+            self.boundary.forget(gone)
             namespace, name = gone  # type: ignore[misc]
             self.metrics.forget_policy(namespace, name)
         for key, snap in policies.items():
@@ -491,12 +518,31 @@ class Evaluator:
 
     def _apply_group(self, group: list[Effects], report: CycleReport) -> None:
         for e in group:
-            try:
-                self._apply(e, report)
-            except Exception:  # one policy's unexpected API error must not cost the others their writes
-                log.exception("writing the decision for %s/%s failed; the next evaluation retries",
-                              e.snap.namespace, e.snap.name)
+            if not self.may_write():
+                return
+            failure = self.boundary.call(e.key, Stage.WRITE, lambda: self._apply(e, report),
+                                         f"{e.snap.namespace}/{e.snap.name}")
+            if isinstance(failure, Failure):
+                self._report_failure(failure, e.now, report)
                 self.runtimes.pop(e.key, None)
+            else:
+                self.boundary.succeeded(e.key)
+
+    def _report_failure(self, failure: Failure, now: float, report: CycleReport) -> None:
+        """Ready=False, reason EvaluationFailed, and the Event once per episode (see controller.boundary)."""
+        rt, snap = self.runtimes.get(failure.key), self._snapshots.get(failure.key)
+        if rt is None or snap is None or not self.may_write():
+            return
+        try:
+            status = failed_status(rt.status, failure, rt.generation, now)
+            if status is not None:
+                self._write_status(failure.key, rt, snap, status, report)
+            if failure.first:
+                self.recorder.record(ObjectRef(snap.name, snap.namespace, snap.uid), failure.record,
+                                     datetime.fromtimestamp(now, timezone.utc))
+                report.events += 1
+        except Exception:  # the report of a failure may fail too (the same API trouble): the log has it
+            log.exception("reporting the failure of %s/%s failed", snap.namespace, snap.name)
 
     def _apply(self, e: Effects, report: CycleReport) -> None:
         rt, snap, decision = e.rt, e.snap, e.decision

@@ -23,7 +23,8 @@ from e2e.scenario import ROUTE, TIERS, Scenario, wait_until
 ALL_PRIMARY = {"primary": 100, "distilled": 0, "popular-items": 0}
 ON_DISTILLED = {"primary": 0, "distilled": 100, "popular-items": 0}
 FAILOVER_BOUND = 30.0
-"""Seconds the neighbour may take to fail over (the bound every failover test of the operator uses)."""
+"""Seconds the neighbour may take to fail over at most (the bound every failover test of the operator uses);
+beside the broken policies it must also stay near the time it took alone, measured first."""
 GARBAGE = (("malformed", {"shape": "not-json"}), ("wrong-type", {"shape": "result-object"}),
            ("endless", {}), ("inf", {}))
 ROLLBACK_ROUTE = "rollback-route"
@@ -94,6 +95,14 @@ def own_route(sc: Scenario) -> None:
                 for i, t in enumerate(TIERS)]}]}})
 
 
+def failover(sc: Scenario) -> float:
+    """Seconds from a failing primary to all of the neighbour's traffic on the first fallback."""
+    injected = time.monotonic()
+    sc.inject("primary", error_ratio=0.6)
+    sc.wait_for_weights(ON_DISTILLED, timeout=FAILOVER_BOUND)
+    return time.monotonic() - injected
+
+
 def ready(sc: Scenario, name: str, status: str) -> dict[str, Any]:
     return wait_until(lambda: (c := sc.condition("Ready", name)) and c["status"] == status and c, 60,
                       f"{name} Ready={status}")
@@ -109,6 +118,9 @@ def test_garbage_signals_and_a_refused_rollback_leave_the_neighbour_on_time(
     sc.wait_for_weights(ALL_PRIMARY)
     apps = client.AppsV1Api(sc.api)
     primary = TIERS[0].deployment
+    usual = failover(sc)
+    sc.inject("primary")
+    sc.wait_for_weights(ALL_PRIMARY, timeout=120)
 
     own_route(sc)
     sc.apply_policy(sc.policy(
@@ -133,11 +145,8 @@ def test_garbage_signals_and_a_refused_rollback_leave_the_neighbour_on_time(
         wait_until(lambda: all(s.requests for s in servers.values()), 30, "every hostile server to be asked")
         time.sleep(10)  # creep exceeded and the refused rollback tried, on every evaluation since
 
-        injected = time.monotonic()
-        sc.inject("primary", error_ratio=0.6)
-        sc.wait_for_weights(ON_DISTILLED, timeout=FAILOVER_BOUND)
-        failover = time.monotonic() - injected
-        print(f"neighbour failover beside the broken policies: {failover:.1f}s")
+        beside = failover(sc)
+        print(f"neighbour failover: {usual:.1f}s alone, {beside:.1f}s beside the broken policies")
 
         failed = ready(sc, "rollback-refused", "False")
         assert failed["reason"] in ("EvaluationFailed", "RollbackFailed"), failed
@@ -147,4 +156,4 @@ def test_garbage_signals_and_a_refused_rollback_leave_the_neighbour_on_time(
             assert (sc.condition("Ready", f"garbage-{name}") or {}).get("reason") != "EvaluationFailed", name
         assert apps.read_namespaced_deployment(primary, sc.namespace).spec.template.spec.containers[0].image == (
             "models/large:v2"), "the refused rollback did not happen"
-    assert failover < FAILOVER_BOUND
+    assert beside <= max(2 * usual, usual + 10), (usual, beside)

@@ -76,3 +76,15 @@ def test_failed_status_copes_with_a_status_without_conditions(status: dict[str, 
     failure = Boundary().failed("a", Stage.READ, ValueError())
     new = failed_status(status, failure, 1, 0.0)
     assert new is not None and [c["reason"] for c in new["conditions"]] == [EVALUATION_FAILED]
+
+
+def test_readouts_of_the_halves_merge_into_one() -> None:
+    from understudy.controller.boundary import merge_readouts
+    from understudy.engine.model import Samples
+    from understudy.signals.reader import Readout, SignalError
+
+    left = Readout({"a": Samples({})}, {"a": 1.0}, {"a": SignalError("X", "x")}, frozenset({"c"}))
+    right = Readout({"b": Samples({})}, {"b": None}, {}, frozenset({"d"}))
+    merged = merge_readouts([left, right])
+    assert set(merged.samples) == {"a", "b"} and merged.loads == {"a": 1.0, "b": None}
+    assert set(merged.errors) == {"a"} and merged.deferred == {"c", "d"}

@@ -33,3 +33,18 @@ def test_healthy_until_the_loop_misses_the_bound_then_healthy_again_after_a_pass
 def test_the_bound_must_be_positive(bound: float) -> None:
     with pytest.raises(ValueError):
         LoopHealth(stall_seconds=bound)
+
+
+def test_the_probe_fails_healthz_while_the_loop_is_stalled() -> None:
+    import asyncio
+
+    import kopf
+
+    from understudy.handlers import evaluation_loop_alive
+
+    clock = Clock()
+    memo = kopf.Memo(health=LoopHealth(stall_seconds=60, clock=clock))
+    assert asyncio.run(evaluation_loop_alive(memo=memo)) == "ok"
+    clock.now += 61
+    with pytest.raises(kopf.PermanentError, match="has not completed a pass for 61s"):
+        asyncio.run(evaluation_loop_alive(memo=memo))

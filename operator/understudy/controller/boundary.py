@@ -18,6 +18,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
 from understudy.audit.status import format_time
 from understudy.engine.model import AuditRecord
+from understudy.signals.reader import Readout
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,14 @@ class Boundary:
         """Policy key -> the stage and error of its open episode."""
 
     def call(self, key: Hashable, stage: Stage, step: Callable[[], T], name: str = "") -> T | Failure:
-        """`step()`, or the Failure it raised (logged with the traceback)."""
+        """`step()`, or the Failure it raised (logged with the traceback once per episode)."""
         try:
             return step()
         except Exception as err:  # the boundary: one policy's failure of any kind stays its own
-            log.exception("%s for policy %s failed; its neighbours carry on", stage.value.capitalize(),
-                          name or key)
-            return self.failed(key, stage, err)
+            failure = self.failed(key, stage, err)
+            log.log(logging.ERROR if failure.first else logging.DEBUG, "%s for policy %s failed; its neighbours "
+                    "carry on", stage.value.capitalize(), name or key, exc_info=True)
+            return failure
 
     def failed(self, key: Hashable, stage: Stage, err: BaseException) -> Failure:
         """Note a failure caught elsewhere; a new stage or error starts a new episode."""
@@ -97,12 +99,22 @@ class Boundary:
             return read(targets), []
         except Exception as err:
             if len(targets) == 1:
-                log.exception("Reading the signals of policy %s failed; its neighbours carry on", key(targets[0]))
-                return read([]), [self.failed(key(targets[0]), Stage.READ, err)]
+                failure = self.failed(key(targets[0]), Stage.READ, err)
+                log.log(logging.ERROR if failure.first else logging.DEBUG, "Reading the signals of policy %s "
+                        "failed; its neighbours carry on", key(targets[0]), exc_info=True)
+                return read([]), [failure]
         half = len(targets) // 2
         left, left_failures = self.read_isolated(read, merge, targets[:half], key)
         right, right_failures = self.read_isolated(read, merge, targets[half:], key)
         return merge([left, right]), left_failures + right_failures
+
+
+def merge_readouts(parts: list[Readout]) -> Readout:
+    """The readouts of the halves of a split batch, as one (see `Boundary.read_isolated`)."""
+    return Readout(samples={k: v for p in parts for k, v in p.samples.items()},
+                   loads={k: v for p in parts for k, v in p.loads.items()},
+                   errors={k: v for p in parts for k, v in p.errors.items()},
+                   deferred=frozenset(k for p in parts for k in p.deferred))
 
 
 def failed_status(status: Mapping[str, Any], failure: Failure, generation: int, now: float) -> dict[str, Any] | None:
