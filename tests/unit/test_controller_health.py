@@ -40,7 +40,7 @@ def test_the_probe_fails_healthz_while_the_loop_is_stalled() -> None:
 
     import kopf
 
-    from understudy.handlers import evaluation_loop_alive
+    from understudy.controller.handlers import evaluation_loop_alive
 
     clock = Clock()
     memo = kopf.Memo(health=LoopHealth(stall_seconds=60, clock=clock))

@@ -14,9 +14,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Mapping, NamedTuple, Sequence, TypeVar
 
 from understudy.audit.status import format_time
+from understudy.controller.store import PolicySnapshot
 from understudy.engine.model import AuditRecord
 from understudy.signals.reader import Readout
 
@@ -53,6 +54,14 @@ class Failure:
     @property
     def record(self) -> AuditRecord:
         return AuditRecord(reason=EVALUATION_FAILED, message=self.message)
+
+
+class Failed(NamedTuple):
+    """A failure the cycle caught (reading or deciding), for the writer to report."""
+
+    failure: Failure
+    snap: PolicySnapshot
+    now: float
 
 
 class Boundary:
@@ -129,3 +138,20 @@ def failed_status(status: Mapping[str, Any], failure: Failure, generation: int, 
              else None) or format_time(datetime.fromtimestamp(now, timezone.utc))
     others = [c for c in conditions if c.get("type") != "Ready"]
     return {**status, "conditions": [*others, {**ready, "lastTransitionTime": since}]}
+
+
+def report_failure(failure: Failure, status: Mapping[str, Any], generation: int, now: float,
+                   write_status: Callable[[dict[str, Any]], bool], post: Callable[[AuditRecord], None]) -> None:
+    """Write Ready=False (unless status says so already), then post the Event if the episode is new.
+
+    The report may fail for the very reason the policy did (the API server refuses it): that is logged,
+    never raised, so it cannot cost the next policy its writes.
+    """
+    try:
+        failed = failed_status(status, failure, generation, now)
+        if failed is not None:
+            write_status(failed)
+        if failure.first:
+            post(failure.record)
+    except Exception:  # the boundary again: the report of one policy's failure stays its own
+        log.exception("reporting the failed evaluation of policy %s failed too", failure.key)
