@@ -88,3 +88,22 @@ def test_readouts_of_the_halves_merge_into_one() -> None:
     merged = merge_readouts([left, right])
     assert set(merged.samples) == {"a", "b"} and merged.loads == {"a": 1.0, "b": None}
     assert set(merged.errors) == {"a"} and merged.deferred == {"c", "d"}
+
+
+def test_a_policy_the_cycle_cannot_load_stops_no_other() -> None:
+    """A snapshot that cannot even be loaded is left out; the policy beside it still gets its Ready=False."""
+    from understudy.audit.metrics import OperatorMetrics
+    from understudy.controller.cycle import Cycle
+    from understudy.controller.runtime import CycleReport
+    from understudy.controller.store import PolicySnapshot
+    from understudy.signals.reader import SignalReader
+
+    unloadable = PolicySnapshot("ns", "broken", "u1", 1, "1", "[1]", PolicySnapshot.of(
+        "ns", "x", "u", 1, "1", {}, {}).status_packed)
+    invalid = PolicySnapshot.of("ns", "invalid", "u2", 1, "1", {"primary": {}}, {})
+    with SignalReader("http://127.0.0.1:9") as reader:
+        cycle = Cycle(reader, OperatorMetrics(), {})
+        plan = cycle.plan({("ns", "broken"): unloadable, ("ns", "invalid"): invalid}, {}, 1_800_000_000.0,
+                          CycleReport())
+    assert [i.key for i in plan.invalid] == [("ns", "invalid")]
+    assert ("ns", "broken") not in cycle.runtimes and cycle.boundary.failing(("ns", "broken"))

@@ -127,10 +127,18 @@ class Cycle:
             self.metrics.forget_policy(namespace, name)
         for key, snap in policies.items():
             rt = self.runtimes.get(key)
-            if rt is None or rt.uid != snap.uid:
-                self.runtimes[key] = self._load(snap)
-            elif rt.generation != snap.generation:
-                self._recompile(rt, snap)
+            if rt is None or rt.uid != snap.uid or rt.generation != snap.generation:
+                # A status or spec the shell cannot load stops no one else: that policy is left out (and
+                # logged, once per episode) until it loads.
+                if isinstance(self.boundary.call(key, Stage.DECIDE, lambda: self._resync(key, rt, snap),
+                                                 f"{snap.namespace}/{snap.name}"), Failure):
+                    self.runtimes.pop(key, None)
+
+    def _resync(self, key: Hashable, rt: Runtime | None, snap: PolicySnapshot) -> None:
+        if rt is None or rt.uid != snap.uid:
+            self.runtimes[key] = self._load(snap)
+        else:
+            self._recompile(rt, snap)
 
     def _load(self, snap: PolicySnapshot) -> Runtime:
         compiled, invalid = self._compile(snap)
