@@ -3,10 +3,10 @@ policy is that policy's trouble, never its neighbours'.
 
 An exception inside the boundary is logged (its traceback once per episode), and the policy is reported
 `Ready=False`, reason `EvaluationFailed`, with the stage and the exception's class in the message (never
-its text, which may carry what a hostile server sent). The Warning Event goes out once per episode: an episode starts with
-the first failure and ends with the next evaluation of that policy that succeeds. Every other policy of the
-cycle is read, decided and written as if nothing happened; the failed one is evaluated again at its next
-interval.
+its text, which may carry what a hostile server sent). The Warning Event goes out once per episode: an
+episode starts with the first failure and ends with the next evaluation of that policy that succeeds.
+Every other policy of the cycle is read, decided and written as if nothing happened; the failed one is
+evaluated again at its next interval.
 """
 from __future__ import annotations
 
