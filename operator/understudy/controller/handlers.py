@@ -179,9 +179,10 @@ async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, s
             pass
 
 
-def run(cfg: OperatorConfig, namespaces: list[str] | None, liveness_port: int | None = None) -> None:
+def run(cfg: OperatorConfig, namespaces: list[str] | None, liveness_port: int | None = None,
+        liveness_address: str = "0.0.0.0") -> None:
     """Run the operator in this process until it is signalled to stop."""
-    liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
+    liveness = f"http://{liveness_address}:{liveness_port}/healthz" if liveness_port else None
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
