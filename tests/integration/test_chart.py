@@ -337,6 +337,8 @@ def test_rendered_command_line_is_what_understudy_run_accepts(control_plane: Con
     assert args.command == "run"
     assert args.prometheus_url == rendered["prometheus"]["url"]
     assert args.metrics_port == rendered["metrics"]["port"] and args.liveness_port == rendered["liveness"]["port"]
+    assert args.stall_seconds == rendered["liveness"]["stallSeconds"], "the liveness probe's stall bound"
+    assert args.api_timeout == rendered["apiTimeoutSeconds"]
     assert args.identity == "$(POD_NAME)"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": args.metrics_port, "healthz": args.liveness_port}

@@ -64,6 +64,7 @@ REASONS: Final[dict[str, EventKind]] = {
     "RolledBack": EventKind(NORMAL, "Rollback"),
     "RollbackFailed": EventKind(WARNING, "Rollback"),
     "InvalidPolicy": EventKind(WARNING, "Validate"),
+    "EvaluationFailed": EventKind(WARNING, "Evaluate"),
     "EventsSuppressed": EventKind(WARNING, "Audit"),
     "DrillStarted": EventKind(NORMAL, "Drill"),
     "DrillPassed": EventKind(NORMAL, "Drill"),

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, format_ratio, status_patch
+from understudy.controller.boundary import Boundary, Failed, Failure, Stage, merge_readouts
 from understudy.controller.compile import Compiled, capacity_fits, compile_policy
 from understudy.controller.drift import RoutingStore
 from understudy.controller.intents import creep_intents, scale_intents
@@ -69,6 +70,7 @@ class Cycle:
     """Policies waiting on their own Prometheus -> when their evaluation was due (for the lateness metric)."""
     routes: RouteKeeper = field(default_factory=RouteKeeper)
     """Who owns each route, and which drifted (fed by the routing watches)."""
+    boundary: Boundary = field(default_factory=Boundary)
 
     def plan(
         self,
@@ -79,11 +81,11 @@ class Cycle:
         routing: RoutingStore | None = None,
     ) -> Plan:
         self._sync(policies)
-        repairs = self.routes.observe(policies, self.runtimes, routing)
         due = [(k, r) for k, r in self.runtimes.items() if r.next_due <= now]
         report.due = len(due)
         valid = [(k, r) for k, r in due if r.compiled is not None]
-        plan = Plan([], [], {k: self.waiting.pop(k, rt.next_due) for k, rt in valid}, repairs)
+        plan = Plan([], [], {k: self.waiting.pop(k, rt.next_due) for k, rt in valid},
+                    repairs=self.routes.observe(policies, self.runtimes, routing))
         for key, rt in due:
             rt.next_due = schedule_next(rt.compiled.interval if rt.compiled else 30.0, now)
             if rt.compiled is None:
@@ -93,7 +95,12 @@ class Cycle:
         if valid:
             ready = {k: (d.ready, d.desired) for k, d in deployments.items()}
             before = self.reader.stats
-            readout = self.reader.read_all([rt.compiled.target for _, rt in valid if rt.compiled], ready)
+            readout, failures = self.boundary.read_isolated(
+                lambda targets: self.reader.read_all(targets, ready), merge_readouts,
+                [rt.compiled.target for _, rt in valid if rt.compiled], key=lambda t: t.key)
+            plan.failed += [Failed(f, policies[f.key], now) for f in failures]
+            unread = {f.key for f in failures}
+            valid = [(k, rt) for k, rt in valid if k not in unread]
             report.queries = self.reader.stats.queries_sent - before.queries_sent
             self.metrics.count_queries(before, self.reader.stats)
             for key, rt in valid:
@@ -101,10 +108,18 @@ class Cycle:
                     rt.next_due, self.waiting[key] = now + DEFERRED_POLL_SECONDS, plan.due_at.pop(key)
                 else:
                     rt.signal_error = readout.errors.get(key)
-            pending = [self._evaluate(key, rt, policies[key], readout.samples.get(key, Samples({})),
-                                      readout.loads.get(key), deployments, now, report)
-                       for key, rt in valid if key not in readout.deferred]
-            plan.effects = [e for e in pending if e is not None]
+            for key, rt in valid:
+                if key not in readout.deferred:
+                    snap = policies[key]
+                    effects = self.boundary.call(key, Stage.DECIDE, lambda: self._evaluate(
+                        key, rt, snap, readout.samples.get(key, Samples({})), readout.loads.get(key), deployments,
+                        now, report), f"{snap.namespace}/{snap.name}")
+                    if isinstance(effects, Failure):
+                        plan.failed.append(Failed(effects, snap, now))
+                    elif effects is None:
+                        self.boundary.succeeded(key)  # nothing to write: the evaluation is complete
+                    else:
+                        plan.effects.append(effects)
         return plan
 
     # -- keeping runtimes in line with the index -------------------------------------------------------
@@ -113,14 +128,23 @@ class Cycle:
         for gone in set(self.runtimes) - set(policies):
             del self.runtimes[gone]
             self.waiting.pop(gone, None)
+            self.boundary.forget(gone)
             namespace, name = gone  # type: ignore[misc]
             self.metrics.forget_policy(namespace, name)
         for key, snap in policies.items():
             rt = self.runtimes.get(key)
-            if rt is None or rt.uid != snap.uid:
-                self.runtimes[key] = self._load(snap)
-            elif rt.generation != snap.generation:
-                self._recompile(rt, snap)
+            if rt is None or rt.uid != snap.uid or rt.generation != snap.generation:
+                # A status or spec the shell cannot load stops no one else: that policy is left out (and
+                # logged, once per episode) until it loads.
+                if isinstance(self.boundary.call(key, Stage.DECIDE, lambda: self._resync(key, rt, snap),
+                                                 f"{snap.namespace}/{snap.name}"), Failure):
+                    self.runtimes.pop(key, None)
+
+    def _resync(self, key: Hashable, rt: Runtime | None, snap: PolicySnapshot) -> None:
+        if rt is None or rt.uid != snap.uid:
+            self.runtimes[key] = self._load(snap)
+        else:
+            self._recompile(rt, snap)
 
     def _load(self, snap: PolicySnapshot) -> Runtime:
         compiled, invalid = self._compile(snap)

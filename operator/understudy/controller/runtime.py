@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Hashable, Mapping
 
+from understudy.controller.boundary import Failed
 from understudy.controller.compile import Compiled
 from understudy.controller.routes import RouteState
 from understudy.controller.store import PolicySnapshot, pack, unpack
@@ -160,6 +161,8 @@ class Plan:
     due_at: dict[Hashable, float]
     repairs: list[Hashable] = field(default_factory=list)
     """Policies whose routing object drifted from what was written: the writer writes it back."""
+    failed: list[Failed] = field(default_factory=list)
+    """Policies whose read or decision failed (controller.boundary): the writer reports them."""
 
 
 def settle(rt: Runtime, decision: Decision, kept: Essential, checkpoint: bool, now: float) -> None:

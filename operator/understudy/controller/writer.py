@@ -15,7 +15,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 from kubernetes.client import ApiClient, AppsV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from understudy.audit.events import EventRecorder, ObjectRef
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, status_patch
+from understudy.controller.boundary import Boundary, Failed, Failure, Stage, report_failure
 from understudy.controller.routes import routed
 from understudy.controller.runtime import (
     CycleReport,
@@ -55,6 +56,9 @@ class Writer:
     runtimes: dict[Hashable, Runtime]
     write_workers: int = 8
     """Concurrent writers: a write waits on the API server far longer than it keeps a core busy."""
+    boundary: Boundary = field(default_factory=Boundary)
+    may_write: Callable[[], bool] = lambda: True
+    """Asked before each policy's writes: a replica that lost its Lease mid-cycle writes nothing more."""
     _writers: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,10 +71,38 @@ class Writer:
 
     def carry_out(self, plan: Plan, report: CycleReport) -> None:
         for invalid in plan.invalid:
-            self._write_invalid(invalid, report)
+            self._guarded(invalid.key, invalid.snap, invalid.now, lambda: self._write_invalid(invalid, report), report)
         self._apply_all(plan.effects, report)
+        for failed in plan.failed:
+            if self.may_write():
+                self._report(failed, report)
         for key in plan.repairs:
-            self._repair(key, report)
+            if self.may_write():
+                self._repair(key, report)
+
+    def _guarded(self, key: Hashable, snap: PolicySnapshot, now: float, write: Callable[[], None],
+                 report: CycleReport) -> None:
+        """One policy's writes inside the error boundary (controller.boundary), if this replica may write."""
+        if not self.may_write():
+            return
+        failure = self.boundary.call(key, Stage.WRITE, write, f"{snap.namespace}/{snap.name}")
+        if isinstance(failure, Failure):
+            self._report(Failed(failure, snap, now), report)
+            self.runtimes.pop(key, None)  # reloaded from its status next cycle
+        else:
+            self.boundary.succeeded(key)
+
+    def _report(self, failed: Failed, report: CycleReport) -> None:
+        """Ready=False, reason EvaluationFailed, and its Warning Event once per episode."""
+        failure, snap = failed.failure, failed.snap
+        rt = self.runtimes.get(failure.key)
+        if rt is None:
+            return
+        moment = datetime.fromtimestamp(failed.now, timezone.utc)
+        report_failure(failure, rt.status, rt.generation, failed.now,
+                       lambda status: self._write_status(failure.key, rt, snap, status, report),
+                       lambda record: self.recorder.record(ObjectRef(snap.name, snap.namespace, snap.uid), record,
+                                                           moment))
 
     def _write_invalid(self, e: InvalidStatus, report: CycleReport) -> None:
         if self._write_status(e.key, e.rt, e.snap, e.status, report):
@@ -99,13 +131,8 @@ class Writer:
             report.add(r)
 
     def _apply_group(self, group: list[Effects], report: CycleReport) -> None:
-        for e in group:
-            try:
-                self._apply(e, report)
-            except Exception:  # one policy's unexpected API error must not cost the others their writes
-                log.exception("writing the decision for %s/%s failed; the next evaluation retries",
-                              e.snap.namespace, e.snap.name)
-                self.runtimes.pop(e.key, None)
+        for e in group:  # one policy's failure must not cost the others their writes
+            self._guarded(e.key, e.snap, e.now, lambda: self._apply(e, report), report)
 
     def _apply(self, e: Effects, report: CycleReport) -> None:
         rt, snap, decision = e.rt, e.snap, e.decision
@@ -164,7 +191,7 @@ class Writer:
         weights, rt.routed = rt.routed, None
         try:
             changed = rt.backend.apply(namespace, weights)
-        except (RoutingTargetError, ApiException) as err:
+        except Exception as err:  # any failure: the next evaluation routes again, inside the error boundary
             log.warning("writing back the drifted routing of %s/%s failed: %s", namespace, name, err)
             return
         rt.routed = weights

@@ -1,0 +1,1 @@
+"""Guarded Kubernetes API helpers, each in one place."""
