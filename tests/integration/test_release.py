@@ -99,8 +99,9 @@ def test_the_finalizer_is_guarded_and_its_removal_lets_a_deletion_finish(
                      "triggers": [{"name": "errors", "errorRatio": {"above": "0.1"}}]}}
     created = custom.create_namespaced_custom_object(*POLICIES[:2], namespace, POLICIES[2], body)
     stale = created["metadata"]["resourceVersion"]
-    version = set_finalizer(custom, namespace, "recommender", [], True, stale)
-    assert version is not None and version != stale
+    written = set_finalizer(custom, namespace, "recommender", [], True, stale)
+    assert written is not None and written["metadata"]["resourceVersion"] != stale
+    version = written["metadata"]["resourceVersion"]
     assert custom.get_namespaced_custom_object(*POLICIES[:2], namespace, POLICIES[2], "recommender")[
         "metadata"]["finalizers"] == [FINALIZER]
     assert set_finalizer(custom, namespace, "recommender", [FINALIZER], True, version) is None

@@ -1,7 +1,18 @@
 """What counts as moved (and so holds the finalizer), and how the finalizer list is changed."""
 from __future__ import annotations
 
-from understudy.controller.release import FINALIZER, describe, finalizers_with, holds, scaled_tiers
+from understudy.api.models import Release
+from understudy.controller.release import (
+    FINALIZER,
+    OBSERVE,
+    REROUTED,
+    describe,
+    finalizers_with,
+    holds,
+    scaled_tiers,
+)
+from understudy.controller.releasing import Holder, cause
+from understudy.engine.model import Mode, Policy, Tier
 from understudy.routing import GatewayAPITarget, IstioTarget, ServiceTarget
 
 AT_REST = {"weights": [{"tier": "primary", "weight": 100}, {"tier": "distilled", "weight": 0}]}
@@ -39,3 +50,16 @@ def test_scaled_tiers_carry_what_to_return_to_and_what_the_operator_set() -> Non
     status = {"scaledTiers": [{"tier": "distilled", "replicas": 2, "scaledTo": 7}, {"tier": "popular", "replicas": 1}]}
     assert scaled_tiers(status) == {"distilled": (2, 7), "popular": (1, None)}
     assert scaled_tiers({}) == {}
+
+
+def _holder(mode: Mode = Mode.ENFORCE, route: str = "recommender") -> Holder:
+    tiers = (Tier("primary", "large", "large"), Tier("distilled", "small", "small"))
+    policy = Policy(tiers=tiers, triggers=(), mode=mode)
+    return Holder("ml", "recommender", "uid", policy, IstioTarget(route, "default"), Release.RESTORE_PRIMARY)
+
+
+def test_a_new_generation_lets_go_when_it_stops_routing_or_routes_elsewhere() -> None:
+    assert cause(_holder(), _holder(Mode.OBSERVE)) == OBSERVE
+    assert cause(_holder(), _holder(route="other")) == REROUTED
+    assert cause(_holder(), _holder()) is None
+    assert cause(_holder(Mode.OBSERVE), _holder()) is None, "an Observe policy routed nothing to give back"

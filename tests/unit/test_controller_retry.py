@@ -27,14 +27,14 @@ def test_an_episode_counts_attempts_holds_moves_and_hands_them_over_on_success()
     assert retry.failed(ApiException(status=429, reason="Too Many Requests"), now=100.0)
     assert not retry.failed(ApiException(status=429, reason="Too Many Requests"), now=102.0)
     assert retry.attempts == 2 and not retry.due(105.0) and retry.due(106.0)
-    error = retry.ready_error(now=103.0)
+    error = retry.ready_error()
     assert error is not None and error.startswith("RoutingUnavailable: ") and "attempt 2" in error
-    assert "next attempt in 3s" in error
+    assert "next attempt in 4s" in error
     moved = AuditRecord(reason="FallbackActivated", message="m", from_tier="primary", to_tier="distilled")
     tripped = AuditRecord(reason="TierTripped", message="t", tier="primary")
     assert retry.hold((moved, tripped), MOMENT) == (tripped,)
     assert retry.succeeded() == [(moved, MOMENT)]
-    assert not retry.failing and retry.ready_error(0.0) is None and retry.held == []
+    assert not retry.failing and retry.ready_error() is None and retry.held == []
 
 
 def test_a_move_is_told_by_its_reason_or_by_its_tiers() -> None:

@@ -80,18 +80,17 @@ def finalizers_with(finalizers: Sequence[str], present: bool) -> list[str] | Non
 
 
 def set_finalizer(custom: CustomObjectsApi, namespace: str, name: str, finalizers: Sequence[str], present: bool,
-                  resource_version: str) -> str | None:
+                  resource_version: str) -> dict[str, Any] | None:
     """Add or remove ours, guarded by the resourceVersion last seen (a 409 means: read again).
 
-    Returns the policy's new resourceVersion, or None when nothing had to be written.
+    Returns the policy as written, or None when nothing had to be written.
     """
     wanted = finalizers_with(finalizers, present)
     if wanted is None:
         return None
     body = {"metadata": {"finalizers": wanted, "resourceVersion": resource_version}}
     written = custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
-    obj = written if isinstance(written, dict) else written.to_dict()
-    return str(obj["metadata"]["resourceVersion"])
+    return written if isinstance(written, dict) else dict(written.to_dict())
 
 
 @dataclass(frozen=True)

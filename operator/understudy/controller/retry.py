@@ -86,10 +86,10 @@ class RoutingRetry:
         self.held += [(r, moment) for r in records if moves_traffic(r)]
         return tuple(r for r in records if not moves_traffic(r))
 
-    def ready_error(self, now: float) -> str | None:
-        """Ready's "Reason: message" while failing, with the attempt count and when the next one is due."""
+    def ready_error(self) -> str | None:
+        """Ready's "Reason: message" while failing, with the attempt count and the back-off before the next
+        one (stable between attempts, so waiting causes no status write)."""
         if not self.failing:
             return None
-        wait = max(0.0, self.next_at - now)
         return (f"{self.reason}: {self.message} (routing write failed, attempt {self.attempts}; "
-                f"next attempt in {wait:.0f}s)")
+                f"next attempt in {backoff(self.attempts):.0f}s)")
