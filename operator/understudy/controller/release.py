@@ -34,7 +34,8 @@ FINALIZER = "understudy.dev/release"
 MAX_ATTEMPTS = 3
 """Failed releases of a deleted policy before its finalizer is removed anyway."""
 RETRY_SECONDS = 2.0
-"""Pause between two attempts to release."""
+"""Pause after the first failed attempt to release, doubled after each further one, at most MAX_RETRY_SECONDS."""
+MAX_RETRY_SECONDS = 300.0
 
 DELETED = "the policy was deleted"
 OBSERVE = "the policy was switched to Observe"
@@ -118,6 +119,8 @@ class Outcome:
     record: AuditRecord
     done: bool
     """True: nothing more will be tried (released, left, or given up): the finalizer may go."""
+    post: bool = True
+    """False for a repeated failure: one ReleaseFailed Event per episode (and one when giving up)."""
 
 
 @dataclass
@@ -190,10 +193,10 @@ class Releaser:
                 f"{job.cause.capitalize()}, but the primary could not be restored after {attempts} attempts: "
                 f"{why}{partial}. The finalizer is removed so the deletion completes; traffic and replicas "
                 f"may still be on the fallbacks.")), True)
-        self.failures[job.uid] = (attempts, now + RETRY_SECONDS * 2 ** (attempts - 1))
+        self.failures[job.uid] = (attempts, now + min(MAX_RETRY_SECONDS, RETRY_SECONDS * 2 ** (attempts - 1)))
         return Outcome(AuditRecord(reason="ReleaseFailed", message=(
             f"{job.cause.capitalize()}; restoring the primary failed (attempt {attempts}): {why}{partial}. "
-            f"It is tried again.")), False)
+            f"It is tried again with back-off.")), False, post=attempts == 1)
 
 
 def _api_error(err: Exception) -> str:

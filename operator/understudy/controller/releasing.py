@@ -16,6 +16,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from understudy.api.models import Release
 from understudy.audit.events import EventRecorder, ObjectRef
@@ -100,16 +101,18 @@ class Releases:
             job = Letting(namespace, name, uid, who.release, DELETED, who.routing, backend,
                           who.policy.tiers, routed_weights(status), scaled_tiers(status))
             outcome = self.releaser.release(job, now)
-            self._post(namespace, name, uid, outcome.record, now)
+            if outcome.post:
+                self._post(namespace, name, uid, outcome.record, now)
             if not outcome.done:
                 return
             self.released.add(uid)
         try:
             set_finalizer(self._custom, namespace, name, finalizers, False, resource_version)
-        except ApiException as err:
-            if err.status not in (404, 409):  # 409: a newer snapshot is on its way; 404: already gone
-                log.warning("removing the finalizer of %s/%s failed: %s", namespace, name, err.reason)
-            if err.status != 404:
+        except (ApiException, HTTPError) as err:
+            status = err.status if isinstance(err, ApiException) else None
+            if status not in (404, 409):  # 409: a newer snapshot is on its way; 404: already gone
+                log.warning("removing the finalizer of %s/%s failed: %s", namespace, name, err)
+            if status != 404:
                 return
         self.released.discard(uid)
 
@@ -131,7 +134,8 @@ class Releases:
             if not self.releaser.due(job.uid, now):
                 continue
             outcome = self.releaser.release(job, now)
-            self._post(job.namespace, job.name, job.uid, outcome.record, now)
+            if outcome.post:
+                self._post(job.namespace, job.name, job.uid, outcome.record, now)
             if outcome.done:
                 del self.pending[key]
                 if job.scaled:
