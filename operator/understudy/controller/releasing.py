@@ -76,6 +76,9 @@ class Releases:
     pending: dict[Hashable, Letting] = field(default_factory=dict)
     released: set[str] = field(default_factory=set)
     """uids of deleted policies released whose finalizer is still to be removed."""
+    forbidden: set[Hashable] = field(default_factory=set)
+    """Policies whose finalizer the operator may not write (its Role lacks patch on fallbackpolicies):
+    failover goes on without it, and nobody is asked again until the operator restarts."""
 
     def __post_init__(self) -> None:
         self.releaser = Releaser(self.api)
@@ -84,6 +87,14 @@ class Releases:
     def holding(self, key: Hashable) -> bool:
         """Whether a release for this policy is still to be carried out (the finalizer must stay)."""
         return key in self.pending
+
+    def finalizer_due(self, key: Hashable, finalizers: Sequence[str], status: Mapping[str, Any], enforce: bool,
+                      settled: bool) -> bool:
+        """Whether `finalizer_write` has something to write: lets a quiet policy skip building its status."""
+        if key in self.forbidden:
+            return False
+        want = holds(status, enforce) or self.holding(key)
+        return want != (FINALIZER in finalizers) and (want or settled)
 
     def deleting(self, who: Holder | None, namespace: str, name: str, uid: str, finalizers: Sequence[str],
                  resource_version: str, status: Mapping[str, Any], now: float) -> None:
@@ -155,9 +166,18 @@ class Releases:
         """Add the finalizer when the policy holds something, remove it once it holds nothing and its routing
         is settled (`settled`: the routing carries the decision). Returns the written object, or None."""
         want = holds(status, enforce) or self.holding(key)
-        if not want and not settled:
+        if (not want and not settled) or key in self.forbidden:
             return None
-        return set_finalizer(self._custom, namespace, name, finalizers, want, resource_version)
+        try:
+            return set_finalizer(self._custom, namespace, name, finalizers, want, resource_version)
+        except ApiException as err:
+            if err.status != 403:
+                raise
+        log.warning("the operator may not patch FallbackPolicy %s/%s, so it cannot hold the finalizer %s: "
+                    "traffic is still moved, but a deletion will not wait for its release (grant patch on "
+                    "fallbackpolicies, as the chart does)", namespace, name, FINALIZER)
+        self.forbidden.add(key)
+        return None
 
     def clear_scaled(self, namespace: str, name: str, resource_version: str) -> dict[str, Any]:
         """Drop status.scaledTiers after their release (guarded; the written object is returned)."""
