@@ -1,4 +1,4 @@
-"""controller/release.py against a real API server: the primary restored on the routing object, scaled-up
+"""controller/releaser.py against a real API server: the primary restored on the routing object, scaled-up
 fallbacks scaled back only while they hold what the operator set, and the finalizer added and removed with
 a resourceVersion guard (a deleted policy goes once it is removed)."""
 from __future__ import annotations
@@ -12,7 +12,8 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.harness.cluster import ControlPlane
 from understudy.api.models import Release
-from understudy.controller.release import DELETED, FINALIZER, Letting, Releaser, set_finalizer
+from understudy.controller.release import DELETED, FINALIZER
+from understudy.controller.releaser import Letting, Releaser, set_finalizer
 from understudy.engine.model import Tier
 from understudy.routing import IstioTarget, backend_for
 

@@ -6,12 +6,14 @@ from understudy.controller.release import (
     FINALIZER,
     OBSERVE,
     REROUTED,
+    Holder,
+    cause,
     describe,
     finalizers_with,
     holds,
     scaled_tiers,
 )
-from understudy.controller.releasing import Holder, Releases, cause
+from understudy.controller.releasing import Releases
 from understudy.engine.model import Mode, Policy, Tier
 from understudy.routing import GatewayAPITarget, IstioTarget, ServiceTarget
 

@@ -5,9 +5,10 @@ from datetime import datetime, timezone
 
 from kubernetes.client.exceptions import ApiException
 
-from understudy.controller.retry import MAX_BACKOFF, RoutingRetry, backoff, failure, moves_traffic
+from understudy.controller.retry import MAX_BACKOFF, RoutingRetry, backoff, moves_traffic
 from understudy.engine.model import AuditRecord
 from understudy.routing import RoutingTargetError
+from understudy.routing.base import write_failure as failure
 
 MOMENT = datetime(2026, 12, 2, tzinfo=timezone.utc)
 
@@ -24,8 +25,8 @@ def test_failure_keeps_a_routing_errors_reason_and_calls_the_rest_unavailable() 
 
 def test_an_episode_counts_attempts_holds_moves_and_hands_them_over_on_success() -> None:
     retry = RoutingRetry()
-    assert retry.failed(ApiException(status=429, reason="Too Many Requests"), now=100.0)
-    assert not retry.failed(ApiException(status=429, reason="Too Many Requests"), now=102.0)
+    assert retry.failed(*failure(ApiException(status=429, reason="Too Many Requests")), now=100.0)
+    assert not retry.failed(*failure(ApiException(status=429, reason="Too Many Requests")), now=102.0)
     assert retry.attempts == 2 and not retry.due(105.0) and retry.due(106.0)
     error = retry.ready_error()
     assert error is not None and error.startswith("RoutingUnavailable: ") and "attempt 2" in error

@@ -5,6 +5,9 @@ A policy lets go when it is deleted, switched to Observe, or pointed at another 
 leaves and scales each fallback it scaled up back to the replicas recorded in status.scaledTiers; Leave
 changes nothing. Either way one `Released` Event says what was done (or `ReleaseFailed` why not).
 
+This module decides (what a policy holds, why it lets go, whether its finalizer is due) and makes no
+call to the API server: `releaser` carries a release out and `releasing` is the controller's side.
+
 Deletion needs a finalizer, or the policy and its status (which alone know what was moved) are gone before
 the operator can act. The finalizer `understudy.dev/release` is held only while something is moved, so a
 policy at rest carries none and deleting a namespace or uninstalling the operator never waits on it; and
@@ -13,29 +16,14 @@ refusing writes (the ReleaseFailed Event says what was left behind).
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from kubernetes.client import ApiClient, AppsV1Api, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
+from understudy.api.models import Release
+from understudy.engine.model import PRIMARY, Mode, Policy, Tier
+from understudy.routing.base import GatewayAPITarget, IstioTarget, RoutingTarget
 
-from understudy.api.models import API_VERSION, Release
-from understudy.engine.model import PRIMARY, AuditRecord, Tier
-from understudy.kube.scale import set_replicas
-from understudy.routing import GatewayAPITarget, IstioTarget, RoutingBackend, RoutingTarget, RoutingTargetError
-
-log = logging.getLogger(__name__)
-
-GROUP, VERSION = API_VERSION.split("/")
-PLURAL = "fallbackpolicies"
 FINALIZER = "understudy.dev/release"
-MAX_ATTEMPTS = 3
-"""Failed releases of a deleted policy before its finalizer is removed anyway."""
-RETRY_SECONDS = 2.0
-"""Pause after the first failed attempt to release, doubled after each further one, at most MAX_RETRY_SECONDS."""
-MAX_RETRY_SECONDS = 300.0
 
 DELETED = "the policy was deleted"
 OBSERVE = "the policy was switched to Observe"
@@ -80,126 +68,52 @@ def finalizers_with(finalizers: Sequence[str], present: bool) -> list[str] | Non
     return None if wanted == list(finalizers) else wanted
 
 
-def set_finalizer(custom: CustomObjectsApi, namespace: str, name: str, finalizers: Sequence[str], present: bool,
-                  resource_version: str) -> dict[str, Any] | None:
-    """Add or remove ours, guarded by the resourceVersion last seen (a 409 means: read again).
-
-    Returns the policy as written, or None when nothing had to be written.
-    """
-    wanted = finalizers_with(finalizers, present)
-    if wanted is None:
-        return None
-    body = {"metadata": {"finalizers": wanted, "resourceVersion": resource_version}}
-    written = custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
-    return written if isinstance(written, dict) else dict(written.to_dict())
-
-
 @dataclass(frozen=True)
-class Letting:
-    """One policy letting go of one routing object and of the replicas it scaled up."""
+class Holder:
+    """One policy as the release needs it: who it is, what it routes to, and how it lets go."""
 
     namespace: str
     name: str
     uid: str
-    choice: Release
-    cause: str
-    target: RoutingTarget
-    backend: RoutingBackend | None
-    """None: the routing is not to be touched (the policy did not route, e.g. it was in Observe)."""
-    tiers: tuple[Tier, ...]
-    routed: tuple[tuple[str, int], ...]
-    """The weights the policy last routed (status.weights), for the message."""
-    scaled: Mapping[str, tuple[int, int | None]]
-    """Tier name -> (the replicas it had before the policy scaled it up, the replicas the policy set), from
-    status.scaledTiers (see `scaled_tiers`)."""
+    policy: Policy
+    routing: RoutingTarget
+    release: Release
 
 
-@dataclass(frozen=True)
-class Outcome:
-    record: AuditRecord
-    done: bool
-    """True: nothing more will be tried (released, left, or given up): the finalizer may go."""
-    post: bool = True
-    """False for a repeated failure: one ReleaseFailed Event per episode (and one when giving up)."""
+def routed_weights(status: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    return tuple((str(w.get("tier")), int(w.get("weight") or 0)) for w in status.get("weights") or [])
 
 
-@dataclass
-class Releaser:
-    """Carries out releases and counts each policy's failed attempts (by uid) so it can give up."""
-
-    api: ApiClient
-    failures: dict[str, tuple[int, float]] = field(default_factory=dict)
-    """uid -> (failed attempts, when the next one is due)."""
-
-    def __post_init__(self) -> None:
-        self._apps = AppsV1Api(self.api)
-
-    def due(self, uid: str, now: float) -> bool:
-        return self.failures.get(uid, (0, 0.0))[1] <= now
-
-    def release(self, job: Letting, now: float) -> Outcome:
-        if job.choice is Release.LEAVE:
-            self.failures.pop(job.uid, None)
-            return Outcome(AuditRecord(reason="Released", message=self._left(job)), True)
-        done: list[str] = []
-        try:
-            if job.backend is not None:
-                job.backend.apply(job.namespace, all_primary(job.tiers))
-                done.append(f"routed 100 % to the primary on {describe(job.target)}")
-            done += self._scale_back(job)
-        except (RoutingTargetError, ApiException, HTTPError) as err:
-            return self._failed(job, err, done, now)
-        self.failures.pop(job.uid, None)
-        what = "; ".join(done) or "nothing was moved any more"
-        return Outcome(AuditRecord(reason="Released", message=f"{job.cause.capitalize()} (spec.release: "
-                                                               f"RestorePrimary): {what}."), True)
-
-    def forget(self, uid: str) -> None:
-        self.failures.pop(uid, None)
-
-    def _scale_back(self, job: Letting) -> list[str]:
-        done: list[str] = []
-        for tier in job.tiers:
-            if tier.name not in job.scaled:
-                continue
-            replicas, scaled_to = job.scaled[tier.name]
-            try:
-                set_replicas(self._apps, job.namespace, tier.deployment, replicas, scaled_to)
-            except ApiException as err:
-                if err.status == 404:
-                    done.append(f"{tier.deployment} is gone")
-                    continue
-                if err.status == 422:  # the guard failed: someone else set the replicas since; theirs stand
-                    done.append(f"left {tier.deployment} as someone else changed its replicas")
-                    continue
-                raise
-            done.append(f"scaled {tier.deployment} back to {replicas} replicas")
-        return done
-
-    def _left(self, job: Letting) -> str:
-        shares = ", ".join(f"{tier} {weight} %" for tier, weight in job.routed if weight) or "as it is"
-        scaled = "; scaled-up Deployments keep their replicas" if job.scaled else ""
-        return (f"{job.cause.capitalize()} (spec.release: Leave): traffic stays on {describe(job.target)} "
-                f"({shares}){scaled}; nothing was changed.")
-
-    def _failed(self, job: Letting, err: Exception, done: list[str], now: float) -> Outcome:
-        attempts = self.failures.get(job.uid, (0, 0.0))[0] + 1
-        why = str(err) if isinstance(err, RoutingTargetError) else _api_error(err)
-        partial = f" (done so far: {'; '.join(done)})" if done else ""
-        log.warning("release of %s/%s failed (attempt %d): %s", job.namespace, job.name, attempts, why)
-        if job.cause == DELETED and attempts >= MAX_ATTEMPTS:
-            self.failures.pop(job.uid, None)
-            return Outcome(AuditRecord(reason="ReleaseFailed", message=(
-                f"{job.cause.capitalize()}, but the primary could not be restored after {attempts} attempts: "
-                f"{why}{partial}. The finalizer is removed so the deletion completes; traffic and replicas "
-                f"may still be on the fallbacks.")), True)
-        self.failures[job.uid] = (attempts, now + min(MAX_RETRY_SECONDS, RETRY_SECONDS * 2 ** (attempts - 1)))
-        return Outcome(AuditRecord(reason="ReleaseFailed", message=(
-            f"{job.cause.capitalize()}; restoring the primary failed (attempt {attempts}): {why}{partial}. "
-            f"It is tried again with back-off.")), False, post=attempts == 1)
+def cause(old: Holder, new: Holder) -> str | None:
+    """Why a new generation lets go of what the old one routed, if it does."""
+    if old.policy.mode is not Mode.ENFORCE:
+        return None
+    if new.policy.mode is Mode.OBSERVE:
+        return OBSERVE
+    if new.routing != old.routing:
+        return REROUTED
+    return None
 
 
-def _api_error(err: Exception) -> str:
-    if isinstance(err, ApiException):
-        return f"the API server answered {err.status} {err.reason}"
-    return f"the API server could not be reached: {err}"
+def routed_weights(status: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    return tuple((str(w.get("tier")), int(w.get("weight") or 0)) for w in status.get("weights") or [])
+
+
+def cause(old: Holder, new: Holder) -> str | None:
+    """Why a new generation lets go of what the old one routed, if it does."""
+    if old.policy.mode is not Mode.ENFORCE:
+        return None
+    if new.policy.mode is Mode.OBSERVE:
+        return OBSERVE
+    if new.routing != old.routing:
+        return REROUTED
+    return None
+
+
+def finalizer_due(finalizers: Sequence[str], status: Mapping[str, Any], enforce: bool, settled: bool,
+                  pending: bool) -> bool:
+    """Whether the finalizer is out of step with what the policy holds: to be added while it holds something
+    (`pending`: a release of an older generation is still to be done), removed once it holds nothing and its
+    routing is `settled` (carries the decision)."""
+    want = holds(status, enforce) or pending
+    return want != (FINALIZER in finalizers) and (want or settled)

@@ -18,53 +18,23 @@ from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from understudy.api.models import Release
 from understudy.audit.events import EventRecorder, ObjectRef
 from understudy.controller.release import (
     DELETED,
     FINALIZER,
-    GROUP,
     OBSERVE,
-    PLURAL,
-    REROUTED,
-    VERSION,
-    Letting,
-    Releaser,
+    Holder,
+    cause,
+    finalizer_due,
     holds,
+    routed_weights,
     scaled_tiers,
-    set_finalizer,
 )
-from understudy.engine.model import AuditRecord, Mode, Policy
-from understudy.routing import RoutingTarget, backend_for
+from understudy.controller.releaser import GROUP, PLURAL, VERSION, Letting, Releaser, set_finalizer
+from understudy.engine.model import AuditRecord, Mode
+from understudy.routing import backend_for
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Holder:
-    """One policy as the release needs it: who it is, what it routes to, and how it lets go."""
-
-    namespace: str
-    name: str
-    uid: str
-    policy: Policy
-    routing: RoutingTarget
-    release: Release
-
-
-def routed_weights(status: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
-    return tuple((str(w.get("tier")), int(w.get("weight") or 0)) for w in status.get("weights") or [])
-
-
-def cause(old: Holder, new: Holder) -> str | None:
-    """Why a new generation lets go of what the old one routed, if it does."""
-    if old.policy.mode is not Mode.ENFORCE:
-        return None
-    if new.policy.mode is Mode.OBSERVE:
-        return OBSERVE
-    if new.routing != old.routing:
-        return REROUTED
-    return None
 
 
 @dataclass
@@ -91,10 +61,7 @@ class Releases:
     def finalizer_due(self, key: Hashable, finalizers: Sequence[str], status: Mapping[str, Any], enforce: bool,
                       settled: bool) -> bool:
         """Whether `finalizer_write` has something to write: lets a quiet policy skip building its status."""
-        if key in self.forbidden:
-            return False
-        want = holds(status, enforce) or self.holding(key)
-        return want != (FINALIZER in finalizers) and (want or settled)
+        return key not in self.forbidden and finalizer_due(finalizers, status, enforce, settled, self.holding(key))
 
     def deleting(self, who: Holder | None, namespace: str, name: str, uid: str, finalizers: Sequence[str],
                  resource_version: str, status: Mapping[str, Any], now: float) -> None:

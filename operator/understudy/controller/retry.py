@@ -1,4 +1,5 @@
 """A routing write that failed: when to try again, what Ready says meanwhile, and the Events held back.
+Pure bookkeeping, kept in the policy's runtime; the writer makes the write.
 
 Any failed routing write (a refused or invalid patch, a conflict that would not settle, 429, 5xx, a
 connection that broke) leaves the policy `Ready=False` until a routing write succeeds. The reason is the
@@ -13,36 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
-
 from understudy.engine.model import AuditRecord
-from understudy.routing import RoutingTargetError
 
 FIRST_BACKOFF = 2.0
 MAX_BACKOFF = 60.0
-UNAVAILABLE = "RoutingUnavailable"
 ROUTING_MOVES = frozenset({
     "FallbackActivated", "AllTiersBreached", "RestoreStep", "Restored", "RestoreAborted", "Pinned",
     "Unpinned", "DrillStarted",
 })
 """Reasons whose Event says traffic moved: posted only once the routing object carries the move."""
-RETRYABLE = (RoutingTargetError, ApiException, HTTPError)
-"""What a routing write may raise that the retry handles (anything else is a bug and propagates)."""
 
 
 def backoff(attempts: int) -> float:
     """Seconds until the next attempt after `attempts` failed ones: 2, 4, 8, ... at most 60."""
     return min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** max(0, attempts - 1))
-
-
-def failure(err: Exception) -> tuple[str, str]:
-    """(reason, message) for Ready=False and the RoutingFailed Event."""
-    if isinstance(err, RoutingTargetError):
-        return err.reason, err.message
-    if isinstance(err, ApiException):
-        return UNAVAILABLE, f"the API server answered {err.status} {err.reason} to the routing write"
-    return UNAVAILABLE, f"the routing write got no answer from the API server: {err}"
 
 
 def moves_traffic(record: AuditRecord) -> bool:
@@ -67,11 +52,12 @@ class RoutingRetry:
     def due(self, now: float) -> bool:
         return now >= self.next_at
 
-    def failed(self, err: Exception, now: float) -> bool:
-        """Count a failed write; True when it starts an episode (one RoutingFailed Event per episode)."""
+    def failed(self, reason: str, message: str, now: float) -> bool:
+        """Count a failed write (see `routing.base.write_failure` for its reason and message); True when it
+        starts an episode (one RoutingFailed Event per episode)."""
         first = self.attempts == 0
         self.attempts += 1
-        self.reason, self.message = failure(err)
+        self.reason, self.message = reason, message
         self.next_at = now + backoff(self.attempts)
         return first
 
