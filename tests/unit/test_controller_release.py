@@ -9,11 +9,11 @@ from understudy.controller.release import (
     Holder,
     cause,
     describe,
+    finalizer_due,
     finalizers_with,
     holds,
     scaled_tiers,
 )
-from understudy.controller.releasing import Releases
 from understudy.engine.model import Mode, Policy, Tier
 from understudy.routing import GatewayAPITarget, IstioTarget, ServiceTarget
 
@@ -67,12 +67,9 @@ def test_a_new_generation_lets_go_when_it_stops_routing_or_routes_elsewhere() ->
     assert cause(_holder(Mode.OBSERVE), _holder()) is None, "an Observe policy routed nothing to give back"
 
 
-def test_the_finalizer_is_due_when_out_of_step_and_never_while_forbidden() -> None:
-    releases = Releases(api=None, recorder=None)  # type: ignore[arg-type]
-    key = ("ml", "recommender")
-    assert releases.finalizer_due(key, [], MOVED, enforce=True, settled=False)
-    assert not releases.finalizer_due(key, [FINALIZER], MOVED, enforce=True, settled=False)
-    assert not releases.finalizer_due(key, [FINALIZER], AT_REST, enforce=True, settled=False), "not before routed"
-    assert releases.finalizer_due(key, [FINALIZER], AT_REST, enforce=True, settled=True)
-    releases.forbidden.add(key)
-    assert not releases.finalizer_due(key, [], MOVED, enforce=True, settled=True)
+def test_the_finalizer_is_added_while_held_and_removed_only_once_settled() -> None:
+    assert finalizer_due([], MOVED, enforce=True, settled=False, pending=False)
+    assert not finalizer_due([FINALIZER], MOVED, enforce=True, settled=False, pending=False)
+    assert not finalizer_due([FINALIZER], AT_REST, enforce=True, settled=False, pending=False), "not before routed"
+    assert finalizer_due([FINALIZER], AT_REST, enforce=True, settled=True, pending=False)
+    assert not finalizer_due([FINALIZER], AT_REST, enforce=True, settled=True, pending=True), "a release is pending"

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from understudy.api.models import Release
 from understudy.engine.model import PRIMARY, Mode, Policy, Tier
-from understudy.routing.base import GatewayAPITarget, IstioTarget, RoutingTarget
+from understudy.routing.targets import GatewayAPITarget, IstioTarget, RoutingTarget
 
 FINALIZER = "understudy.dev/release"
 
