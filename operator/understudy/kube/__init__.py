@@ -1,1 +1,1 @@
-"""Guarded Kubernetes API helpers shared by the controller: one place for each conditional write."""
+"""Guarded writes to Kubernetes objects the operator does not own."""
