@@ -60,7 +60,7 @@ class Evaluator:
         started = time.monotonic()
         report = CycleReport()
         plan = self._cycle.plan(policies, deployments, now, report)
-        self._writer.carry_out(plan, report)
+        self._writer.carry_out(plan, report, now)
         report.seconds = time.monotonic() - started
         self.metrics.cycle_duration.observe(report.seconds)
         for at in plan.due_at.values():
