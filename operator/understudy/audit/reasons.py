@@ -56,6 +56,8 @@ REASONS: Final[dict[str, EventKind]] = {
     "RoutingRestored": EventKind(NORMAL, "Route"),
     "RoutingDriftRepaired": EventKind(WARNING, "Route"),
     "RouteConflict": EventKind(WARNING, "Route"),
+    "Released": EventKind(NORMAL, "Release"),
+    "ReleaseFailed": EventKind(WARNING, "Release"),
     "ScaledUp": EventKind(NORMAL, "Scale"),
     "ScaledDown": EventKind(NORMAL, "Scale"),
     "ScaleFailed": EventKind(WARNING, "Scale"),

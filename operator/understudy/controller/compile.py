@@ -6,7 +6,7 @@ from typing import Mapping
 
 from understudy.api import FallbackPolicySpec, to_engine_policy
 from understudy.api.durations import parse_duration
-from understudy.api.models import Capacity, DurationUnit
+from understudy.api.models import Capacity, DurationUnit, Release
 from understudy.controller.store import DeploymentSnapshot, PolicySnapshot
 from understudy.engine import Policy
 from understudy.engine.drills import Drill
@@ -25,6 +25,7 @@ class Compiled:
     capacities: Mapping[str, Capacity]
     """Fallback tiers with a stated capacity, by tier name."""
     drills: tuple[Drill, ...] = ()
+    release: Release = Release.RESTORE_PRIMARY
 
 
 def compile_policy(snapshot: PolicySnapshot) -> Compiled:
@@ -61,7 +62,8 @@ def compile_policy(snapshot: PolicySnapshot) -> Compiled:
         routing = GatewayAPITarget(spec.routing.gateway_api.http_route_name, spec.routing.gateway_api.rule_index)
     drills = tuple(Drill(d.tier, parse_duration(d.every), parse_duration(d.duration), d.share)
                    for d in spec.drills or ())
-    return Compiled(policy, target, parse_duration(spec.evaluation.interval), routing, capacities, drills)
+    return Compiled(policy, target, parse_duration(spec.evaluation.interval), routing, capacities, drills,
+                    spec.release)
 
 
 def capacity_fits(compiled: Compiled, namespace: str, load: float | None,

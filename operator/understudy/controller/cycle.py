@@ -21,15 +21,19 @@ from understudy.controller.compile import Compiled, capacity_fits, compile_polic
 from understudy.controller.drift import RoutingStore
 from understudy.controller.intents import creep_intents, scale_intents
 from understudy.controller.routes import RouteKeeper, announce
+from understudy.controller.release import FINALIZER
+from understudy.controller.retry import RoutingRetry
 from understudy.controller.runtime import (
     CycleReport,
     Effects,
     InvalidStatus,
+    NewGeneration,
     Plan,
     Runtime,
     Workload,
     epoch,
     essential,
+    finalizer_out_of_step,
     must_route,
     readiness,
     schedule_next,
@@ -80,12 +84,15 @@ class Cycle:
         report: CycleReport,
         routing: RoutingStore | None = None,
     ) -> Plan:
-        self._sync(policies)
+        deleting = [(k, s, self._compiled(k, s)) for k, s in policies.items()
+                    if s.deleting and FINALIZER in s.finalizers]  # released by the writer (controller.releasing)
+        observed, policies = policies, {k: s for k, s in policies.items() if not s.deleting}  # routes: see observe
+        lettings = self._sync(policies)
         due = [(k, r) for k, r in self.runtimes.items() if r.next_due <= now]
         report.due = len(due)
         valid = [(k, r) for k, r in due if r.compiled is not None]
-        plan = Plan([], [], {k: self.waiting.pop(k, rt.next_due) for k, rt in valid},
-                    repairs=self.routes.observe(policies, self.runtimes, routing))
+        plan = Plan([], [], {k: self.waiting.pop(k, rt.next_due) for k, rt in valid}, deleting, lettings,
+                    repairs=self.routes.observe(observed, self.runtimes, routing))
         for key, rt in due:
             rt.next_due = schedule_next(rt.compiled.interval if rt.compiled else 30.0, now)
             if rt.compiled is None:
@@ -124,7 +131,9 @@ class Cycle:
 
     # -- keeping runtimes in line with the index -------------------------------------------------------
 
-    def _sync(self, policies: Mapping[Hashable, PolicySnapshot]) -> None:
+    def _sync(self, policies: Mapping[Hashable, PolicySnapshot]) -> list[NewGeneration]:
+        """Runtimes in line with the snapshots; returns the new generations that may let go of something."""
+        lettings: list[NewGeneration] = []
         for gone in set(self.runtimes) - set(policies):
             del self.runtimes[gone]
             self.waiting.pop(gone, None)
@@ -136,15 +145,26 @@ class Cycle:
             if rt is None or rt.uid != snap.uid or rt.generation != snap.generation:
                 # A status or spec the shell cannot load stops no one else: that policy is left out (and
                 # logged, once per episode) until it loads.
-                if isinstance(self.boundary.call(key, Stage.DECIDE, lambda: self._resync(key, rt, snap),
+                if isinstance(self.boundary.call(key, Stage.DECIDE, lambda: self._resync(key, rt, snap, lettings),
                                                  f"{snap.namespace}/{snap.name}"), Failure):
                     self.runtimes.pop(key, None)
+            elif rt.resource_version == snap.resource_version:
+                rt.finalizers = snap.finalizers
+        return lettings
 
-    def _resync(self, key: Hashable, rt: Runtime | None, snap: PolicySnapshot) -> None:
+    def _resync(self, key: Hashable, rt: Runtime | None, snap: PolicySnapshot,
+                lettings: list[NewGeneration]) -> None:
         if rt is None or rt.uid != snap.uid:
             self.runtimes[key] = self._load(snap)
-        else:
-            self._recompile(rt, snap)
+            return
+        old = rt.compiled
+        self._recompile(rt, snap)
+        if old is not None and rt.compiled is not None:
+            lettings.append((key, snap, old, rt.compiled))
+
+    def _compiled(self, key: Hashable, snap: PolicySnapshot) -> Compiled | None:
+        rt = self.runtimes.get(key)
+        return rt.compiled if rt is not None and rt.uid == snap.uid else self._compile(snap)[0]
 
     def _load(self, snap: PolicySnapshot) -> Runtime:
         compiled, invalid = self._compile(snap)
@@ -154,7 +174,7 @@ class Cycle:
         if compiled is not None:
             state, restored = self._restore_state(compiled.policy, status.get("engine"))
         rt = Runtime(uid=snap.uid, generation=snap.generation, compiled=compiled, invalid=invalid, state=state,
-                     status_packed=b"", hot={}, resource_version=snap.resource_version)
+                     status_packed=b"", hot={}, resource_version=snap.resource_version, finalizers=snap.finalizers)
         rt.set_status(status)
         rt.persisted_essential = essential(state) if state is not None and restored else None
         return rt
@@ -166,6 +186,7 @@ class Cycle:
         rt.resource_version = snap.resource_version
         rt.set_status(snap.status)
         rt.next_due = 0.0
+        rt.retry, rt.finalizers = RoutingRetry(), snap.finalizers
         if compiled is None:
             return
         if rt.state is None or tuple(n for n, _ in rt.state.weights) != compiled.policy.tier_names:
@@ -243,7 +264,8 @@ class Cycle:
         inputs = (rt.generation, decision.active_tier, decision.weights, format_ratio(decision.fallback_ratio),
                   decision.creep_exceeded, decision.metrics_available, ready, lkg, revision, scaled,
                   drill.running, drill.outcome)
-        quiet = not decision.audit and not workload and not checkpoint and not must_route(rt, routed)
+        quiet = (not decision.audit and not workload and not checkpoint and not must_route(rt, routed, now)
+                 and not finalizer_out_of_step(rt))
         if quiet and rt.unchanged_by == inputs:
             self._settle_quietly(rt, snap, decision, kept, now)
             return None

@@ -63,7 +63,7 @@ class Evaluator:
         started = time.monotonic()
         report = CycleReport()
         plan = self._cycle.plan(policies, deployments, now, report, routing)
-        self._writer.carry_out(plan, report)
+        self._writer.carry_out(plan, report, now)
         report.seconds = time.monotonic() - started
         self.metrics.cycle_duration.observe(report.seconds)
         for at in plan.due_at.values():

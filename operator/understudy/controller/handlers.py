@@ -73,6 +73,8 @@ async def policy_event(event: Mapping[str, Any], namespace: str, name: str, uid:
         spec=body.get("spec") or {},
         status=body.get("status") or {},
         created=_epoch(meta.get("creationTimestamp")),
+        deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(meta.get("finalizers") or ()),
     )
     memo.store.put(memo.store.policies, (namespace, name), snapshot, event.get("type") == "DELETED")
 

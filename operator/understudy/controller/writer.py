@@ -4,7 +4,11 @@
 1. status (with the engine's state) is written first, guarded by the policy's resourceVersion. It is the
    fencing token: a replica acting on stale state gets a 409, drops its decision and reloads.
 2. routing is written next (itself guarded by the routing object's resourceVersion). A crash between 1
-   and 2 is repaired on restart, because a fresh runtime re-applies the recorded weights.
+   and 2 is repaired on restart, because a fresh runtime re-applies the recorded weights. A failed routing
+   write keeps Ready=False and is retried with back-off (controller.retry); the Events that announce the
+   move wait for it. The release finalizer (controller.releasing) is added before the routing write and
+   removed after it. A cycle's releases (deleted policies, a switch to Observe or to another routing
+   object) are made before its decisions.
 3. Deployment writes (scale a fallback, roll the primary back) follow; what they did, and a routing
    failure or recovery, is added to status.history in one more status write.
 4. Events are posted last: they are the human-readable trail, status.history is the durable one.
@@ -24,6 +28,7 @@ from understudy.audit.events import EventRecorder, ObjectRef
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, status_patch
 from understudy.controller.boundary import Boundary, Failed, Failure, Stage, report_failure
+from understudy.controller.releasing import Releases
 from understudy.controller.routes import routed
 from understudy.controller.runtime import (
     CycleReport,
@@ -36,12 +41,14 @@ from understudy.controller.runtime import (
     Workload,
     must_route,
     readiness,
+    ready_changed,
     settle,
 )
 from understudy.controller.store import GROUP, PLURAL, VERSION, PolicySnapshot
 from understudy.engine import PRIMARY, AuditRecord, Decision
 from understudy.rollback.deployment import rollback_to_revision
-from understudy.routing import RoutingTargetError, backend_for
+from understudy.routing import backend_for
+from understudy.routing.base import WRITE_ERRORS, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +72,17 @@ class Writer:
         self._custom = CustomObjectsApi(self.api)
         self._apps = AppsV1Api(self.api)
         self._writers = ThreadPoolExecutor(max_workers=self.write_workers, thread_name_prefix="understudy-write")
+        self.releases = Releases(self.api, self.recorder, self.runtimes)
 
     def close(self) -> None:
         self._writers.shutdown(wait=True)
 
-    def carry_out(self, plan: Plan, report: CycleReport) -> None:
+    def carry_out(self, plan: Plan, report: CycleReport, now: float) -> None:
+        if self.may_write():
+            try:
+                self.releases.carry_out(plan, now)
+            except Exception:  # noqa: BLE001 - a release gone wrong must not stop every policy's writes
+                log.exception("releases failed this cycle; they are tried again next cycle")
         for invalid in plan.invalid:
             self._guarded(invalid.key, invalid.snap, invalid.now, lambda: self._write_invalid(invalid, report), report)
         self._apply_all(plan.effects, report)
@@ -139,39 +152,48 @@ class Writer:
         if not self._write_patch(e.key, rt, snap, e.patch, report):
             return  # someone else moved the policy on: forget this decision, reload next cycle
         settle(rt, decision, e.essential, e.checkpoint, e.now)
-        later = [*self._route(rt, snap, e.routed, report), *(self._workload(w) for w in e.workload)]
-        if later:
+        if not self._finalizer(e, settled=False):  # held before traffic leaves the primary
+            return
+        routing, held = self._route(rt, snap, e.routed, report, e.now)
+        later = [*routing, *(self._workload(w) for w in e.workload)]
+        if later or ready_changed(rt):
             retry = build_status(rt.status, replace(decision, audit=tuple(later)), rt.generation,
                                  e.moment, readiness(rt), None)
             self._write_status(e.key, rt, snap, retry, report)
+        self._finalizer(e, settled=not rt.retry.failing)
+        audit = rt.retry.hold(decision.audit, e.moment) if rt.retry.failing else decision.audit
         ref = ObjectRef(snap.name, snap.namespace, snap.uid)
-        for record in (*decision.audit, *later):
-            self.recorder.record(ref, record, e.moment)
+        for record, moment in [*held, *((r, e.moment) for r in (*audit, *later))]:
+            self.recorder.record(ref, record, moment)
             report.events += 1
         assert rt.compiled is not None
         self.metrics.observe_policy(snap.namespace, snap.name, rt.compiled.policy.tier_names,
                                     decision.active_tier, decision.fallback_ratio, (*decision.audit, *later))
 
-    def _route(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, report: CycleReport) -> list[AuditRecord]:
-        """Apply the weights when they differ from what the routing is known to carry."""
+    def _finalizer(self, e: Effects, settled: bool) -> bool:
+        if self.releases.keep_finalizer(e.key, e.rt, e.snap.namespace, e.snap.name, settled):
+            return True
+        self.runtimes.pop(e.key, None)  # the policy changed underneath: reload next cycle
+        return False
+
+    def _route(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, report: CycleReport, now: float,
+               ) -> tuple[list[AuditRecord], list[tuple[AuditRecord, datetime]]]:
+        """Apply the weights when they differ from what the routing is known to carry; a failed write is
+        retried with back-off. Returns what to audit, and the Events held while the writes failed."""
         assert rt.compiled is not None
-        if not must_route(rt, decision):
-            return []
+        if not must_route(rt, decision, now):
+            return [], []
         if rt.backend is None:
             rt.backend = backend_for(self.api, rt.compiled.routing, rt.compiled.policy.tiers)
         try:
             changed = rt.backend.apply(snap.namespace, decision.weights)
-        except RoutingTargetError as err:
-            first = rt.routing_error != str(err)
-            rt.routing_error = str(err)
-            if not first:
-                return []
-            return [AuditRecord(reason="RoutingFailed", message=f"{err.reason}: {err.message}")]
-        except ApiException as err:
-            log.warning("routing write for %s/%s failed: %s", snap.namespace, snap.name, err.reason)
-            return []
-        recovered = rt.routing_error is not None
-        rt.routing_error = None
+        except WRITE_ERRORS as err:
+            log.warning("routing write for %s/%s failed: %s", snap.namespace, snap.name, err)
+            if not rt.retry.failed(*write_failure(err), now):
+                return [], []
+            return [AuditRecord(reason="RoutingFailed", message=f"{rt.retry.reason}: {rt.retry.message}")], []
+        recovered = rt.retry.failing
+        held = rt.retry.succeeded()
         rt.routed = decision.weights
         records = [r for r in (routed(rt, decision.weights, changed),) if r is not None]
         if changed:
@@ -179,14 +201,14 @@ class Writer:
             self.metrics.api_write(type(rt.backend).__name__)
         if recovered:
             records.append(AuditRecord(reason="RoutingRestored", message="The routing target accepts weights again."))
-        return records
+        return records, held
 
     def _repair(self, key: Hashable, report: CycleReport) -> None:
         """Write back the weights a drifted routing object lost (controller.routes). A failure is left to
         the policy's next evaluation, which routes again and reports it; the Event follows the write."""
         rt = self.runtimes.get(key)
-        if rt is None or rt.backend is None or rt.routed is None or rt.route.drift is None:
-            return  # gone, or put right by this cycle's own routing write
+        if rt is None or rt.backend is None or rt.routed is None or rt.route.drift is None or rt.retry.failing:
+            return  # gone, put right by this cycle's own routing write, or left to the routing retry
         namespace, name = key  # type: ignore[misc]
         weights, rt.routed = rt.routed, None
         try:
@@ -226,6 +248,7 @@ class Writer:
         body = written if isinstance(written, dict) else written.to_dict()
         rt.set_status(body.get("status") or {})  # the API server answers a status patch with the object
         rt.resource_version = body["metadata"]["resourceVersion"]
+        rt.finalizers = tuple(body["metadata"].get("finalizers") or ())
         return True
 
     def _workload(self, intent: Workload) -> AuditRecord:
