@@ -151,3 +151,22 @@ def test_two_policies_on_one_route_the_newer_steps_aside_until_the_older_is_gone
         "understudy.dev", "v1alpha1", sc.namespace, "fallbackpolicies", "recommender")
     sc.wait_for_weights(ON_POPULAR, timeout=30)
     _ready(sc, "usurper")
+
+
+def test_deleting_the_newer_policy_of_a_shared_route_releases_nothing_on_the_owners_route(
+        make_scenario: Callable[..., Scenario], prometheus: PrometheusServer) -> None:
+    sc = _started(make_scenario, prometheus)
+    time.sleep(1.1)  # creationTimestamp has one-second resolution: make "older" unambiguous
+    sc.apply_policy(sc.policy("usurper", override={"pinTier": "popular-items"}))
+    wait_until(lambda: (c := sc.condition("Ready", "usurper")) and c["reason"] == "RouteConflict", 30,
+               "usurper RouteConflict")
+    sc.inject("primary", **FAILING)
+    sc.wait_for_weights(ON_DISTILLED, timeout=30)
+    client.CustomObjectsApi(sc.api).delete_namespaced_custom_object(
+        "understudy.dev", "v1alpha1", sc.namespace, "fallbackpolicies", "usurper")
+    samples = []
+    for _ in range(8):  # the usurper never routed: its deletion must not give "its" traffic back to the primary
+        samples.append(sc.routed_weights())
+        time.sleep(0.5)
+    assert all(s == ON_DISTILLED for s in samples), samples
+    assert "RoutingDriftRepaired" not in sc.reasons(), sc.reasons()

@@ -159,7 +159,7 @@ class Cycle:
             return
         old = rt.compiled
         self._recompile(rt, snap)
-        if old is not None and rt.compiled is not None:
+        if old is not None and rt.compiled is not None and rt.route.conflict is None:  # a RouteConflict never routed
             lettings.append((key, snap, old, rt.compiled))
 
     def _compiled(self, key: Hashable, snap: PolicySnapshot) -> Compiled | None:

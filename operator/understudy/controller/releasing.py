@@ -75,7 +75,9 @@ class Releases:
         assert rt.compiled is not None
         if rt.finalizer_forbidden:
             return True
-        want = holds(rt.status, rt.compiled.policy.mode is Mode.ENFORCE) or key in self.pending
+        # a policy that does not own its route (RouteConflict) never routed: it holds nothing to give back
+        enforcing = rt.compiled.policy.mode is Mode.ENFORCE and rt.route.conflict is None
+        want = holds(rt.status, enforcing) or key in self.pending
         if not want and not settled:
             return True
         try:

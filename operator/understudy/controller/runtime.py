@@ -215,7 +215,8 @@ def finalizer_out_of_step(rt: Runtime) -> bool:
     """Whether the release finalizer is to be added or removed (see controller.release.finalizer_due)."""
     assert rt.compiled is not None
     return not rt.finalizer_forbidden and finalizer_due(
-        rt.finalizers, rt.hot, rt.compiled.policy.mode is Mode.ENFORCE, not rt.retry.failing, False)
+        rt.finalizers, rt.hot, rt.compiled.policy.mode is Mode.ENFORCE and rt.route.conflict is None,
+        not rt.retry.failing, False)
 
 
 def epoch(stamp: str) -> float:
