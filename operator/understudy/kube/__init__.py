@@ -1,0 +1,1 @@
+"""Guarded writes to Kubernetes objects the operator does not own."""
