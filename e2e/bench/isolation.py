@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from e2e.bench.common import BenchUnavailable, Stack, fmt, machine_line, read_operator_metrics, stack
-from e2e.bench.mesh import GROUPS, MeshExporter, fleet_policy, virtual_service
+from e2e.bench.mesh import GROUPS, MeshExporter, create_group_deployments, fleet_policy, virtual_service
 from e2e.bench.scale import INTERVAL, metrics_when_up, create_policies
 from e2e.harness.hostile_prometheus import HostilePrometheus
 
@@ -147,6 +147,7 @@ def run(st: Stack, policies: int = POLICIES, steady: float = STEADY) -> Isolatio
         for g in range(GROUPS):
             custom.create_namespaced_custom_object("networking.istio.io", "v1", NAMESPACE, "virtualservices",
                                                    virtual_service(NAMESPACE, PREFIX, g))
+        create_group_deployments(api, NAMESPACE, PREFIX, GROUPS)
         created = create_policies(api, 0, policies, namespace=NAMESPACE, prefix=PREFIX)
         result.say(f"  created {created} policies")
         op = OperatorProcess(st.cp, st.prometheus.url, NAMESPACE, st.workdir / "operator-isolation.log",

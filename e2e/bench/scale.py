@@ -36,7 +36,7 @@ from e2e.bench.common import (
     read_operator_metrics,
     stack,
 )
-from e2e.bench.mesh import GROUPS, MeshExporter, fleet_policy, virtual_service
+from e2e.bench.mesh import GROUPS, MeshExporter, create_group_deployments, fleet_policy, virtual_service
 
 NAMESPACE = "bench-scale"
 PREFIX = "wl"
@@ -191,6 +191,7 @@ def run(st: Stack, exporter: MeshExporter, plan: Sequence[tuple[int, float]] = D
         for g in range(GROUPS):
             custom.create_namespaced_custom_object("networking.istio.io", "v1", NAMESPACE, "virtualservices",
                                                    virtual_service(NAMESPACE, PREFIX, g))
+        create_group_deployments(api, NAMESPACE, PREFIX, GROUPS)
         created = 0
         for n, steady in plan:
             r = SizeResult(n)

@@ -93,12 +93,16 @@ def test_engine_conditions_flip_with_the_decision_and_keep_their_transition_time
     first = decide(POLICY, failing, initial_state(POLICY), NOW)
     conditions = with_engine_conditions([{"type": "Ready", "status": "True"}], first, 3, "T1")
     by_type = {c["type"]: c for c in conditions}
-    assert by_type["Ready"] == {"type": "Ready", "status": "True"}
-    assert by_type["Frozen"]["status"] == "False" and by_type["Frozen"]["observedGeneration"] == 3
+    assert by_type == {"Ready": {"type": "Ready", "status": "True"}}, "absent until the engine reports them"
     frozen = decide(POLICY, failing, first.state, NOW + 30)
     assert frozen.frozen
     later = {c["type"]: c for c in with_engine_conditions(conditions, frozen, 3, "T2")}
-    assert (later["Frozen"]["status"], later["Frozen"]["reason"], later["Frozen"]["lastTransitionTime"]) == (
-        "True", "Frozen", "T2")
-    assert later["RestoreStalled"]["lastTransitionTime"] == "T1"
-    assert later["RestoreAwaitingApproval"]["reason"] == "NoRestoreHeld"
+    assert set(later) == {"Ready", "Frozen"}
+    assert later["Frozen"] == {"type": "Frozen", "status": "True", "reason": "Frozen",
+                               "message": later["Frozen"]["message"], "lastTransitionTime": "T2",
+                               "observedGeneration": 3}
+    again = {c["type"]: c for c in with_engine_conditions(list(later.values()), frozen, 4, "T3")}
+    assert again["Frozen"]["lastTransitionTime"] == "T2" and again["Frozen"]["observedGeneration"] == 4
+    over = {c["type"]: c for c in with_engine_conditions(list(again.values()), first, 4, "T4")}
+    assert (over["Frozen"]["status"], over["Frozen"]["reason"], over["Frozen"]["lastTransitionTime"]) == (
+        "False", "NotFrozen", "T4")

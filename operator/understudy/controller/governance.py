@@ -7,14 +7,17 @@ intents out and reports each outcome for the next `govern` call. It decides noth
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, Sequence
+from dataclasses import replace
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from kubernetes.client import AppsV1Api
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from understudy.engine import Policy
-from understudy.engine.governance import Facts, Workload
+from understudy.engine import Decision, Policy, Samples, State, decide
+from understudy.engine.drills import DrillStep
+from understudy.engine.governance import Facts, Governance, TierCapacity, Workload, capacity_fit, govern
+from understudy.engine.governance_state import GovernanceState, governance_to_status
 from understudy.engine.intents import Intent, IntentOutcome, RollbackIntent, ScaleIntent
 from understudy.kube.scale import set_replicas
 from understudy.rollback.deployment import rollback_to_revision
@@ -99,3 +102,27 @@ def _rollback(apps: AppsV1Api, namespace: str, intent: RollbackIntent) -> tuple[
     if result.rolled_back:
         return True, False, result.message
     return False, result.reason in PERMANENT_ROLLBACK_REASONS, f"{result.reason}: {result.message}"
+
+
+def govern_one(policy: Policy, capacities: Mapping[str, TierCapacity], samples: Samples, state: State,
+               governance: GovernanceState, outcomes: Sequence[IntentOutcome], facts: Facts,
+               ready: Mapping[str, int], now: float,
+               drills: Callable[[Decision, Samples], DrillStep]) -> tuple[Decision, DrillStep, Governance]:
+    """One evaluation exactly as the backtest replays it: capacity fit, decide, drills, govern.
+
+    The decision's audit is returned with the drill's and governance's records appended, in that order.
+    """
+    fit = capacity_fit(capacities, facts) if capacities else {}
+    samples = replace(samples, capacity={**samples.capacity, **fit}, ready=dict(ready))
+    decision = decide(policy, samples, state, now)
+    drill = drills(decision, samples)
+    governed = govern(policy, capacities, decision, facts, governance, outcomes, now)
+    if drill.audit or governed.audit:
+        decision = replace(decision, audit=(*decision.audit, *drill.audit, *governed.audit))
+    return decision, drill, governed
+
+
+def governance_status(previous: Mapping[str, Any], state: GovernanceState) -> dict[str, Any]:
+    """The governance fields to set in status; a field to remove is None only if `previous` has it (a
+    merge patch null for an absent field would be a write on every evaluation)."""
+    return {k: v for k, v in governance_to_status(state).items() if v is not None or k in previous}

@@ -73,12 +73,18 @@ def engine_conditions(decision: Decision) -> list[Owned]:
 
 def with_engine_conditions(conditions: Sequence[Mapping[str, Any]], decision: Decision, generation: int,
                            stamp: str) -> list[dict[str, Any]]:
-    """`conditions` with this module's three set from `decision`; lastTransitionTime moves only on a flip."""
+    """`conditions` with this module's three set from `decision`; lastTransitionTime moves only on a flip.
+
+    Each is absent until the engine first reports it (like LastDrillPassed until a drill has run), then
+    stays, False once the episode is over: most policies never freeze or hold a restore.
+    """
     by_type = {c.get("type"): c for c in conditions}
     result = [dict(c) for c in conditions if c.get("type") not in CONDITION_TYPES]
     for kind, flag, reason, message in engine_conditions(decision):
         status = "True" if flag else "False"
         before = by_type.get(kind) or {}
+        if not flag and not before:
+            continue
         flipped = before.get("status") != status or not before.get("lastTransitionTime")
         result.append({"type": kind, "status": status, "reason": reason, "message": message,
                        "lastTransitionTime": stamp if flipped else before["lastTransitionTime"],
