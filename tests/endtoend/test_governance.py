@@ -49,6 +49,19 @@ def _primary_never_served(sc: Scenario, seconds: float) -> None:
         time.sleep(0.1)
 
 
+def _weights_until(sc: Scenario, expected: dict[str, int], timeout: float) -> list[dict[str, int]]:
+    """Every distinct routing seen, polled every 0.1 s, until it carries `expected`."""
+    seen: list[dict[str, int]] = []
+    deadline = time.monotonic() + timeout
+    while not seen or any(seen[-1].get(k, 0) != v for k, v in expected.items()):
+        assert time.monotonic() < deadline, f"routing never became {expected}: {seen}\n{sc.operator_logs()}"
+        weights = sc.routed_weights()
+        if not seen or weights != seen[-1]:
+            seen.append(weights)
+        time.sleep(0.1)
+    return seen
+
+
 def _bad_rollout(sc: Scenario) -> client.AppsV1Api:
     """Revision 1 becomes known-good, then revision 2 rolls out (and fails once the caller injects it)."""
     wait_until(lambda: sc.status().get("lastKnownGoodRevision") == "1", 90, "revision 1 known-good")
@@ -74,11 +87,26 @@ def test_a_fallback_scaled_to_zero_is_skipped_for_the_next_ready_one(make_scenar
                60, "recommender-small to have no ready replicas")
 
     sc.inject("primary", **FAILING)
-    sc.wait_for_weights(ON_POPULAR, timeout=30)
+    seen = _weights_until(sc, ON_POPULAR, timeout=30)
+    assert all(w["distilled"] == 0 for w in seen), f"traffic went to a tier without pods: {seen}"
+    assert "distilled" not in {h.get("toTier") for h in sc.status()["history"]}
     skipped = wait_until(lambda: "NoReadyReplicas" in sc.reasons() and _event(sc, "NoReadyReplicas"), 10,
                          "a NoReadyReplicas Event")
     assert skipped["type"] == "Warning" and "distilled has no ready replicas" in skipped["note"], skipped
-    assert "distilled" not in {h.get("toTier") for h in sc.status()["history"]}
+
+
+def test_a_serving_fallback_that_loses_its_pods_is_left_for_the_next_ready_one(
+        make_scenario: Callable[..., Scenario], prometheus: PrometheusServer) -> None:
+    sc = _started(make_scenario, prometheus)
+    sc.inject("primary", **FAILING)
+    sc.wait_for_weights(ON_DISTILLED, timeout=30)
+    apps = client.AppsV1Api(sc.api)
+    apps.patch_namespaced_deployment("recommender-small", sc.namespace, {"spec": {"replicas": 0}})
+    # Its model server still answers (the simulator has no pods), so only readiness can tell.
+    sc.wait_for_weights(ON_POPULAR, timeout=30)
+    skipped = wait_until(lambda: "NoReadyReplicas" in sc.reasons() and _event(sc, "NoReadyReplicas"), 10,
+                         "a NoReadyReplicas Event")
+    assert "distilled has no ready replicas" in skipped["note"], skipped
 
 
 def test_observe_mode_never_rolls_back(make_scenario: Callable[..., Scenario],
@@ -127,7 +155,7 @@ def test_a_permanent_rollback_refusal_is_reported_once(make_scenario: Callable[.
     apps.delete_namespaced_replica_set(old[0].metadata.name, sc.namespace)
     sc.inject("primary", **FAILING)
     wait_until(lambda: "RollbackFailed" in sc.reasons(), 90, "a RollbackFailed Event")
-    assert "RevisionNotFound" in _event(sc, "RollbackFailed")["note"]
+    assert "has no ReplicaSet of revision" in _event(sc, "RollbackFailed")["note"]
     time.sleep(25)  # longer than the first back-off: a transient failure would have been tried again
     assert sc.reasons().count("RollbackFailed") == 1, sc.reasons()
     rollback = sc.status()["rollback"]
@@ -136,7 +164,7 @@ def test_a_permanent_rollback_refusal_is_reported_once(make_scenario: Callable[.
 
 def test_adding_a_fallback_mid_incident_keeps_traffic_off_the_failing_primary(
         make_scenario: Callable[..., Scenario], prometheus: PrometheusServer) -> None:
-    sc = make_scenario(prometheus)
+    sc = make_scenario(prometheus, "service")  # a selector: no route lists the tier that is not added yet
     body = sc.policy()
     fallbacks = body["spec"]["fallbacks"]
     body["spec"]["fallbacks"] = fallbacks[:1]
