@@ -20,6 +20,9 @@ ON_POPULAR = {"primary": 0, "distilled": 0, "popular-items": 100}
 PRIMARY_DEPLOYMENT = "recommender-large"
 ROLLBACK = {"maxFallbackRatio": "0.05", "window": "20s", "action": "RollbackPrimary"}
 """A 20 s creep window: a revision becomes known-good after carrying all traffic that long."""
+HOLD = "90s"
+"""minDwell for the stories that watch the primary get nothing: the primary, left without traffic, has no
+readings, and after minDwell the engine probes it with a restore step like a half-open circuit breaker."""
 
 
 def _ready(sc: Scenario) -> None:
@@ -165,7 +168,7 @@ def test_a_permanent_rollback_refusal_is_reported_once(make_scenario: Callable[.
 def test_adding_a_fallback_mid_incident_keeps_traffic_off_the_failing_primary(
         make_scenario: Callable[..., Scenario], prometheus: PrometheusServer) -> None:
     sc = make_scenario(prometheus, "service")  # a selector: no route lists the tier that is not added yet
-    body = sc.policy()
+    body = sc.policy(evaluation={"minDwell": HOLD})
     fallbacks = body["spec"]["fallbacks"]
     body["spec"]["fallbacks"] = fallbacks[:1]
     sc.start_traffic()
@@ -187,7 +190,7 @@ def test_adding_a_fallback_mid_incident_keeps_traffic_off_the_failing_primary(
 
 def test_a_corrupted_engine_state_is_repaired_and_keeps_routing(make_scenario: Callable[..., Scenario],
                                                                 prometheus: PrometheusServer) -> None:
-    sc = _started(make_scenario, prometheus)
+    sc = _started(make_scenario, prometheus, evaluation={"minDwell": HOLD})
     sc.inject("primary", **FAILING)
     sc.wait_for_weights(ON_DISTILLED, timeout=30)
     wait_until(lambda: (sc.status().get("engine") or {}).get("activeTier") == "distilled", 30,
@@ -196,7 +199,6 @@ def test_a_corrupted_engine_state_is_repaired_and_keeps_routing(make_scenario: C
     engine = sc.status()["engine"]
     engine["tiers"][0]["breachStreak"] = "lots"
     engine["creepBuckets"] = "not a list"
-    engine["lastTransitionMs"] = -3
     client.CustomObjectsApi(sc.api).patch_namespaced_custom_object_status(
         "understudy.dev", "v1alpha1", sc.namespace, "fallbackpolicies", "recommender", {"status": {"engine": engine}})
 
