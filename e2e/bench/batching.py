@@ -27,7 +27,8 @@ PREFIX = "wl"
 
 def fleet_targets(n: int, groups: int, namespace: str = NAMESPACE, prefix: str = PREFIX) -> list[Any]:
     """`n` policies over `groups` groups of the mesh, as the operator compiles them (one compile per group)."""
-    from understudy.loop import PolicySnapshot, compile_policy
+    from understudy.controller.compile import compile_policy
+    from understudy.controller.store import PolicySnapshot
 
     compiled = {}
     for g in range(min(n, groups)):

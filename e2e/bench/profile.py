@@ -49,7 +49,7 @@ class ProfileResult:
 def _snapshots(api: Any, namespace: str) -> dict[Any, Any]:
     from kubernetes import client
 
-    from understudy.loop import PolicySnapshot
+    from understudy.controller.store import PolicySnapshot
 
     items = client.CustomObjectsApi(api).list_namespaced_custom_object(
         "understudy.dev", "v1alpha1", namespace, "fallbackpolicies")["items"]
@@ -104,9 +104,9 @@ def run(st: Stack, namespace: str, warm_cycles: int = 2, limit: int = 12) -> Pro
     from kubernetes import client
 
     from understudy.audit.events import EventRecorder
-    from understudy.handlers import GC_THRESHOLDS
+    from understudy.controller.handlers import GC_THRESHOLDS
     from understudy.audit.metrics import OperatorMetrics
-    from understudy.loop import Evaluator
+    from understudy.controller.evaluator import Evaluator
     from understudy.signals.reader import SignalReader
 
     try:

@@ -204,7 +204,8 @@ def _signal(variant: Variant, prometheus_url: str, query: str, namespace: str, s
 
 def trigger_query(body: dict[str, Any], trigger: str) -> str:
     """The PromQL the operator runs for `trigger` of the policy `body`, as it plans it."""
-    from understudy.loop import PolicySnapshot, compile_policy
+    from understudy.controller.compile import compile_policy
+    from understudy.controller.store import PolicySnapshot
     from understudy.signals.promql import plan_queries, trigger_reads
 
     meta = body["metadata"]

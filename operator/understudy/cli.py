@@ -215,7 +215,8 @@ def validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 def _queries(policy: FallbackPolicy, document: dict[str, Any]) -> Iterator[str]:
     """What each trigger reads, as the operator plans it: the PromQL and the request count that gates it."""
-    from understudy.loop import PolicySnapshot, compile_policy
+    from understudy.controller.compile import compile_policy
+    from understudy.controller.store import PolicySnapshot
     from understudy.signals.promql import plan_queries, trigger_reads
 
     namespace = str(policy.metadata.get("namespace") or "default")
@@ -408,8 +409,8 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import socket
 
-    from understudy.handlers import OperatorConfig
-    from understudy.handlers import run as run_operator
+    from understudy.controller.handlers import OperatorConfig
+    from understudy.controller.handlers import run as run_operator
     from understudy.signals.confine import Confinement
 
     try:

@@ -32,7 +32,8 @@ from e2e.harness.prometheus import PrometheusServer, free_port
 from understudy.backtest.render import when
 from understudy.backtest.source import PrometheusHistory, step_times
 from understudy.cli import backtest, build_parser
-from understudy.loop import PolicySnapshot, compile_policy
+from understudy.controller.compile import compile_policy
+from understudy.controller.store import PolicySnapshot
 from understudy.signals.promql import Target
 from understudy.signals.reader import SignalReader
 

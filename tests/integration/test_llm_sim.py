@@ -11,7 +11,8 @@ from typing import Any
 from e2e.harness.prometheus import PrometheusServer
 from e2e.sim.llm_server import LLMServer
 from e2e.sim.traffic import StaticSource, TrafficGenerator
-from understudy.loop import PolicySnapshot, compile_policy
+from understudy.controller.compile import compile_policy
+from understudy.controller.store import PolicySnapshot
 from understudy.signals.promql import plan_queries, trigger_reads
 
 VLLM_NAMES = (

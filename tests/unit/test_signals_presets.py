@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from understudy.api import FallbackPolicySpec, to_engine_policy
 from understudy.api.models import preset_message
 from understudy.engine import Reading
-from understudy.loop import PolicySnapshot, compile_policy
+from understudy.controller.compile import compile_policy
+from understudy.controller.store import PolicySnapshot
 from understudy.signals.presets import KIND_FIELDS, PRESETS, Preset, presets_measuring
 from understudy.signals.promql import map_results, plan_queries, selector, trigger_reads
 

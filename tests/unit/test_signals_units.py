@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from understudy.engine import Comparison, Policy, SignalKind, Tier, Trigger
-from understudy.loop import PolicySnapshot, compile_policy
+from understudy.controller.compile import compile_policy
+from understudy.controller.store import PolicySnapshot
 from understudy.signals.promql import MetricNames, Target, plan_queries
 
 POLICY = Policy(

@@ -54,7 +54,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 What the operator does to the objects of a watched namespace, derived from its API calls:
 - kopf watches FallbackPolicies and Deployments: list and watch (no get: nothing reads one object);
-- loop.py writes status through the status subresource: patch (with a resourceVersion precondition; the
+- controller/writer.py writes status through the status subresource: patch (with a resourceVersion precondition; the
   API server answers with the object, so nothing reads status back);
 - rollback/deployment.py reads the Deployment, lists (never gets) its ReplicaSets and patches the pod
   template;

@@ -22,7 +22,8 @@ from understudy.backtest.render import Context, ProgressLine, plot, table, to_js
 from understudy.backtest.replay import backtest_policy, replay, summarise
 from understudy.backtest.source import PrometheusHistory, SourceError, parse_span, parse_step, parse_time, step_times
 from understudy.cli import PROMETHEUS_ENV, cli_prometheus_url, prometheus_credentials
-from understudy.loop import PolicySnapshot, compile_policy
+from understudy.controller.compile import compile_policy
+from understudy.controller.store import PolicySnapshot
 from understudy.signals.endpoints import redact
 
 OWN_URL_NOTE = ("the policy names its own Prometheus (spec.signals.prometheusURL); these figures come from the "

@@ -1,1 +1,2 @@
-"""The shell around the engine: snapshots in, decisions out, writes in a fenced order."""
+"""The controller: kopf's watches feed snapshots to a decision cycle that makes no writes, and a writer
+carries out its effects in a fixed order (see README, "Architecture")."""

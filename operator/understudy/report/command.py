@@ -18,7 +18,8 @@ from understudy.api.errors import describe
 from understudy.backtest.command import OWN_URL_NOTE
 from understudy.backtest.source import PrometheusHistory, SourceError, parse_span, parse_time
 from understudy.cli import PROMETHEUS_ENV, cli_prometheus_url, prometheus_credentials
-from understudy.loop import GROUP, PLURAL, VERSION, PolicySnapshot, compile_policy
+from understudy.controller.compile import compile_policy
+from understudy.controller.store import GROUP, PLURAL, VERSION, PolicySnapshot
 from understudy.report.assemble import QueryAnswer, ReportInputs, TierRef, assemble, plan_queries
 from understudy.report.render import table, to_json
 from understudy.signals.endpoints import redact

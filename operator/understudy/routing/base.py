@@ -10,14 +10,20 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from kubernetes.client.exceptions import ApiException
 
 from understudy.engine.model import Tier
-
-Weights = tuple[tuple[str, int], ...]
-"""(tier name, percent) for every tier of the policy, in tier order; the percents sum to 100."""
+from understudy.routing.targets import (  # re-exported: the backends and their callers name them here
+    GatewayAPITarget,
+    IstioTarget,
+    RoutingBackend,
+    RoutingTarget,
+    RoutingTargetError,
+    ServiceTarget,
+    Weights,
+)
 
 JsonPatch = list[dict[str, Any]]
 
@@ -25,55 +31,6 @@ MAX_ATTEMPTS = 5
 """Read-modify-write attempts before giving up with reason Conflict."""
 BACKOFF = 0.05
 """Seconds before the first re-read after a 409, doubled each time: lets a burst of writes settle."""
-
-
-class RoutingTargetError(Exception):
-    """A problem with the routing object that a person must see and fix; `reason` is stable CamelCase.
-
-    Reasons: TargetNotFound, TargetUnsupported, RouteNotFound, DestinationMissing, DestinationAmbiguous,
-    DestinationUnknown, SelectorUnknown, SelectorUnmatched, Forbidden, Invalid, Conflict.
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-
-class RoutingBackend(Protocol):
-    def read(self, namespace: str) -> Weights:
-        """The weights the routing object carries now, per tier name."""
-        ...
-
-    def apply(self, namespace: str, weights: Weights) -> bool:
-        """Write `weights`; True when something changed, False (and no write at all) when already so."""
-        ...
-
-
-@dataclass(frozen=True)
-class IstioTarget:
-    """An http route of an Istio VirtualService; `route` None means the VirtualService's only http route."""
-
-    virtual_service: str
-    route: str | None = None
-
-
-@dataclass(frozen=True)
-class ServiceTarget:
-    """A core Service whose selector is switched between the tiers' pods."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class GatewayAPITarget:
-    """One rule of a Gateway API HTTPRoute."""
-
-    http_route: str
-    rule: int = 0
-
-
-RoutingTarget = IstioTarget | ServiceTarget | GatewayAPITarget
 
 
 def check_weights(weights: Weights, tiers: Sequence[Tier]) -> dict[str, int]:

@@ -3,7 +3,7 @@
 No per-policy timers or daemons: those put a finalizer on every object and tick in herds. Event
 handlers keep a snapshot of every FallbackPolicy and every Deployment in memory (they write nothing to
 the objects), and a single loop started at startup batches the work of all due policies (see
-`loop.Evaluator`). kopf's own indexes are not used: until every object is indexed once, each new object
+`evaluator.Evaluator`). kopf's own indexes are not used: until every object is indexed once, each new object
 wakes every waiting per-object worker, which at thousands of policies kept the start-up busy for minutes.
 """
 from __future__ import annotations
@@ -22,8 +22,9 @@ from kubernetes import client, config
 
 from understudy.audit.events import EventRecorder
 from understudy.audit.metrics import OperatorMetrics
-from understudy.leader import LeaderElector, LeaseConfig
-from understudy.loop import GROUP, PLURAL, VERSION, DeploymentSnapshot, Evaluator, PolicySnapshot
+from understudy.controller.evaluator import Evaluator
+from understudy.controller.leader import LeaderElector, LeaseConfig
+from understudy.controller.store import GROUP, PLURAL, VERSION, DeploymentSnapshot, PolicySnapshot, Store
 from understudy.signals.confine import Confinement
 from understudy.signals.reader import PrometheusAccess, SignalReader
 
@@ -62,22 +63,6 @@ def api_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config()
     return client.ApiClient()
-
-
-class Store:
-    """The latest snapshot of every watched object, and a counter that moves whenever one changes."""
-
-    def __init__(self) -> None:
-        self.policies: dict[tuple[str, str], PolicySnapshot] = {}
-        self.deployments: dict[tuple[str, str], DeploymentSnapshot] = {}
-        self.changes = 0
-
-    def put(self, into: dict[tuple[str, str], Any], key: tuple[str, str], value: Any, deleted: bool) -> None:
-        if deleted:
-            into.pop(key, None)
-        else:
-            into[key] = value
-        self.changes += 1
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

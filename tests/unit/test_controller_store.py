@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from understudy.handlers import Store
-from understudy.loop import DeploymentSnapshot, PolicySnapshot
+from understudy.controller.store import DeploymentSnapshot, PolicySnapshot, Store
 
 
 def test_put_and_delete_move_the_change_counter() -> None:

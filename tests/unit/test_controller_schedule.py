@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from understudy.loop import schedule_next
+from understudy.controller.runtime import schedule_next
 
 
 def test_policies_of_one_interval_fall_due_on_the_same_grid() -> None:

@@ -14,7 +14,7 @@ from understudy.engine import (
     decide,
     initial_state,
 )
-from understudy.loop import _essential
+from understudy.controller.runtime import essential
 
 POLICY = Policy(
     tiers=(Tier("primary", "big", "big"), Tier("small", "small", "small")),
@@ -29,17 +29,17 @@ def test_a_steady_healthy_policy_has_one_essential_state() -> None:
     state, seen = initial_state(POLICY), []
     for i in range(10):
         state = decide(POLICY, HEALTHY, state, 1000.0 + 5 * i).state
-        seen.append(_essential(state))
+        seen.append(essential(state))
     assert all(e == seen[0] for e in seen)
 
 
 def test_a_trip_and_a_tripped_tiers_recovery_progress_are_essential() -> None:
     state = initial_state(POLICY)
-    before = _essential(state)
+    before = essential(state)
     for i in range(2):
         state = decide(POLICY, FAILING, state, 1000.0 + 5 * i).state
-    tripped = _essential(state)
+    tripped = essential(state)
     assert tripped != before
     state = decide(POLICY, Samples({"primary": {"errors": INSUFFICIENT}, "small": {"errors": Reading.ok(0.0)}}),
                    state, 1010.0).state
-    assert _essential(state) != tripped
+    assert essential(state) != tripped

@@ -1,0 +1,268 @@
+"""One evaluation cycle: due policies -> one batched read -> decide (with drills, scaling and creep
+verdicts) -> a `Plan` of effects.
+
+It makes no writes and imports nothing that writes (an import-linter contract in pyproject.toml holds it
+to that): the writer carries the plan out, status first. It keeps each runtime in line with kopf's
+snapshots and decides which writes a decision needs; a decision that changes nothing costs no write.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Hashable, Mapping
+
+from pydantic import ValidationError
+
+from understudy.audit.metrics import OperatorMetrics
+from understudy.audit.status import build_status, format_ratio, status_patch
+from understudy.controller.compile import Compiled, capacity_fits, compile_policy
+from understudy.controller.intents import creep_intents, scale_intents
+from understudy.controller.runtime import (
+    CycleReport,
+    Effects,
+    InvalidStatus,
+    Plan,
+    Runtime,
+    Workload,
+    epoch,
+    essential,
+    must_route,
+    readiness,
+    schedule_next,
+    settle,
+)
+from understudy.controller.status import last_known_good, primary_revision, record_drill
+from understudy.controller.store import DeploymentSnapshot, PolicySnapshot
+from understudy.engine import (
+    AuditRecord,
+    Decision,
+    Policy,
+    Samples,
+    State,
+    decide,
+    initial_state,
+    state_from_status,
+    state_to_status,
+)
+from understudy.engine.drills import DrillRun, DrillStep, step_drills
+from understudy.signals.reader import SignalReader
+
+log = logging.getLogger(__name__)
+
+DEFERRED_POLL_SECONDS = 0.1
+"""How soon a policy whose own Prometheus has not answered yet is looked at again (`Readout.deferred`)."""
+
+
+@dataclass
+class Cycle:
+    """Decides for the leader's due policies; the runtimes it keeps are shared with the writer."""
+
+    reader: SignalReader
+    metrics: OperatorMetrics
+    runtimes: dict[Hashable, Runtime]
+    checkpoint_seconds: float = 60.0
+    """How often the creep accounting is written while the window holds time off the primary."""
+    waiting: dict[Hashable, float] = field(default_factory=dict)
+    """Policies waiting on their own Prometheus -> when their evaluation was due (for the lateness metric)."""
+
+    def plan(
+        self,
+        policies: Mapping[Hashable, PolicySnapshot],
+        deployments: Mapping[tuple[str, str], DeploymentSnapshot],
+        now: float,
+        report: CycleReport,
+    ) -> Plan:
+        self._sync(policies)
+        due = [(k, r) for k, r in self.runtimes.items() if r.next_due <= now]
+        report.due = len(due)
+        valid = [(k, r) for k, r in due if r.compiled is not None]
+        plan = Plan([], [], {k: self.waiting.pop(k, rt.next_due) for k, rt in valid})
+        for key, rt in due:
+            rt.next_due = schedule_next(rt.compiled.interval if rt.compiled else 30.0, now)
+            if rt.compiled is None:
+                invalid = self._invalid(key, rt, policies[key], now)
+                if invalid is not None:
+                    plan.invalid.append(invalid)
+        if valid:
+            ready = {k: (d.ready, d.desired) for k, d in deployments.items()}
+            before = self.reader.stats
+            readout = self.reader.read_all([rt.compiled.target for _, rt in valid if rt.compiled], ready)
+            report.queries = self.reader.stats.queries_sent - before.queries_sent
+            self.metrics.count_queries(before, self.reader.stats)
+            for key, rt in valid:
+                if key in readout.deferred:  # its own Prometheus has not answered yet: look again shortly
+                    rt.next_due, self.waiting[key] = now + DEFERRED_POLL_SECONDS, plan.due_at.pop(key)
+                else:
+                    rt.signal_error = readout.errors.get(key)
+            pending = [self._evaluate(key, rt, policies[key], readout.samples.get(key, Samples({})),
+                                      readout.loads.get(key), deployments, now, report)
+                       for key, rt in valid if key not in readout.deferred]
+            plan.effects = [e for e in pending if e is not None]
+        return plan
+
+    # -- keeping runtimes in line with the index -------------------------------------------------------
+
+    def _sync(self, policies: Mapping[Hashable, PolicySnapshot]) -> None:
+        for gone in set(self.runtimes) - set(policies):
+            del self.runtimes[gone]
+            self.waiting.pop(gone, None)
+            namespace, name = gone  # type: ignore[misc]
+            self.metrics.forget_policy(namespace, name)
+        for key, snap in policies.items():
+            rt = self.runtimes.get(key)
+            if rt is None or rt.uid != snap.uid:
+                self.runtimes[key] = self._load(snap)
+            elif rt.generation != snap.generation:
+                self._recompile(rt, snap)
+
+    def _load(self, snap: PolicySnapshot) -> Runtime:
+        compiled, invalid = self._compile(snap)
+        status = dict(snap.status or {})
+        state: State | None = None
+        restored = False
+        if compiled is not None:
+            state, restored = self._restore_state(compiled.policy, status.get("engine"))
+        rt = Runtime(uid=snap.uid, generation=snap.generation, compiled=compiled, invalid=invalid, state=state,
+                     status_packed=b"", hot={}, resource_version=snap.resource_version)
+        rt.set_status(status)
+        rt.persisted_essential = essential(state) if state is not None and restored else None
+        return rt
+
+    def _recompile(self, rt: Runtime, snap: PolicySnapshot) -> None:
+        """A spec change keeps the engine's memory when the tiers are the same, and starts afresh otherwise."""
+        compiled, invalid = self._compile(snap)
+        rt.generation, rt.compiled, rt.invalid = snap.generation, compiled, invalid
+        rt.resource_version = snap.resource_version
+        rt.set_status(snap.status)
+        rt.next_due = 0.0
+        if compiled is None:
+            return
+        if rt.state is None or tuple(n for n, _ in rt.state.weights) != compiled.policy.tier_names:
+            rt.state = initial_state(compiled.policy)
+        rt.backend = None  # the writer makes one for the new routing target
+        rt.routed = None
+
+    @staticmethod
+    def _compile(snap: PolicySnapshot) -> tuple[Compiled | None, str | None]:
+        try:
+            return compile_policy(snap), None
+        except (ValidationError, ValueError) as err:
+            return None, " ".join(str(err).split())[:1000]
+
+    @staticmethod
+    def _restore_state(policy: Policy, engine_status: Any) -> tuple[State, bool]:
+        """The engine state recorded in status, and whether it was usable (else a fresh state)."""
+        if isinstance(engine_status, Mapping):
+            try:
+                state = state_from_status(engine_status)
+                if tuple(n for n, _ in state.weights) == policy.tier_names:
+                    return state, True
+            except ValueError:
+                log.warning("engine state in status is unreadable; starting afresh")
+        return initial_state(policy), False
+
+    # -- one decision ------------------------------------------------------------------------------------
+
+    def _evaluate(
+        self,
+        key: Hashable,
+        rt: Runtime,
+        snap: PolicySnapshot,
+        samples: Samples,
+        load: float | None,
+        deployments: Mapping[tuple[str, str], DeploymentSnapshot],
+        now: float,
+        report: CycleReport,
+    ) -> Effects | None:
+        """Decide for one policy; returns the writes it needs, or None when it needs none."""
+        assert rt.compiled is not None and rt.state is not None
+        report.evaluated += 1
+        policy = rt.compiled.policy
+        if rt.compiled.capacities:
+            samples = replace(samples, capacity=capacity_fits(rt.compiled, snap.namespace, load, deployments))
+        decision = decide(policy, samples, rt.state, now)
+        primary = deployments.get((snap.namespace, policy.tiers[0].deployment))
+        shell_records: list[AuditRecord] = []
+        workload: list[Workload] = []
+        scaled: list[dict[str, Any]] | None = None
+        if rt.compiled.capacities:
+            scaled, scales = scale_intents(rt, snap, decision, load, deployments)
+            workload += scales
+        if any(r.reason == "CreepBudgetExceeded" for r in decision.audit):
+            records, rollbacks = creep_intents(rt, snap, decision)
+            shell_records += records
+            workload += rollbacks
+        drill = self._drill(rt, snap, policy, decision, samples, now)
+        shell_records += drill.audit
+        if shell_records:
+            decision = replace(decision, audit=decision.audit + tuple(shell_records))
+
+        moment = datetime.fromtimestamp(now, timezone.utc)
+        revision = primary_revision(rt.hot, primary, moment)
+        lkg = last_known_good(rt.hot, revision, decision, policy.creep_window, now)
+        kept = essential(decision.state)
+        window_has_fallback = any(b.off_primary_ms for b in decision.state.creep_buckets)
+        checkpoint = kept != rt.persisted_essential or (
+            window_has_fallback and now - rt.last_checkpoint >= self.checkpoint_seconds)
+        ready = readiness(rt)
+        routed = replace(decision, weights=drill.weights) if drill.weights else decision
+        # Everything the new status depends on besides the previous status: when it matches the last
+        # evaluation that needed no write, neither does this one, and building the status is skipped.
+        inputs = (rt.generation, decision.active_tier, decision.weights, format_ratio(decision.fallback_ratio),
+                  decision.creep_exceeded, decision.metrics_available, ready, lkg, revision, scaled,
+                  drill.running, drill.outcome)
+        quiet = not decision.audit and not workload and not checkpoint and not must_route(rt, routed)
+        if quiet and rt.unchanged_by == inputs:
+            self._settle_quietly(rt, snap, decision, kept, now)
+            return None
+        previous = rt.status
+        status = build_status(previous, decision, rt.generation, moment, ready, lkg,
+                              engine=state_to_status(decision.state) if checkpoint else None)
+        if revision is not None:
+            status["primaryRevision"] = revision
+        if scaled is not None:
+            status["scaledTiers"] = scaled
+        record_drill(previous, status, drill, moment)
+        patch = status_patch(previous, status)
+        effects = Effects(key, rt, snap, decision, routed, patch, moment, kept, checkpoint, now, tuple(workload))
+        if not quiet or patch is not None:
+            return effects
+        rt.unchanged_by = inputs
+        self._settle_quietly(rt, snap, decision, kept, now)
+        return None
+
+    def _settle_quietly(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, kept: tuple[Any, ...],
+                        now: float) -> None:
+        """The steady state: nothing to write, only the decision to adopt."""
+        settle(rt, decision, kept, False, now)
+        assert rt.compiled is not None
+        self.metrics.observe_policy(snap.namespace, snap.name, rt.compiled.policy.tier_names,
+                                    decision.active_tier, decision.fallback_ratio)
+
+    @staticmethod
+    def _drill(rt: Runtime, snap: PolicySnapshot, policy: Policy, decision: Decision, samples: Samples,
+               now: float) -> DrillStep:
+        assert rt.compiled is not None
+        if not rt.compiled.drills and not rt.hot.get("drill"):
+            return DrillStep(None, None, None, ())
+        running = rt.hot.get("drill")
+        run = None if not running else DrillRun(running["tier"], int(running["share"]),
+                                                epoch(running["startedAt"]), epoch(running["endsAt"]))
+        last = {o["tier"]: epoch(o["time"]) for o in rt.hot.get("lastDrills") or []}
+        return step_drills(rt.compiled.drills, policy, decision, samples, run, last, snap.created, now)
+
+    @staticmethod
+    def _invalid(key: Hashable, rt: Runtime, snap: PolicySnapshot, now: float) -> InvalidStatus | None:
+        """A spec the models reject gets Ready=False and one Event per generation; it never stops others."""
+        ready = {"type": "Ready", "status": "False", "reason": "InvalidPolicy", "message": rt.invalid or "",
+                 "observedGeneration": rt.generation}
+        current = rt.status
+        conditions = [c for c in current.get("conditions") or [] if c.get("type") != "Ready"]
+        previous = next((c for c in current.get("conditions") or [] if c.get("type") == "Ready"), None)
+        if previous and all(previous.get(k) == v for k, v in ready.items()):
+            return None
+        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status = {**current, "observedGeneration": rt.generation,
+                  "conditions": [*conditions, {**ready, "lastTransitionTime": stamp}]}
+        return InvalidStatus(key, rt, snap, status, now)

@@ -1,0 +1,195 @@
+"""The leader's per-policy working memory, and the values the cycle hands to the writer."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, Hashable, Mapping
+
+from understudy.controller.compile import Compiled
+from understudy.controller.store import PolicySnapshot, pack, unpack
+from understudy.engine import Decision, State, TierState
+from understudy.routing.targets import RoutingBackend, Weights
+from understudy.signals.reader import SignalError
+
+ACCOUNTING_FIELDS = ("last_evaluation_ms", "creep_buckets")
+"""Parts of the engine state that move on every evaluation. They are checkpointed (see
+`Evaluator.checkpoint_seconds`), not written each cycle, so a steady state causes no API writes."""
+HOT_STATUS_FIELDS = ("primaryRevision", "lastKnownGoodRevision", "drill", "lastDrills", "scaledTiers")
+"""Status fields read on every evaluation; the rest of a policy's status stays JSON text until needed, which
+at thousands of policies with full histories and creep windows is most of the operator's memory."""
+_ESSENTIAL_FIELDS = tuple(f.name for f in fields(State) if f.name not in (*ACCOUNTING_FIELDS, "tiers"))
+_TIER_FIELDS = tuple(f.name for f in fields(TierState) if f.name != "clear_streak")
+
+Essential = tuple[Any, ...]
+
+
+def essential(state: State) -> Essential:
+    """The part of the engine state whose change must be written at once.
+
+    An untripped tier's clear streak only matters once it trips (it counts towards recovery), so its
+    growth is left to the next checkpoint: otherwise every new policy would write its status recoverAfter
+    times before settling. Read straight off the dataclasses: this runs for every policy every cycle.
+    """
+    tiers = tuple(tuple(getattr(t, n) for n in _TIER_FIELDS) + ((t.clear_streak,) if t.tripped else ())
+                  for t in state.tiers)
+    return tuple(getattr(state, n) for n in _ESSENTIAL_FIELDS) + (tiers,)
+
+
+@dataclass
+class Runtime:
+    """The leader's working memory for one policy; rebuilt from status whenever in doubt."""
+
+    uid: str
+    generation: int
+    compiled: Compiled | None
+    invalid: str | None
+    state: State | None
+    status_packed: bytes
+    """The status as last read or written (see `pack`): unpacked only when a new status is built."""
+    hot: dict[str, Any]
+    """The status fields every evaluation reads (HOT_STATUS_FIELDS), kept parsed."""
+    resource_version: str
+    backend: RoutingBackend | None = None
+    """Made by the writer on the first routing write after a (re)compile: the cycle holds no client."""
+    next_due: float = 0.0
+    routed: Weights | None = None
+    """Weights known to be on the routing object; None forces one apply (a no-op if already right)."""
+    persisted_essential: Essential | None = None
+    last_checkpoint: float = 0.0
+    routing_error: str | None = None
+    signal_error: SignalError | None = None
+    """Why the last read left some of this policy's signals unread on purpose (a refused URL or query)."""
+    unchanged_by: tuple[Any, ...] | None = None
+    """The inputs of the last evaluation that found status already right (reset whenever status changes)."""
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return unpack(self.status_packed)
+
+    def set_status(self, status: Mapping[str, Any]) -> None:
+        self.status_packed = pack(status)
+        self.hot = {k: status[k] for k in HOT_STATUS_FIELDS if k in status}
+        self.unchanged_by = None
+
+
+@dataclass
+class CycleReport:
+    due: int = 0
+    evaluated: int = 0
+    status_writes: int = 0
+    routing_writes: int = 0
+    conflicts: int = 0
+    events: int = 0
+    queries: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: CycleReport) -> None:
+        """Fold in the counts of one group of writes (each worker counts into a report of its own)."""
+        self.status_writes += other.status_writes
+        self.routing_writes += other.routing_writes
+        self.conflicts += other.conflicts
+        self.events += other.events
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Set a fallback Deployment's replicas (reason ScaledUp or ScaledDown), after status is written."""
+
+    reason: str
+    namespace: str
+    tier: str
+    deployment: str
+    replicas: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """Roll the primary Deployment back to its last known-good revision, after status is written."""
+
+    namespace: str
+    deployment: str
+    revision: str
+    ratio: str
+
+
+Workload = Scale | Rollback
+
+
+@dataclass
+class Effects:
+    """One decision's writes, carried out once every due policy has been decided (see `writer.Writer`)."""
+
+    key: Hashable
+    rt: Runtime
+    snap: PolicySnapshot
+    decision: Decision
+    routed: Decision
+    """The decision as routed: a running drill overrides the weights."""
+    patch: dict[str, Any] | None
+    """The status merge patch (None: status is already right)."""
+    moment: datetime
+    essential: Essential
+    checkpoint: bool
+    now: float
+    workload: tuple[Workload, ...] = ()
+    """Deployment writes (scale, rollback): made only once the status write succeeded."""
+
+
+@dataclass
+class InvalidStatus:
+    """Ready=False for a spec the models reject, and its Event once the status write succeeded."""
+
+    key: Hashable
+    rt: Runtime
+    snap: PolicySnapshot
+    status: dict[str, Any]
+    now: float
+
+
+@dataclass
+class Plan:
+    """What one cycle decided: the writes to make, and when each evaluated policy was due (for lateness)."""
+
+    invalid: list[InvalidStatus]
+    effects: list[Effects]
+    due_at: dict[Hashable, float]
+
+
+def settle(rt: Runtime, decision: Decision, kept: Essential, checkpoint: bool, now: float) -> None:
+    """Adopt a decision whose status is on the server (or needed no write)."""
+    if checkpoint:
+        rt.persisted_essential, rt.last_checkpoint = kept, now
+    rt.state = decision.state
+
+
+def readiness(rt: Runtime) -> tuple[bool, str, str]:
+    """The Ready condition's status, reason and message as this runtime stands."""
+    if rt.routing_error is not None:
+        reason, _, message = rt.routing_error.partition(": ")
+        return False, reason, message
+    if rt.signal_error is not None:
+        return False, rt.signal_error.reason, rt.signal_error.message
+    return True, "Evaluating", "Signals are read and decisions applied every evaluation interval."
+
+
+def must_route(rt: Runtime, decision: Decision) -> bool:
+    return decision.route and decision.weights != rt.routed
+
+
+def epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def schedule_next(interval: float, now: float) -> float:
+    """The next instant on the interval's grid (whole multiples of it since the epoch), at least half an
+    interval away.
+
+    Policies of one interval thus fall due together and are read in one batch with one reusable query
+    plan, rather than in partial batches that each need planning of their own. The half-interval gap
+    keeps a new or late policy from being evaluated twice in quick succession, which the engine would
+    count as two evaluations towards tripAfter.
+    """
+    step = (math.floor(now / interval) + 1) * interval
+    return step + interval if step - now < interval / 2 else step
