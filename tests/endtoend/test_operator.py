@@ -131,9 +131,10 @@ def test_pinned_tier_holds_whatever_the_signals(make_scenario: Callable[..., Sce
 
 def test_new_revision_that_keeps_falling_back_is_rolled_back(make_scenario: Callable[..., Scenario],
                                                               prometheus: PrometheusServer) -> None:
+    # Revision 1 becomes known-good after carrying all traffic for a whole creep window (20 s).
     sc = _started(make_scenario, prometheus,
-                  creep={"maxFallbackRatio": "0.05", "window": "2m", "action": "RollbackPrimary"})
-    wait_until(lambda: sc.status().get("lastKnownGoodRevision") == "1", 30, "revision 1 known good")
+                  creep={"maxFallbackRatio": "0.05", "window": "20s", "action": "RollbackPrimary"})
+    wait_until(lambda: sc.status().get("lastKnownGoodRevision") == "1", 90, "revision 1 known good")
     apps = client.AppsV1Api(sc.api)
     apps.patch_namespaced_deployment("recommender-large", sc.namespace, {"spec": {"template": {"spec": {
         "containers": [{"name": "model", "image": "models/large:v2"}]}}}})

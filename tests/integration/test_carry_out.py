@@ -7,7 +7,7 @@ import pytest
 from kubernetes.client import ApiClient, AppsV1Api
 from kubernetes.client.exceptions import ApiException
 
-from understudy.controller.governance import carry_out
+from understudy.controller.workloads import carry_out
 from understudy.engine.intents import RollbackIntent, ScaleIntent
 from understudy.kube.scale import set_replicas
 

@@ -13,6 +13,7 @@ from understudy.audit.metrics import OperatorMetrics
 from understudy.controller.cycle import Cycle
 from understudy.controller.runtime import CycleReport, Runtime
 from understudy.controller.store import DeploymentSnapshot, PolicySnapshot
+from understudy.controller.workloads import observed_weights
 from understudy.controller.writer import Writer
 from understudy.signals.reader import SignalReader
 
@@ -32,7 +33,9 @@ class Evaluator:
     runtimes: dict[Hashable, Runtime] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._cycle = Cycle(self.reader, self.metrics, self.runtimes, self.checkpoint_seconds)
+        self._cycle = Cycle(self.reader, self.metrics, self.runtimes, self.checkpoint_seconds,
+                            observe=lambda compiled, namespace: observed_weights(self.api, compiled, namespace),
+                            started=time.time())
         self._writer = Writer(self.api, self.recorder, self.metrics, self.runtimes, self.write_workers)
 
     def close(self) -> None:

@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Hashable, Mapping
 
 from understudy.controller.compile import Compiled
 from understudy.controller.store import PolicySnapshot, pack, unpack
-from understudy.engine import Decision, State, TierState
+from understudy.engine import AuditRecord, Decision, State, TierState
+from understudy.engine.governance_state import GovernanceState
+from understudy.engine.intents import Intent, IntentOutcome
 from understudy.routing.targets import RoutingBackend, Weights
 from understudy.signals.reader import SignalError
 
 ACCOUNTING_FIELDS = ("last_evaluation_ms", "creep_buckets")
 """Parts of the engine state that move on every evaluation. They are checkpointed (see
 `Evaluator.checkpoint_seconds`), not written each cycle, so a steady state causes no API writes."""
-HOT_STATUS_FIELDS = ("primaryRevision", "lastKnownGoodRevision", "drill", "lastDrills", "scaledTiers")
+HOT_STATUS_FIELDS = ("drill", "lastDrills")
 """Status fields read on every evaluation; the rest of a policy's status stays JSON text until needed, which
 at thousands of policies with full histories and creep windows is most of the operator's memory."""
 _ESSENTIAL_FIELDS = tuple(f.name for f in fields(State) if f.name not in (*ACCOUNTING_FIELDS, "tiers"))
@@ -62,6 +64,12 @@ class Runtime:
     """Why the last read left some of this policy's signals unread on purpose (a refused URL or query)."""
     unchanged_by: tuple[Any, ...] | None = None
     """The inputs of the last evaluation that found status already right (reset whenever status changes)."""
+    governance: GovernanceState = field(default_factory=GovernanceState)
+    """The engine's governance memory (known-good revision, scales, rollback episode), mirrored in status."""
+    outcomes: list[IntentOutcome] = field(default_factory=list)
+    """How the intents carried out since the last evaluation fared: the next `govern` call's input."""
+    repaired: tuple[AuditRecord, ...] = ()
+    """A StateRepaired record from reading status back, posted with the next decision."""
 
     @property
     def status(self) -> dict[str, Any]:
@@ -92,31 +100,6 @@ class CycleReport:
         self.events += other.events
 
 
-@dataclass(frozen=True)
-class Scale:
-    """Set a fallback Deployment's replicas (reason ScaledUp or ScaledDown), after status is written."""
-
-    reason: str
-    namespace: str
-    tier: str
-    deployment: str
-    replicas: int
-    why: str
-
-
-@dataclass(frozen=True)
-class Rollback:
-    """Roll the primary Deployment back to its last known-good revision, after status is written."""
-
-    namespace: str
-    deployment: str
-    revision: str
-    ratio: str
-
-
-Workload = Scale | Rollback
-
-
 @dataclass
 class Effects:
     """One decision's writes, carried out once every due policy has been decided (see `writer.Writer`)."""
@@ -133,8 +116,10 @@ class Effects:
     essential: Essential
     checkpoint: bool
     now: float
-    workload: tuple[Workload, ...] = ()
-    """Deployment writes (scale, rollback): made only once the status write succeeded."""
+    governance: GovernanceState = GovernanceState()
+    """The governance state this decision leads to (adopted with it once status is written)."""
+    intents: tuple[Intent, ...] = ()
+    """Deployment writes (scale, rollback) the engine asked for: made only once the status write succeeded."""
 
 
 @dataclass
@@ -157,11 +142,12 @@ class Plan:
     due_at: dict[Hashable, float]
 
 
-def settle(rt: Runtime, decision: Decision, kept: Essential, checkpoint: bool, now: float) -> None:
-    """Adopt a decision whose status is on the server (or needed no write)."""
+def settle(rt: Runtime, decision: Decision, governance: GovernanceState, kept: Essential, checkpoint: bool,
+           now: float) -> None:
+    """Adopt a decision whose status is on the server (or needed no write); `govern` consumed the outcomes."""
     if checkpoint:
         rt.persisted_essential, rt.last_checkpoint = kept, now
-    rt.state = decision.state
+    rt.state, rt.governance, rt.outcomes, rt.repaired = decision.state, governance, [], ()
 
 
 def readiness(rt: Runtime) -> tuple[bool, str, str]:

@@ -1,17 +1,19 @@
 """Carries out a cycle's plan, per policy in this order: status (the fence) -> routing -> workload writes
-(scale, rollback) -> Events.
+(the engine's scale and rollback intents) -> Events.
 
 1. status (with the engine's state) is written first, guarded by the policy's resourceVersion. It is the
    fencing token: a replica acting on stale state gets a 409, drops its decision and reloads.
 2. routing is written next (itself guarded by the routing object's resourceVersion). A crash between 1
    and 2 is repaired on restart, because a fresh runtime re-applies the recorded weights.
-3. Deployment writes (scale a fallback, roll the primary back) follow; what they did, and a routing
-   failure or recovery, is added to status.history in one more status write.
+3. Deployment writes (scale a fallback, roll the primary back: the intents `govern` returned) follow, in
+   workloads.carry_out; their outcomes go to the next `govern`, which audits them. A routing failure or
+   recovery is added to status.history in one more status write.
 4. Events are posted last: they are the human-readable trail, status.history is the durable one.
 """
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -28,17 +30,14 @@ from understudy.controller.runtime import (
     Effects,
     InvalidStatus,
     Plan,
-    Rollback,
     Runtime,
-    Scale,
-    Workload,
     must_route,
     readiness,
     settle,
 )
 from understudy.controller.store import GROUP, PLURAL, VERSION, PolicySnapshot
-from understudy.engine import PRIMARY, AuditRecord, Decision
-from understudy.rollback.deployment import rollback_to_revision
+from understudy.controller.workloads import carry_out
+from understudy.engine import AuditRecord, Decision
 from understudy.routing import RoutingTargetError, backend_for
 
 log = logging.getLogger(__name__)
@@ -108,8 +107,10 @@ class Writer:
         rt, snap, decision = e.rt, e.snap, e.decision
         if not self._write_patch(e.key, rt, snap, e.patch, report):
             return  # someone else moved the policy on: forget this decision, reload next cycle
-        settle(rt, decision, e.essential, e.checkpoint, e.now)
-        later = [*self._route(rt, snap, e.routed, report), *(self._workload(w) for w in e.workload)]
+        settle(rt, decision, e.governance, e.essential, e.checkpoint, e.now)
+        later = self._route(rt, snap, e.routed, report)
+        rt.outcomes = carry_out(self._apps, snap.namespace, e.intents, time.time,
+                                on_write=lambda: self.metrics.api_write("Deployment"))
         if later:
             retry = build_status(rt.status, replace(decision, audit=tuple(later)), rt.generation,
                                  e.moment, readiness(rt), None)
@@ -174,27 +175,3 @@ class Writer:
         rt.set_status(body.get("status") or {})  # the API server answers a status patch with the object
         rt.resource_version = body["metadata"]["resourceVersion"]
         return True
-
-    def _workload(self, intent: Workload) -> AuditRecord:
-        return self._set_replicas(intent) if isinstance(intent, Scale) else self._rollback(intent)
-
-    def _set_replicas(self, s: Scale) -> AuditRecord:
-        try:
-            self._apps.patch_namespaced_deployment(s.deployment, s.namespace, {"spec": {"replicas": s.replicas}})
-        except ApiException as err:
-            return AuditRecord(reason="ScaleFailed", tier=s.tier,
-                               message=f"could not scale {s.deployment} to {s.replicas} replicas: {err.reason}")
-        self.metrics.api_write("Deployment")
-        return AuditRecord(reason=s.reason, tier=s.tier,
-                           message=f"scaled {s.deployment} to {s.replicas} replicas, {s.why}")
-
-    def _rollback(self, r: Rollback) -> AuditRecord:
-        result = rollback_to_revision(self._apps, r.namespace, r.deployment, r.revision)
-        if result.rolled_back:
-            self.metrics.api_write("Deployment")
-            return AuditRecord(reason="RolledBack", tier=PRIMARY,
-                               message=f"Fallback ratio {r.ratio} is over budget: rolled {r.deployment} back "
-                                       f"to revision {r.revision}, the last one that served without creep.")
-        return AuditRecord(reason="RollbackFailed", tier=PRIMARY,
-                           message=f"Fallback ratio {r.ratio} is over budget; rollback of {r.deployment} to "
-                                   f"revision {r.revision} was not done: {result.message}")
