@@ -303,6 +303,11 @@ def add_run(subparsers: Subparsers) -> None:
     parser.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics; 0 turns it off")
     parser.add_argument("--metrics-address", default="0.0.0.0", help="address /metrics listens on")
     parser.add_argument("--liveness-port", type=int, default=0, help="port of /healthz; 0 turns it off")
+    parser.add_argument("--liveness-address", default="0.0.0.0", help="address /healthz listens on")
+    parser.add_argument("--stall-seconds", type=_positive, default=60.0, metavar="SECONDS",
+                        help="/healthz fails once the evaluation loop has not come round for this long (default 60)")
+    parser.add_argument("--api-timeout", type=_positive, default=10.0, metavar="SECONDS",
+                        help="timeout of every Kubernetes API call the operator makes (default 10)")
     parser.add_argument("--leader-election", action="store_true",
                         help="take a coordination.k8s.io Lease before acting (for more than one replica)")
     parser.add_argument("--lease-name", default="understudy-leader")
@@ -430,6 +435,9 @@ def run(args: argparse.Namespace) -> int:
         lease_namespace=args.lease_namespace,
         identity=args.identity or socket.gethostname(),
         confinement=Confinement(args.confine_custom_promql, args.custom_promql_namespace_label),
+        api_timeout=args.api_timeout,
+        stall_seconds=args.stall_seconds,
     )
-    run_operator(config, args.namespace, liveness_port=args.liveness_port or None)
+    run_operator(config, args.namespace, liveness_port=args.liveness_port or None,
+                 liveness_address=args.liveness_address)
     return 0

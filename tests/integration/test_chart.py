@@ -337,6 +337,8 @@ def test_rendered_command_line_is_what_understudy_run_accepts(control_plane: Con
     assert args.command == "run"
     assert args.prometheus_url == rendered["prometheus"]["url"]
     assert args.metrics_port == rendered["metrics"]["port"] and args.liveness_port == rendered["liveness"]["port"]
+    assert args.stall_seconds == rendered["liveness"]["stallSeconds"], "the liveness probe's stall bound"
+    assert args.api_timeout == rendered["apiTimeoutSeconds"]
     assert args.identity == "$(POD_NAME)"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": args.metrics_port, "healthz": args.liveness_port}
@@ -536,6 +538,7 @@ SUFFICIENT = [
     ("list", "fallbackpolicies.understudy.dev", None),
     ("watch", "fallbackpolicies.understudy.dev", None),
     ("patch", "fallbackpolicies.understudy.dev", "status"),
+    ("patch", "fallbackpolicies.understudy.dev", None),
     ("list", "deployments.apps", None),
     ("watch", "deployments.apps", None),
     ("get", "deployments.apps", None),
@@ -554,7 +557,7 @@ DENIED = [
     ("get", "configmaps", None), ("create", "pods", None), ("create", "pods", "exec"),
     ("delete", "deployments.apps", None), ("create", "deployments.apps", None),
     ("update", "deployments.apps", None), ("patch", "deployments.apps", "scale"),
-    ("patch", "fallbackpolicies.understudy.dev", None), ("update", "fallbackpolicies.understudy.dev", None),
+    ("update", "fallbackpolicies.understudy.dev", None),
     ("delete", "fallbackpolicies.understudy.dev", None), ("create", "fallbackpolicies.understudy.dev", None),
     ("delete", "services", None), ("update", "virtualservices.networking.istio.io", None),
     ("delete", "httproutes.gateway.networking.k8s.io", None), ("delete", "events.events.k8s.io", None),

@@ -71,6 +71,10 @@ No Secrets, ConfigMaps, Pods or deletes anywhere.
 - apiGroups: ["understudy.dev"]
   resources: ["fallbackpolicies/status"]
   verbs: ["patch"]
+# The release finalizer (understudy.dev/release), held only while a policy has traffic or replicas to give back.
+- apiGroups: ["understudy.dev"]
+  resources: ["fallbackpolicies"]
+  verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "patch"]

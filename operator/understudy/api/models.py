@@ -182,6 +182,13 @@ class DurationUnit(str, Enum):
     SECONDS = "Seconds"
 
 
+class Release(str, Enum):
+    """What the operator does with the traffic and replicas a policy moved when the policy lets go of them."""
+
+    RESTORE_PRIMARY = "RestorePrimary"
+    LEAVE = "Leave"
+
+
 class BackendRef(_Spec):
     """A Gateway API backendRef in the policy's namespace (an InferencePool, a Service, any other kind)."""
 
@@ -525,6 +532,7 @@ class FallbackPolicySpec(_Spec):
     """The desired behaviour: the tiers, how traffic reaches them, and when to move it."""
 
     mode: Mode = Mode.ENFORCE
+    release: Release = Release.RESTORE_PRIMARY
     primary: PrimaryTier
     fallbacks: Annotated[list[FallbackTier], Field(min_length=1, max_length=8), _unique("fallback")]
     routing: Routing

@@ -54,6 +54,8 @@ REASONS: Final[dict[str, EventKind]] = {
     # From the shell and the engine's governance and drills: what happened when a decision met the cluster.
     "RoutingFailed": EventKind(WARNING, "Route"),
     "RoutingRestored": EventKind(NORMAL, "Route"),
+    "Released": EventKind(NORMAL, "Release"),
+    "ReleaseFailed": EventKind(WARNING, "Release"),
     "ScaledUp": EventKind(NORMAL, "Scale"),
     "ScaledDown": EventKind(NORMAL, "Scale"),
     "ScaleFailed": EventKind(WARNING, "Scale"),
@@ -62,6 +64,7 @@ REASONS: Final[dict[str, EventKind]] = {
     "RolledBack": EventKind(NORMAL, "Rollback"),
     "RollbackFailed": EventKind(WARNING, "Rollback"),
     "InvalidPolicy": EventKind(WARNING, "Validate"),
+    "EvaluationFailed": EventKind(WARNING, "Evaluate"),
     "EventsSuppressed": EventKind(WARNING, "Audit"),
     "DrillStarted": EventKind(NORMAL, "Drill"),
     "DrillPassed": EventKind(NORMAL, "Drill"),

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from understudy.api import FallbackPolicySpec, to_engine_policy
-from understudy.api.durations import parse_duration
 from understudy.api.convert import to_engine_capacities
-from understudy.api.models import DurationUnit
+from understudy.api.durations import parse_duration
+from understudy.api.models import DurationUnit, Release
 from understudy.controller.store import PolicySnapshot
 from understudy.engine import Policy
 from understudy.engine.drills import Drill
@@ -27,6 +27,7 @@ class Compiled:
     capacities: Mapping[str, TierCapacity]
     """Fallback tiers with a stated capacity, by tier name."""
     drills: tuple[Drill, ...] = ()
+    release: Release = Release.RESTORE_PRIMARY
 
 
 def compile_policy(snapshot: PolicySnapshot) -> Compiled:
@@ -63,4 +64,5 @@ def compile_policy(snapshot: PolicySnapshot) -> Compiled:
         routing = GatewayAPITarget(spec.routing.gateway_api.http_route_name, spec.routing.gateway_api.rule_index)
     drills = tuple(Drill(d.tier, parse_duration(d.every), parse_duration(d.duration), d.share)
                    for d in spec.drills or ())
-    return Compiled(policy, target, parse_duration(spec.evaluation.interval), routing, capacities, drills)
+    return Compiled(policy, target, parse_duration(spec.evaluation.interval), routing, capacities, drills,
+                    spec.release)

@@ -7,7 +7,6 @@ snapshots and decides which writes a decision needs; a decision that changes not
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Hashable, Mapping
@@ -16,17 +15,22 @@ from pydantic import ValidationError
 
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, format_ratio, format_time, status_patch
+from understudy.controller.boundary import Boundary, Failed, Failure, Stage, merge_readouts
 from understudy.controller.compile import Compiled, compile_policy
 from understudy.controller.governance import facts_for, governance_status, govern_one
 from understudy.controller.memory import load_memory, with_engine_conditions
+from understudy.controller.release import FINALIZER
+from understudy.controller.retry import RoutingRetry
 from understudy.controller.runtime import (
     CycleReport,
     Effects,
     InvalidStatus,
+    NewGeneration,
     Plan,
     Runtime,
     epoch,
     essential,
+    finalizer_out_of_step,
     must_route,
     readiness,
     schedule_next,
@@ -38,8 +42,6 @@ from understudy.engine import Decision, Policy, Samples, state_to_status
 from understudy.engine.drills import DrillRun, DrillStep, step_drills
 from understudy.engine.governance_state import GovernanceState
 from understudy.signals.reader import SignalReader
-
-log = logging.getLogger(__name__)
 
 DEFERRED_POLL_SECONDS = 0.1
 """How soon a policy whose own Prometheus has not answered yet is looked at again (`Readout.deferred`)."""
@@ -56,6 +58,7 @@ class Cycle:
     """How often the creep accounting is written while the window holds time off the primary."""
     waiting: dict[Hashable, float] = field(default_factory=dict)
     """Policies waiting on their own Prometheus -> when their evaluation was due (for the lateness metric)."""
+    boundary: Boundary = field(default_factory=Boundary)
     observe: Callable[[Compiled, str], Mapping[str, int] | None] = lambda compiled, namespace: None
     """Reads a routing object's weights (injected: this module holds no client); used only when status
     holds no weights that can be trusted."""
@@ -70,11 +73,14 @@ class Cycle:
         now: float,
         report: CycleReport,
     ) -> Plan:
-        self._sync(policies, now)
+        deleting = [(k, s, self._compiled(k, s)) for k, s in policies.items()
+                    if s.deleting and FINALIZER in s.finalizers]  # released by the writer (controller.releasing)
+        policies = {k: s for k, s in policies.items() if not s.deleting}
+        lettings = self._sync(policies, now)
         due = [(k, r) for k, r in self.runtimes.items() if r.next_due <= now]
         report.due = len(due)
         valid = [(k, r) for k, r in due if r.compiled is not None]
-        plan = Plan([], [], {k: self.waiting.pop(k, rt.next_due) for k, rt in valid})
+        plan = Plan([], [], {k: self.waiting.pop(k, rt.next_due) for k, rt in valid}, deleting, lettings)
         for key, rt in due:
             rt.next_due = schedule_next(rt.compiled.interval if rt.compiled else 30.0, now)
             if rt.compiled is None:
@@ -84,7 +90,12 @@ class Cycle:
         if valid:
             ready = {k: (d.ready, d.desired) for k, d in deployments.items()}
             before = self.reader.stats
-            readout = self.reader.read_all([rt.compiled.target for _, rt in valid if rt.compiled], ready)
+            readout, failures = self.boundary.read_isolated(
+                lambda targets: self.reader.read_all(targets, ready), merge_readouts,
+                [rt.compiled.target for _, rt in valid if rt.compiled], key=lambda t: t.key)
+            plan.failed += [Failed(f, policies[f.key], now) for f in failures]
+            unread = {f.key for f in failures}
+            valid = [(k, rt) for k, rt in valid if k not in unread]
             report.queries = self.reader.stats.queries_sent - before.queries_sent
             self.metrics.count_queries(before, self.reader.stats)
             for key, rt in valid:
@@ -92,31 +103,61 @@ class Cycle:
                     rt.next_due, self.waiting[key] = now + DEFERRED_POLL_SECONDS, plan.due_at.pop(key)
                 else:
                     rt.signal_error = readout.errors.get(key)
-            pending = [self._evaluate(key, rt, policies[key], readout.samples.get(key, Samples({})),
-                                      readout.loads.get(key), deployments, now, report)
-                       for key, rt in valid if key not in readout.deferred]
-            plan.effects = [e for e in pending if e is not None]
+            for key, rt in valid:
+                if key not in readout.deferred:
+                    snap = policies[key]
+                    effects = self.boundary.call(key, Stage.DECIDE, lambda: self._evaluate(
+                        key, rt, snap, readout.samples.get(key, Samples({})), readout.loads.get(key), deployments,
+                        now, report), f"{snap.namespace}/{snap.name}")
+                    if isinstance(effects, Failure):
+                        plan.failed.append(Failed(effects, snap, now))
+                    elif effects is None:
+                        self.boundary.succeeded(key)  # nothing to write: the evaluation is complete
+                    else:
+                        plan.effects.append(effects)
         return plan
 
     # -- keeping runtimes in line with the index -------------------------------------------------------
 
-    def _sync(self, policies: Mapping[Hashable, PolicySnapshot], now: float) -> None:
+    def _sync(self, policies: Mapping[Hashable, PolicySnapshot], now: float) -> list[NewGeneration]:
+        """Runtimes in line with the snapshots; returns the new generations that may let go of something."""
+        lettings: list[NewGeneration] = []
         for gone in set(self.runtimes) - set(policies):
             del self.runtimes[gone]
             self.waiting.pop(gone, None)
+            self.boundary.forget(gone)
             namespace, name = gone  # type: ignore[misc]
             self.metrics.forget_policy(namespace, name)
         for key, snap in policies.items():
             rt = self.runtimes.get(key)
-            if rt is None or rt.uid != snap.uid:
-                self.runtimes[key] = self._load(snap, now)
-            elif rt.generation != snap.generation:
-                self._recompile(rt, snap, now)
+            if rt is None or rt.uid != snap.uid or rt.generation != snap.generation:
+                # A status or spec the shell cannot load stops no one else: that policy is left out (and
+                # logged, once per episode) until it loads.
+                if isinstance(self.boundary.call(key, Stage.DECIDE, lambda: self._resync(key, rt, snap, lettings, now),
+                                                 f"{snap.namespace}/{snap.name}"), Failure):
+                    self.runtimes.pop(key, None)
+            elif rt.resource_version == snap.resource_version:
+                rt.finalizers = snap.finalizers
+        return lettings
+
+    def _resync(self, key: Hashable, rt: Runtime | None, snap: PolicySnapshot,
+                lettings: list[NewGeneration], now: float) -> None:
+        if rt is None or rt.uid != snap.uid:
+            self.runtimes[key] = self._load(snap, now)
+            return
+        old = rt.compiled
+        self._recompile(rt, snap, now)
+        if old is not None and rt.compiled is not None:
+            lettings.append((key, snap, old, rt.compiled))
+
+    def _compiled(self, key: Hashable, snap: PolicySnapshot) -> Compiled | None:
+        rt = self.runtimes.get(key)
+        return rt.compiled if rt is not None and rt.uid == snap.uid else self._compile(snap)[0]
 
     def _load(self, snap: PolicySnapshot, now: float) -> Runtime:
         compiled, invalid = self._compile(snap)
         rt = Runtime(uid=snap.uid, generation=snap.generation, compiled=compiled, invalid=invalid, state=None,
-                     status_packed=b"", hot={}, resource_version=snap.resource_version)
+                     status_packed=b"", hot={}, resource_version=snap.resource_version, finalizers=snap.finalizers)
         rt.set_status(dict(snap.status or {}))
         self._remember(rt, snap, now)
         return rt
@@ -141,6 +182,7 @@ class Cycle:
         rt.resource_version = snap.resource_version
         rt.set_status(snap.status)
         rt.next_due = 0.0
+        rt.retry, rt.finalizers = RoutingRetry(), snap.finalizers
         if compiled is None:
             return
         if rt.state is None:  # the previous spec was invalid: start from status
@@ -191,7 +233,8 @@ class Cycle:
         inputs = (rt.generation, decision.active_tier, decision.weights, format_ratio(decision.fallback_ratio),
                   decision.creep_exceeded, decision.metrics_available, ready, governed.state, decision.frozen,
                   decision.restore_stalled, decision.state.held_tier, drill.running, drill.outcome)
-        quiet = not decision.audit and not governed.intents and not checkpoint and not must_route(rt, routed)
+        quiet = (not decision.audit and not governed.intents and not checkpoint
+                 and not must_route(rt, routed, now) and not finalizer_out_of_step(rt))
         if quiet and rt.unchanged_by == inputs:
             self._settle_quietly(rt, snap, decision, governed.state, kept, now)
             return None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Hashable, Mapping
+from typing import Callable, Hashable, Mapping
 
 from kubernetes.client import ApiClient
 
 from understudy.audit.events import EventRecorder
 from understudy.audit.metrics import OperatorMetrics
+from understudy.controller.boundary import Boundary
 from understudy.controller.cycle import Cycle
 from understudy.controller.runtime import CycleReport, Runtime
 from understudy.controller.store import DeploymentSnapshot, PolicySnapshot
@@ -31,12 +32,16 @@ class Evaluator:
     write_workers: int = 8
     """Concurrent writers: a write waits on the API server far longer than it keeps a core busy."""
     runtimes: dict[Hashable, Runtime] = field(default_factory=dict)
+    may_write: Callable[[], bool] = lambda: True
+    """Asked before each policy's writes (the leader elector's `may_write`)."""
 
     def __post_init__(self) -> None:
-        self._cycle = Cycle(self.reader, self.metrics, self.runtimes, self.checkpoint_seconds,
+        boundary = Boundary()  # one episode per policy, whether its read, decision or writes failed
+        self._cycle = Cycle(self.reader, self.metrics, self.runtimes, self.checkpoint_seconds, boundary=boundary,
                             observe=lambda compiled, namespace: observed_weights(self.api, compiled, namespace),
                             started=time.time())
-        self._writer = Writer(self.api, self.recorder, self.metrics, self.runtimes, self.write_workers)
+        self._writer = Writer(self.api, self.recorder, self.metrics, self.runtimes, self.write_workers,
+                              boundary=boundary, may_write=self.may_write)
 
     def close(self) -> None:
         self._writer.close()
@@ -58,7 +63,7 @@ class Evaluator:
         started = time.monotonic()
         report = CycleReport()
         plan = self._cycle.plan(policies, deployments, now, report)
-        self._writer.carry_out(plan, report)
+        self._writer.carry_out(plan, report, now)
         report.seconds = time.monotonic() - started
         self.metrics.cycle_duration.observe(report.seconds)
         for at in plan.due_at.values():

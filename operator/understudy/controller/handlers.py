@@ -18,13 +18,15 @@ from datetime import datetime
 from typing import Any, Mapping
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client
 
 from understudy.audit.events import EventRecorder
 from understudy.audit.metrics import OperatorMetrics
 from understudy.controller.evaluator import Evaluator
+from understudy.controller.health import DEFAULT_STALL_SECONDS, LoopHealth
 from understudy.controller.leader import LeaderElector, LeaseConfig
 from understudy.controller.store import GROUP, PLURAL, VERSION, DeploymentSnapshot, PolicySnapshot, Store
+from understudy.kube.clients import DEFAULT_API_TIMEOUT, api_client
 from understudy.signals.confine import Confinement
 from understudy.signals.reader import PrometheusAccess, SignalReader
 
@@ -54,15 +56,8 @@ class OperatorConfig:
     identity: str = socket.gethostname()
     checkpoint_seconds: float = 60.0
     confinement: Confinement = Confinement()
-
-
-def api_client() -> client.ApiClient:
-    """In a pod, the ServiceAccount; elsewhere, KUBECONFIG (what kopf itself logs in with)."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+    api_timeout: float = DEFAULT_API_TIMEOUT
+    stall_seconds: float = DEFAULT_STALL_SECONDS
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -77,6 +72,8 @@ async def policy_event(event: Mapping[str, Any], namespace: str, name: str, uid:
         spec=body.get("spec") or {},
         status=body.get("status") or {},
         created=_epoch(meta.get("creationTimestamp")),
+        deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(meta.get("finalizers") or ()),
     )
     memo.store.put(memo.store.policies, (namespace, name), snapshot, event.get("type") == "DELETED")
 
@@ -105,22 +102,37 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # One "Handler succeeded" line per watch event would drown the log at thousands of policies.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
-    api = api_client()
+    # A watch whose connection dies silently would wait forever without a client-side bound: kopf restarts
+    # it after this, just past the server's own end of the stream (watches resume, no event is lost).
+    settings.watching.client_timeout = settings.watching.server_timeout + 60
+    settings.watching.connect_timeout = settings.networking.connect_timeout = cfg.api_timeout
+    api = api_client(cfg.api_timeout)
     metrics = OperatorMetrics()
     if cfg.metrics_port is not None:
         memo.metrics_server, _thread = metrics.serve(cfg.metrics_port, cfg.metrics_address)
     reader = SignalReader(cfg.prometheus_url, timeout=cfg.query_timeout, access=cfg.access,
                           confinement=cfg.confinement)
     recorder = EventRecorder(client.EventsV1Api(api), instance=cfg.identity, metrics=metrics)
-    evaluator = Evaluator(api, reader, recorder, metrics, checkpoint_seconds=cfg.checkpoint_seconds)
     elector = (LeaderElector(api, LeaseConfig(cfg.lease_name, cfg.lease_namespace, cfg.identity))
                if cfg.leader_election else None)
+    evaluator = Evaluator(api, reader, recorder, metrics, checkpoint_seconds=cfg.checkpoint_seconds,
+                          **({"may_write": elector.may_write} if elector is not None else {}))
+    memo.health = LoopHealth(cfg.stall_seconds)
     memo.stopped = asyncio.Event()
     memo.reader, memo.elector, memo.evaluator = reader, elector, evaluator
     memo.store = Store()
-    memo.tasks = [asyncio.create_task(evaluation_loop(evaluator, elector, memo.store, memo.stopped))]
+    memo.tasks = [asyncio.create_task(evaluation_loop(evaluator, elector, memo.store, memo.stopped, memo.health))]
     if elector is not None:
         memo.tasks.append(asyncio.create_task(elector.run(memo.stopped)))
+
+
+@kopf.on.probe(id="evaluationLoop")
+async def evaluation_loop_alive(memo: kopf.Memo, **_: Any) -> str:
+    """/healthz: fails (HTTP 500) once the evaluation loop has not come round for --stall-seconds."""
+    why = memo.health.check()
+    if why is not None:
+        raise kopf.PermanentError(why)
+    return "ok"
 
 
 @kopf.on.cleanup()
@@ -137,7 +149,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, store: Store,
-                          stopped: asyncio.Event) -> None:
+                          stopped: asyncio.Event, health: LoopHealth) -> None:
     """Run a cycle whenever a policy is due; sleep at most a second so every interval is honoured."""
     was_leader = False
     seen, policies, deployments = -1, {}, {}
@@ -157,6 +169,7 @@ async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, s
                     log.debug("cycle: %s", report)
             except Exception:
                 log.exception("evaluation cycle failed; the next one retries")
+        health.beat()  # a pass completed (a standby's too): a cycle that never returns stops the beats
         if time.monotonic() - collected >= FULL_COLLECTION_SECONDS:
             await asyncio.to_thread(gc.collect)
             collected = time.monotonic()
@@ -168,9 +181,10 @@ async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, s
             pass
 
 
-def run(cfg: OperatorConfig, namespaces: list[str] | None, liveness_port: int | None = None) -> None:
+def run(cfg: OperatorConfig, namespaces: list[str] | None, liveness_port: int | None = None,
+        liveness_address: str = "0.0.0.0") -> None:
     """Run the operator in this process until it is signalled to stop."""
-    liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
+    liveness = f"http://{liveness_address}:{liveness_port}/healthz" if liveness_port else None
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,

@@ -1,17 +1,25 @@
-"""Leader election on a coordination.k8s.io Lease.
+"""Leader election on a coordination.k8s.io Lease, trusting no clock but this replica's own.
 
 kopf's peering only pauses other replicas; it does not elect one. Two replicas of Understudy therefore
 both watch (a hot standby keeps its indexes warm) but only the holder of the Lease evaluates and writes.
-Every write the leader makes is also guarded by resourceVersion, so a brief overlap of two leaders —
-a paused holder that has not noticed it lost the Lease — cannot corrupt routing.
+
+Whether another replica's Lease has expired is judged as client-go judges it: by when THIS replica saw the
+Lease record last change, on its own clock, plus the lease duration, never by the holder's `renewTime`
+(written on the holder's clock, which may be off by any amount). A holder stops acting a margin before its
+own lease could run out, also on its own clock, and the writer asks `may_write` before each batch of writes;
+so two replicas act at once only if one clock runs faster than the other by more than that margin per lease
+duration, not when they merely disagree on the time of day. Every write is also guarded by resourceVersion.
+The clock is injected (`clock`, Unix seconds) so the rule is tested with clocks that disagree.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
+from typing import Any, Callable
 
 from kubernetes.client import ApiClient, CoordinationV1Api
 from kubernetes.client.exceptions import ApiException
@@ -28,93 +36,87 @@ class LeaseConfig:
     renew_every: float = 2.0
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+def _rfc3339_micro(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _rfc3339_micro(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(value: object) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+def _record(spec: dict[str, Any]) -> tuple[Any, ...]:
+    """The parts of the Lease a holder changes when it renews (client-go's LeaderElectionRecord)."""
+    return tuple(spec.get(k) for k in ("holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime",
+                                       "leaseTransitions"))
 
 
 class LeaderElector:
-    """Holds or waits for the Lease; `is_leader` is what the evaluation loop consults each cycle."""
+    """Holds or waits for the Lease; `may_write` is what the evaluation loop and the writer consult."""
 
-    def __init__(self, api: ApiClient, config: LeaseConfig) -> None:
+    def __init__(self, api: ApiClient, config: LeaseConfig, clock: Callable[[], float] = time.time) -> None:
         self._api = CoordinationV1Api(api)
         self._config = config
-        self._held_until: datetime | None = None
+        self._clock = clock
+        self._held_until: float | None = None
+        self._observed: tuple[tuple[Any, ...], float] | None = None
+        """The Lease record last seen, and when (on this replica's clock) it was first seen so."""
 
     @property
     def is_leader(self) -> bool:
-        return self._held_until is not None and _now() < self._held_until
+        return self._held_until is not None and self._clock() < self._held_until
+
+    def may_write(self) -> bool:
+        """Whether this replica may write now: asked before every batch of writes, not once per cycle."""
+        return self.is_leader
+
+    def _observe(self, spec: dict[str, Any], now: float) -> float:
+        """When the record `spec` was first seen unchanged, noting it if it is new."""
+        record = _record(spec)
+        if self._observed is None or self._observed[0] != record:
+            self._observed = (record, now)
+        return self._observed[1]
 
     def try_acquire_or_renew(self) -> bool:
         """One round of the protocol; returns whether this replica holds the Lease afterwards."""
         cfg = self._config
-        now = _now()
-        spec = {
-            "holderIdentity": cfg.identity,
-            "leaseDurationSeconds": cfg.lease_seconds,
-            "renewTime": _rfc3339_micro(now),
-        }
+        now = self._clock()
+        spec = {"holderIdentity": cfg.identity, "leaseDurationSeconds": cfg.lease_seconds,
+                "renewTime": _rfc3339_micro(now)}
         try:
             lease = self._api.read_namespaced_lease(cfg.name, cfg.namespace, _preload_content=False)
         except ApiException as err:
             if err.status != 404:
                 raise
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": cfg.name, "namespace": cfg.namespace},
-                "spec": {**spec, "acquireTime": spec["renewTime"], "leaseTransitions": 0},
-            }
-            return self._write(lambda: self._api.create_namespaced_lease(cfg.namespace, body), now)
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": cfg.name, "namespace": cfg.namespace},
+                    "spec": {**spec, "acquireTime": spec["renewTime"], "leaseTransitions": 0}}
+            return self._write(lambda: self._api.create_namespaced_lease(cfg.namespace, body), body["spec"], now)
         current = json.loads(lease.data)
         held = current.get("spec") or {}
         holder = held.get("holderIdentity")
-        renewed = _parse_time(held.get("renewTime"))
+        seen_since = self._observe(held, now)
         duration = held.get("leaseDurationSeconds") or cfg.lease_seconds
-        expired = renewed is None or renewed + timedelta(seconds=duration) < now
-        if holder not in (cfg.identity, None, "") and not expired:
+        if holder not in (cfg.identity, None, "") and now < seen_since + duration:
             self._held_until = None
             return False
-        new_spec = dict(held)
-        new_spec.update(spec)
+        new_spec = {**held, **spec}
         if holder != cfg.identity:
             new_spec["acquireTime"] = spec["renewTime"]
             new_spec["leaseTransitions"] = int(held.get("leaseTransitions") or 0) + 1
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {
-                "name": cfg.name,
-                "namespace": cfg.namespace,
-                "resourceVersion": current["metadata"]["resourceVersion"],
-            },
-            "spec": new_spec,
-        }
-        return self._write(lambda: self._api.replace_namespaced_lease(cfg.name, cfg.namespace, body), now)
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": cfg.name, "namespace": cfg.namespace,
+                             "resourceVersion": current["metadata"]["resourceVersion"]},
+                "spec": new_spec}
+        return self._write(lambda: self._api.replace_namespaced_lease(cfg.name, cfg.namespace, body), new_spec, now)
 
-    def _write(self, call: object, now: datetime) -> bool:
+    def _write(self, call: Callable[[], object], spec: dict[str, Any], now: float) -> bool:
         try:
-            call()  # type: ignore[operator]
+            call()
         except ApiException as err:
-            if err.status in (409, 422):
-                # Someone else wrote first: we are not the leader this round.
+            if err.status in (409, 422):  # someone else wrote first: not the leader this round
                 self._held_until = None
                 return False
             raise
-        # Stop acting a little before the Lease could be taken over, so two leaders never overlap by design.
+        self._observe(spec, now)
+        # Stop acting a margin before the Lease could be taken over (counted from before the write was sent).
         margin = max(self._config.renew_every, self._config.lease_seconds / 3)
-        self._held_until = now + timedelta(seconds=self._config.lease_seconds - margin)
+        self._held_until = now + self._config.lease_seconds - margin
         return True
 
     async def run(self, stopped: asyncio.Event) -> None:
@@ -138,9 +140,8 @@ class LeaderElector:
             return
         cfg = self._config
         try:
-            self._api.patch_namespaced_lease(
-                cfg.name, cfg.namespace, {"spec": {"holderIdentity": None, "renewTime": None}}
-            )
+            self._api.patch_namespaced_lease(cfg.name, cfg.namespace, {"spec": {"holderIdentity": None,
+                                                                               "renewTime": None}})
         except ApiException:
             log.warning("could not release the Lease %s/%s", cfg.namespace, cfg.name)
         self._held_until = None

@@ -6,9 +6,12 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Hashable, Mapping
 
+from understudy.controller.boundary import Failed
 from understudy.controller.compile import Compiled
+from understudy.controller.release import finalizer_due
+from understudy.controller.retry import RoutingRetry
 from understudy.controller.store import PolicySnapshot, pack, unpack
-from understudy.engine import AuditRecord, Decision, State, TierState
+from understudy.engine import AuditRecord, Decision, Mode, State, TierState
 from understudy.engine.governance_state import GovernanceState
 from understudy.engine.intents import Intent, IntentOutcome
 from understudy.routing.targets import RoutingBackend, Weights
@@ -17,7 +20,7 @@ from understudy.signals.reader import SignalError
 ACCOUNTING_FIELDS = ("last_evaluation_ms", "creep_buckets")
 """Parts of the engine state that move on every evaluation. They are checkpointed (see
 `Evaluator.checkpoint_seconds`), not written each cycle, so a steady state causes no API writes."""
-HOT_STATUS_FIELDS = ("drill", "lastDrills")
+HOT_STATUS_FIELDS = ("drill", "lastDrills", "scaledTiers", "weights")
 """Status fields read on every evaluation; the rest of a policy's status stays JSON text until needed, which
 at thousands of policies with full histories and creep windows is most of the operator's memory."""
 _ESSENTIAL_FIELDS = tuple(f.name for f in fields(State) if f.name not in (*ACCOUNTING_FIELDS, "tiers"))
@@ -59,7 +62,12 @@ class Runtime:
     """Weights known to be on the routing object; None forces one apply (a no-op if already right)."""
     persisted_essential: Essential | None = None
     last_checkpoint: float = 0.0
-    routing_error: str | None = None
+    retry: RoutingRetry = field(default_factory=RoutingRetry)
+    """The routing write since it last failed (controller.retry): back-off, Ready, and the Events held."""
+    finalizers: tuple[str, ...] = ()
+    """metadata.finalizers as last read or written."""
+    finalizer_forbidden: bool = False
+    """The operator may not patch this policy (controller.releasing): its finalizer is not asked for again."""
     signal_error: SignalError | None = None
     """Why the last read left some of this policy's signals unread on purpose (a refused URL or query)."""
     unchanged_by: tuple[Any, ...] | None = None
@@ -133,6 +141,10 @@ class InvalidStatus:
     now: float
 
 
+NewGeneration = tuple[Hashable, PolicySnapshot, Compiled, Compiled]
+"""(key, snapshot, old compiled, new compiled) of a policy whose spec changed."""
+
+
 @dataclass
 class Plan:
     """What one cycle decided: the writes to make, and when each evaluated policy was due (for lateness)."""
@@ -140,6 +152,12 @@ class Plan:
     invalid: list[InvalidStatus]
     effects: list[Effects]
     due_at: dict[Hashable, float]
+    deleting: list[tuple[Hashable, PolicySnapshot, Compiled | None]] = field(default_factory=list)
+    """Policies being deleted that our finalizer holds (controller.releasing releases them)."""
+    lettings: list[NewGeneration] = field(default_factory=list)
+    """New generations that may let go of what the old one routed."""
+    failed: list[Failed] = field(default_factory=list)
+    """Policies whose read or decision failed (controller.boundary): the writer reports them."""
 
 
 def settle(rt: Runtime, decision: Decision, governance: GovernanceState, kept: Essential, checkpoint: bool,
@@ -152,16 +170,31 @@ def settle(rt: Runtime, decision: Decision, governance: GovernanceState, kept: E
 
 def readiness(rt: Runtime) -> tuple[bool, str, str]:
     """The Ready condition's status, reason and message as this runtime stands."""
-    if rt.routing_error is not None:
-        reason, _, message = rt.routing_error.partition(": ")
+    error = rt.retry.ready_error()
+    if error is not None:
+        reason, _, message = error.partition(": ")
         return False, reason, message
     if rt.signal_error is not None:
         return False, rt.signal_error.reason, rt.signal_error.message
     return True, "Evaluating", "Signals are read and decisions applied every evaluation interval."
 
 
-def must_route(rt: Runtime, decision: Decision) -> bool:
-    return decision.route and decision.weights != rt.routed
+def ready_changed(rt: Runtime) -> bool:
+    """Whether the Ready condition on record differs from what `readiness` says now."""
+    current = next((c for c in rt.status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    return (current.get("status") == "True", current.get("reason"), current.get("message")) != readiness(rt)
+
+
+def must_route(rt: Runtime, decision: Decision, now: float) -> bool:
+    """Weights to write, unless a failed write's back-off is still running."""
+    return decision.route and decision.weights != rt.routed and rt.retry.due(now)
+
+
+def finalizer_out_of_step(rt: Runtime) -> bool:
+    """Whether the release finalizer is to be added or removed (see controller.release.finalizer_due)."""
+    assert rt.compiled is not None
+    return not rt.finalizer_forbidden and finalizer_due(
+        rt.finalizers, rt.hot, rt.compiled.policy.mode is Mode.ENFORCE, not rt.retry.failing, False)
 
 
 def epoch(stamp: str) -> float:

@@ -30,11 +30,16 @@ class PolicySnapshot:
     status_packed: bytes
     created: float = 0.0
     """metadata.creationTimestamp as epoch seconds: a drill's first period counts from it."""
+    deleting: bool = False
+    """metadata.deletionTimestamp is set: the policy waits on its finalizers (see controller.release)."""
+    finalizers: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, namespace: str, name: str, uid: str, generation: int, resource_version: str,
-           spec: Mapping[str, Any], status: Mapping[str, Any], created: float = 0.0) -> PolicySnapshot:
-        return cls(namespace, name, uid, generation, resource_version, _compact(spec), pack(status), created)
+           spec: Mapping[str, Any], status: Mapping[str, Any], created: float = 0.0, deleting: bool = False,
+           finalizers: tuple[str, ...] = ()) -> PolicySnapshot:
+        return cls(namespace, name, uid, generation, resource_version, _compact(spec), pack(status), created,
+                   deleting, finalizers)
 
     @property
     def spec(self) -> dict[str, Any]:

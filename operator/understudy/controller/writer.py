@@ -4,7 +4,11 @@
 1. status (with the engine's state) is written first, guarded by the policy's resourceVersion. It is the
    fencing token: a replica acting on stale state gets a 409, drops its decision and reloads.
 2. routing is written next (itself guarded by the routing object's resourceVersion). A crash between 1
-   and 2 is repaired on restart, because a fresh runtime re-applies the recorded weights.
+   and 2 is repaired on restart, because a fresh runtime re-applies the recorded weights. A failed routing
+   write keeps Ready=False and is retried with back-off (controller.retry); the Events that announce the
+   move wait for it. The release finalizer (controller.releasing) is added before the routing write and
+   removed after it. A cycle's releases (deleted policies, a switch to Observe or to another routing
+   object) are made before its decisions.
 3. Deployment writes (scale a fallback, roll the primary back: the intents `govern` returned) follow, in
    workloads.carry_out; their outcomes go to the next `govern`, which audits them. A routing failure or
    recovery is added to status.history in one more status write.
@@ -17,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 from kubernetes.client import ApiClient, AppsV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
@@ -25,6 +29,8 @@ from kubernetes.client.exceptions import ApiException
 from understudy.audit.events import EventRecorder, ObjectRef
 from understudy.audit.metrics import OperatorMetrics
 from understudy.audit.status import build_status, status_patch
+from understudy.controller.boundary import Boundary, Failed, Failure, Stage, report_failure
+from understudy.controller.releasing import Releases
 from understudy.controller.runtime import (
     CycleReport,
     Effects,
@@ -33,12 +39,14 @@ from understudy.controller.runtime import (
     Runtime,
     must_route,
     readiness,
+    ready_changed,
     settle,
 )
 from understudy.controller.store import GROUP, PLURAL, VERSION, PolicySnapshot
 from understudy.controller.workloads import carry_out
 from understudy.engine import AuditRecord, Decision
-from understudy.routing import RoutingTargetError, backend_for
+from understudy.routing import backend_for
+from understudy.routing.base import WRITE_ERRORS, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +61,56 @@ class Writer:
     runtimes: dict[Hashable, Runtime]
     write_workers: int = 8
     """Concurrent writers: a write waits on the API server far longer than it keeps a core busy."""
+    boundary: Boundary = field(default_factory=Boundary)
+    may_write: Callable[[], bool] = lambda: True
+    """Asked before each policy's writes: a replica that lost its Lease mid-cycle writes nothing more."""
     _writers: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self._custom = CustomObjectsApi(self.api)
         self._apps = AppsV1Api(self.api)
         self._writers = ThreadPoolExecutor(max_workers=self.write_workers, thread_name_prefix="understudy-write")
+        self.releases = Releases(self.api, self.recorder, self.runtimes)
 
     def close(self) -> None:
         self._writers.shutdown(wait=True)
 
-    def carry_out(self, plan: Plan, report: CycleReport) -> None:
+    def carry_out(self, plan: Plan, report: CycleReport, now: float) -> None:
+        if self.may_write():
+            try:
+                self.releases.carry_out(plan, now)
+            except Exception:  # noqa: BLE001 - a release gone wrong must not stop every policy's writes
+                log.exception("releases failed this cycle; they are tried again next cycle")
         for invalid in plan.invalid:
-            self._write_invalid(invalid, report)
+            self._guarded(invalid.key, invalid.snap, invalid.now, lambda: self._write_invalid(invalid, report), report)
         self._apply_all(plan.effects, report)
+        for failed in plan.failed:
+            if self.may_write():
+                self._report(failed, report)
+
+    def _guarded(self, key: Hashable, snap: PolicySnapshot, now: float, write: Callable[[], None],
+                 report: CycleReport) -> None:
+        """One policy's writes inside the error boundary (controller.boundary), if this replica may write."""
+        if not self.may_write():
+            return
+        failure = self.boundary.call(key, Stage.WRITE, write, f"{snap.namespace}/{snap.name}")
+        if isinstance(failure, Failure):
+            self._report(Failed(failure, snap, now), report)
+            self.runtimes.pop(key, None)  # reloaded from its status next cycle
+        else:
+            self.boundary.succeeded(key)
+
+    def _report(self, failed: Failed, report: CycleReport) -> None:
+        """Ready=False, reason EvaluationFailed, and its Warning Event once per episode."""
+        failure, snap = failed.failure, failed.snap
+        rt = self.runtimes.get(failure.key)
+        if rt is None:
+            return
+        moment = datetime.fromtimestamp(failed.now, timezone.utc)
+        report_failure(failure, rt.status, rt.generation, failed.now,
+                       lambda status: self._write_status(failure.key, rt, snap, status, report),
+                       lambda record: self.recorder.record(ObjectRef(snap.name, snap.namespace, snap.uid), record,
+                                                           moment))
 
     def _write_invalid(self, e: InvalidStatus, report: CycleReport) -> None:
         if self._write_status(e.key, e.rt, e.snap, e.status, report):
@@ -95,61 +139,64 @@ class Writer:
             report.add(r)
 
     def _apply_group(self, group: list[Effects], report: CycleReport) -> None:
-        for e in group:
-            try:
-                self._apply(e, report)
-            except Exception:  # one policy's unexpected API error must not cost the others their writes
-                log.exception("writing the decision for %s/%s failed; the next evaluation retries",
-                              e.snap.namespace, e.snap.name)
-                self.runtimes.pop(e.key, None)
+        for e in group:  # one policy's failure must not cost the others their writes
+            self._guarded(e.key, e.snap, e.now, lambda: self._apply(e, report), report)
 
     def _apply(self, e: Effects, report: CycleReport) -> None:
         rt, snap, decision = e.rt, e.snap, e.decision
         if not self._write_patch(e.key, rt, snap, e.patch, report):
             return  # someone else moved the policy on: forget this decision, reload next cycle
         settle(rt, decision, e.governance, e.essential, e.checkpoint, e.now)
-        later = self._route(rt, snap, e.routed, report)
+        if not self._finalizer(e, settled=False):  # held before traffic leaves the primary
+            return
+        later, held = self._route(rt, snap, e.routed, report, e.now)
         rt.outcomes = carry_out(self._apps, snap.namespace, e.intents, time.time,
                                 on_write=lambda: self.metrics.api_write("Deployment"))
-        if later:
+        if later or ready_changed(rt):
             retry = build_status(rt.status, replace(decision, audit=tuple(later)), rt.generation,
                                  e.moment, readiness(rt), None)
             self._write_status(e.key, rt, snap, retry, report)
+        self._finalizer(e, settled=not rt.retry.failing)
+        audit = rt.retry.hold(decision.audit, e.moment) if rt.retry.failing else decision.audit
         ref = ObjectRef(snap.name, snap.namespace, snap.uid)
-        for record in (*decision.audit, *later):
-            self.recorder.record(ref, record, e.moment)
+        for record, moment in [*held, *((r, e.moment) for r in (*audit, *later))]:
+            self.recorder.record(ref, record, moment)
             report.events += 1
         assert rt.compiled is not None
         self.metrics.observe_policy(snap.namespace, snap.name, rt.compiled.policy.tier_names,
                                     decision.active_tier, decision.fallback_ratio, (*decision.audit, *later))
 
-    def _route(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, report: CycleReport) -> list[AuditRecord]:
-        """Apply the weights when they differ from what the routing is known to carry."""
+    def _finalizer(self, e: Effects, settled: bool) -> bool:
+        if self.releases.keep_finalizer(e.key, e.rt, e.snap.namespace, e.snap.name, settled):
+            return True
+        self.runtimes.pop(e.key, None)  # the policy changed underneath: reload next cycle
+        return False
+
+    def _route(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, report: CycleReport, now: float,
+               ) -> tuple[list[AuditRecord], list[tuple[AuditRecord, datetime]]]:
+        """Apply the weights when they differ from what the routing is known to carry; a failed write is
+        retried with back-off. Returns what to audit, and the Events held while the writes failed."""
         assert rt.compiled is not None
-        if not must_route(rt, decision):
-            return []
+        if not must_route(rt, decision, now):
+            return [], []
         if rt.backend is None:
             rt.backend = backend_for(self.api, rt.compiled.routing, rt.compiled.policy.tiers)
         try:
             changed = rt.backend.apply(snap.namespace, decision.weights)
-        except RoutingTargetError as err:
-            first = rt.routing_error != str(err)
-            rt.routing_error = str(err)
-            if not first:
-                return []
-            return [AuditRecord(reason="RoutingFailed", message=f"{err.reason}: {err.message}")]
-        except ApiException as err:
-            log.warning("routing write for %s/%s failed: %s", snap.namespace, snap.name, err.reason)
-            return []
-        recovered = rt.routing_error is not None
-        rt.routing_error = None
+        except WRITE_ERRORS as err:
+            log.warning("routing write for %s/%s failed: %s", snap.namespace, snap.name, err)
+            if not rt.retry.failed(*write_failure(err), now):
+                return [], []
+            return [AuditRecord(reason="RoutingFailed", message=f"{rt.retry.reason}: {rt.retry.message}")], []
+        recovered = rt.retry.failing
+        held = rt.retry.succeeded()
         rt.routed = decision.weights
         if changed:
             report.routing_writes += 1
             self.metrics.api_write(type(rt.backend).__name__)
         if recovered:
-            return [AuditRecord(reason="RoutingRestored", message="The routing target accepts weights again.")]
-        return []
+            return [AuditRecord(reason="RoutingRestored", message="The routing target accepts weights again.")], held
+        return [], held
 
     def _write_status(self, key: Hashable, rt: Runtime, snap: PolicySnapshot, status: dict[str, Any],
                       report: CycleReport) -> bool:
@@ -174,4 +221,5 @@ class Writer:
         body = written if isinstance(written, dict) else written.to_dict()
         rt.set_status(body.get("status") or {})  # the API server answers a status patch with the object
         rt.resource_version = body["metadata"]["resourceVersion"]
+        rt.finalizers = tuple(body["metadata"].get("finalizers") or ())
         return True

@@ -1,1 +1,1 @@
-"""Guarded writes to Kubernetes objects the operator does not own."""
+"""Guarded Kubernetes API helpers, each in one place."""

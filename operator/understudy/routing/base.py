@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from understudy.engine.model import Tier
 from understudy.routing.targets import (  # re-exported: the backends and their callers name them here
@@ -85,6 +86,21 @@ def translate(error: ApiException, kind: str, name: str, namespace: str) -> Exce
     if error.status == 422:
         return RoutingTargetError("Invalid", f"the API server rejected the change to {where}: {said}")
     return error
+
+
+UNAVAILABLE = "RoutingUnavailable"
+WRITE_ERRORS = (RoutingTargetError, ApiException, HTTPError)
+"""What a routing write may raise for a reason outside the operator (anything else is a bug)."""
+
+
+def write_failure(err: Exception) -> tuple[str, str]:
+    """(reason, message) of a failed routing write, for Ready=False and the RoutingFailed Event: the routing
+    error's own, or RoutingUnavailable when the API server answered 429/5xx or not at all."""
+    if isinstance(err, RoutingTargetError):
+        return err.reason, err.message
+    if isinstance(err, ApiException):
+        return UNAVAILABLE, f"the API server answered {err.status} {err.reason} to the routing write"
+    return UNAVAILABLE, f"the routing write got no answer from the API server: {err}"
 
 
 def _server_message(error: ApiException) -> str | None:
