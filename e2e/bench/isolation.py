@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from e2e.bench.common import BenchUnavailable, Stack, fmt, machine_line, read_operator_metrics, stack
-from e2e.bench.mesh import GROUPS, MeshExporter, fleet_policy, virtual_service
+from e2e.bench.mesh import GROUPS, MeshExporter, create_group_deployments, fleet_policy, virtual_service
 from e2e.bench.scale import INTERVAL, metrics_when_up, create_policies
 from e2e.harness.hostile_prometheus import HostilePrometheus
 
@@ -144,6 +144,7 @@ def run(st: Stack, policies: int = POLICIES, steady: float = STEADY) -> Isolatio
         st.prometheus.add_target(exporter.url)
         st.prometheus.wait_for_targets_up([exporter.url], timeout=60)
         custom = client.CustomObjectsApi(api)
+        create_group_deployments(api, NAMESPACE, PREFIX, GROUPS)
         created = create_policies(api, 0, policies, namespace=NAMESPACE, prefix=PREFIX)
         result.say(f"  created {created} policies")
         op = OperatorProcess(st.cp, st.prometheus.url, NAMESPACE, st.workdir / "operator-isolation.log",

@@ -149,3 +149,31 @@ def virtual_service(namespace: str, prefix: str, group: int, name: str | None = 
         "spec": {"hosts": [name or f"{prefix}-{group}"], "http": [{"name": "default", "route": [
             {"destination": {"host": h}, "weight": 100 if i == 0 else 0} for i, h in enumerate(hosts)]}]},
     }
+
+
+def create_group_deployments(api: Any, namespace: str, prefix: str, groups: int, timeout: float = 180.0) -> None:
+    """One single-replica Deployment per workload of the mesh, waited on until KWOK has made them ready.
+
+    A policy's tier is eligible only while its Deployment has ready replicas, so a benchmark whose
+    workloads had no Deployments would measure a fleet that cannot fall back anywhere.
+    """
+    from kubernetes import client
+
+    apps = client.AppsV1Api(api)
+    names = [w for g in range(groups) for w in group_workloads(prefix, g)]
+    for name in names:
+        labels = {"app": name}
+        apps.create_namespaced_deployment(namespace, {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                "metadata": {"labels": labels}, "spec": {"containers": [{"name": "model", "image": f"{name}:v1"}]}}},
+        })
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = apps.list_namespaced_deployment(namespace).items
+        ready = {d.metadata.name for d in listed if (d.status.ready_replicas or 0) >= 1}
+        if ready >= set(names):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(set(names) - ready)} of the mesh's Deployments never became ready")
+        time.sleep(0.5)

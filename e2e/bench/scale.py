@@ -36,7 +36,7 @@ from e2e.bench.common import (
     read_operator_metrics,
     stack,
 )
-from e2e.bench.mesh import GROUPS, MeshExporter, fleet_policy, virtual_service
+from e2e.bench.mesh import GROUPS, MeshExporter, create_group_deployments, fleet_policy, virtual_service
 
 NAMESPACE = "bench-scale"
 PREFIX = "wl"
@@ -190,6 +190,7 @@ def run(st: Stack, exporter: MeshExporter, plan: Sequence[tuple[int, float]] = D
                f"of the synthetic mesh, steady-state windows {', '.join(f'{n}: {s:g}s' for n, s in plan)}")
     api = st.pooled_client(CREATE_WORKERS * 2)
     try:
+        create_group_deployments(api, NAMESPACE, PREFIX, GROUPS)
         created = 0
         for n, steady in plan:
             r = SizeResult(n)

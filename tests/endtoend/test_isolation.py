@@ -125,8 +125,10 @@ def test_garbage_signals_and_a_refused_rollback_leave_the_neighbour_on_time(
     own_route(sc)
     sc.apply_policy(sc.policy(
         "rollback-refused", routing={"istio": {"virtualServiceName": ROLLBACK_ROUTE, "routeName": ROUTE}},
-        creep={"maxFallbackRatio": "0.05", "window": "2m", "action": "RollbackPrimary"}))
-    wait_until(lambda: sc.status("rollback-refused").get("lastKnownGoodRevision") == "1", 30, "revision 1 known good")
+        creep={"maxFallbackRatio": "0.05", "window": "60s", "action": "RollbackPrimary"}))
+    # Known-good after carrying all traffic for a whole creep window; revision 2 is pinned away well before.
+    wait_until(lambda: sc.status("rollback-refused").get("lastKnownGoodRevision") == "1", 150,
+               "revision 1 known good")
     apps.patch_namespaced_deployment(primary, sc.namespace, {"spec": {"template": {"spec": {
         "containers": [{"name": "model", "image": "models/large:v2"}]}}}})
     wait_until(lambda: (sc.status("rollback-refused").get("primaryRevision") or {}).get("revision") == "2", 30,
@@ -140,7 +142,7 @@ def test_garbage_signals_and_a_refused_rollback_leave_the_neighbour_on_time(
                                    if name == "inf" else {}))
             sc.apply_policy(garbage)
         wait_until(lambda: refused(apps, sc.namespace, primary), 30, "the admission policy to refuse rollbacks")
-        # Pinned to a fallback, the policy spends its creep budget (6 s of a 2 m window) and must roll back.
+        # Pinned to a fallback, the policy spends its creep budget (3 s of a 60 s window) and must roll back.
         sc.patch_policy("rollback-refused", {"spec": {"override": {"pinTier": "distilled"}}})
         wait_until(lambda: all(s.requests for s in servers.values()), 30, "every hostile server to be asked")
         time.sleep(10)  # creep exceeded and the refused rollback tried, on every evaluation since

@@ -1,15 +1,17 @@
-"""A policy's spec compiled, once per generation, into what every cycle needs; and the capacity check."""
+"""A policy's spec compiled, once per generation, into what every cycle needs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
 
 from understudy.api import FallbackPolicySpec, to_engine_policy
+from understudy.api.convert import to_engine_capacities
 from understudy.api.durations import parse_duration
-from understudy.api.models import Capacity, DurationUnit, Release
-from understudy.controller.store import DeploymentSnapshot, PolicySnapshot
+from understudy.api.models import DurationUnit, Release
+from understudy.controller.store import PolicySnapshot
 from understudy.engine import Policy
 from understudy.engine.drills import Drill
+from understudy.engine.governance import TierCapacity
 from understudy.routing.targets import GatewayAPITarget, IstioTarget, RoutingTarget, ServiceTarget
 from understudy.signals.promql import MetricNames, Target
 
@@ -22,7 +24,7 @@ class Compiled:
     target: Target
     interval: float
     routing: RoutingTarget
-    capacities: Mapping[str, Capacity]
+    capacities: Mapping[str, TierCapacity]
     """Fallback tiers with a stated capacity, by tier name."""
     drills: tuple[Drill, ...] = ()
     release: Release = Release.RESTORE_PRIMARY
@@ -42,7 +44,7 @@ def compile_policy(snapshot: PolicySnapshot) -> Compiled:
         duration_in_seconds=signals.duration_unit is DurationUnit.SECONDS,
         min_requests=signals.min_requests,
     )
-    capacities = {f.name: f.capacity for f in spec.fallbacks if f.capacity is not None}
+    capacities = to_engine_capacities(spec)
     target = Target(
         key=(snapshot.namespace, snapshot.name),
         namespace=snapshot.namespace,
@@ -64,21 +66,3 @@ def compile_policy(snapshot: PolicySnapshot) -> Compiled:
                    for d in spec.drills or ())
     return Compiled(policy, target, parse_duration(spec.evaluation.interval), routing, capacities, drills,
                     spec.release)
-
-
-def capacity_fits(compiled: Compiled, namespace: str, load: float | None,
-                  deployments: Mapping[tuple[str, str], DeploymentSnapshot]) -> dict[str, bool]:
-    """Whether each fallback with a stated capacity could carry the whole load on its ready replicas.
-
-    An unknown load (no request series, Prometheus down) blocks nobody: missing data is handled by the
-    triggers, and refusing every fallback for want of a number would be the rash choice.
-    """
-    fits: dict[str, bool] = {}
-    for tier in compiled.policy.tiers:
-        capacity = compiled.capacities.get(tier.name)
-        if capacity is None or load is None:
-            continue
-        current = deployments.get((namespace, tier.deployment))
-        ready = current.ready if current else 0
-        fits[tier.name] = ready * capacity.requests_per_replica >= load
-    return fits

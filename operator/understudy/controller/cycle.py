@@ -1,5 +1,5 @@
-"""One evaluation cycle: due policies -> one batched read -> decide (with drills, scaling and creep
-verdicts) -> a `Plan` of effects.
+"""One evaluation cycle: due policies -> one batched read -> capacity fit, decide, drills and govern, as
+the backtest replays them (see governance.govern_one) -> a `Plan` of effects.
 
 It makes no writes and imports nothing that writes (an import-linter contract in pyproject.toml holds it
 to that): the writer carries the plan out, status first. It keeps each runtime in line with kopf's
@@ -7,19 +7,19 @@ snapshots and decides which writes a decision needs; a decision that changes not
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 from pydantic import ValidationError
 
 from understudy.audit.metrics import OperatorMetrics
-from understudy.audit.status import build_status, format_ratio, status_patch
+from understudy.audit.status import build_status, format_ratio, format_time, status_patch
 from understudy.controller.boundary import Boundary, Failed, Failure, Stage, merge_readouts
-from understudy.controller.compile import Compiled, capacity_fits, compile_policy
+from understudy.controller.compile import Compiled, compile_policy
 from understudy.controller.drift import RoutingStore
-from understudy.controller.intents import creep_intents, scale_intents
+from understudy.controller.governance import facts_for, governance_status, govern_one
+from understudy.controller.memory import load_memory, with_engine_conditions
 from understudy.controller.routes import RouteKeeper, announce
 from understudy.controller.release import FINALIZER
 from understudy.controller.retry import RoutingRetry
@@ -30,7 +30,6 @@ from understudy.controller.runtime import (
     NewGeneration,
     Plan,
     Runtime,
-    Workload,
     epoch,
     essential,
     finalizer_out_of_step,
@@ -39,23 +38,12 @@ from understudy.controller.runtime import (
     schedule_next,
     settle,
 )
-from understudy.controller.status import last_known_good, primary_revision, record_drill
+from understudy.controller.status import record_drill
 from understudy.controller.store import DeploymentSnapshot, PolicySnapshot
-from understudy.engine import (
-    AuditRecord,
-    Decision,
-    Policy,
-    Samples,
-    State,
-    decide,
-    initial_state,
-    state_from_status,
-    state_to_status,
-)
+from understudy.engine import Decision, Policy, Samples, state_to_status
 from understudy.engine.drills import DrillRun, DrillStep, step_drills
+from understudy.engine.governance_state import GovernanceState
 from understudy.signals.reader import SignalReader
-
-log = logging.getLogger(__name__)
 
 DEFERRED_POLL_SECONDS = 0.1
 """How soon a policy whose own Prometheus has not answered yet is looked at again (`Readout.deferred`)."""
@@ -75,6 +63,12 @@ class Cycle:
     routes: RouteKeeper = field(default_factory=RouteKeeper)
     """Who owns each route, and which drifted (fed by the routing watches)."""
     boundary: Boundary = field(default_factory=Boundary)
+    observe: Callable[[Compiled, str], Mapping[str, int] | None] = lambda compiled, namespace: None
+    """Reads a routing object's weights (injected: this module holds no client); used only when status
+    holds no weights that can be trusted."""
+    started: float = 0.0
+    """When the operator started (epoch seconds): Deployments not listed yet are of unknown readiness for
+    governance.READINESS_GRACE_SECONDS after it."""
 
     def plan(
         self,
@@ -87,7 +81,7 @@ class Cycle:
         deleting = [(k, s, self._compiled(k, s)) for k, s in policies.items()
                     if s.deleting and FINALIZER in s.finalizers]  # released by the writer (controller.releasing)
         observed, policies = policies, {k: s for k, s in policies.items() if not s.deleting}  # routes: see observe
-        lettings = self._sync(policies)
+        lettings = self._sync(policies, now)
         due = [(k, r) for k, r in self.runtimes.items() if r.next_due <= now]
         report.due = len(due)
         valid = [(k, r) for k, r in due if r.compiled is not None]
@@ -131,7 +125,7 @@ class Cycle:
 
     # -- keeping runtimes in line with the index -------------------------------------------------------
 
-    def _sync(self, policies: Mapping[Hashable, PolicySnapshot]) -> list[NewGeneration]:
+    def _sync(self, policies: Mapping[Hashable, PolicySnapshot], now: float) -> list[NewGeneration]:
         """Runtimes in line with the snapshots; returns the new generations that may let go of something."""
         lettings: list[NewGeneration] = []
         for gone in set(self.runtimes) - set(policies):
@@ -145,7 +139,7 @@ class Cycle:
             if rt is None or rt.uid != snap.uid or rt.generation != snap.generation:
                 # A status or spec the shell cannot load stops no one else: that policy is left out (and
                 # logged, once per episode) until it loads.
-                if isinstance(self.boundary.call(key, Stage.DECIDE, lambda: self._resync(key, rt, snap, lettings),
+                if isinstance(self.boundary.call(key, Stage.DECIDE, lambda: self._resync(key, rt, snap, lettings, now),
                                                  f"{snap.namespace}/{snap.name}"), Failure):
                     self.runtimes.pop(key, None)
             elif rt.resource_version == snap.resource_version:
@@ -153,12 +147,12 @@ class Cycle:
         return lettings
 
     def _resync(self, key: Hashable, rt: Runtime | None, snap: PolicySnapshot,
-                lettings: list[NewGeneration]) -> None:
+                lettings: list[NewGeneration], now: float) -> None:
         if rt is None or rt.uid != snap.uid:
-            self.runtimes[key] = self._load(snap)
+            self.runtimes[key] = self._load(snap, now)
             return
         old = rt.compiled
-        self._recompile(rt, snap)
+        self._recompile(rt, snap, now)
         if old is not None and rt.compiled is not None and rt.route.conflict is None:  # a RouteConflict never routed
             lettings.append((key, snap, old, rt.compiled))
 
@@ -166,21 +160,29 @@ class Cycle:
         rt = self.runtimes.get(key)
         return rt.compiled if rt is not None and rt.uid == snap.uid else self._compile(snap)[0]
 
-    def _load(self, snap: PolicySnapshot) -> Runtime:
+    def _load(self, snap: PolicySnapshot, now: float) -> Runtime:
         compiled, invalid = self._compile(snap)
-        status = dict(snap.status or {})
-        state: State | None = None
-        restored = False
-        if compiled is not None:
-            state, restored = self._restore_state(compiled.policy, status.get("engine"))
-        rt = Runtime(uid=snap.uid, generation=snap.generation, compiled=compiled, invalid=invalid, state=state,
+        rt = Runtime(uid=snap.uid, generation=snap.generation, compiled=compiled, invalid=invalid, state=None,
                      status_packed=b"", hot={}, resource_version=snap.resource_version, finalizers=snap.finalizers)
-        rt.set_status(status)
-        rt.persisted_essential = essential(state) if state is not None and restored else None
+        rt.set_status(dict(snap.status or {}))
+        self._remember(rt, snap, now)
         return rt
 
-    def _recompile(self, rt: Runtime, snap: PolicySnapshot) -> None:
-        """A spec change keeps the engine's memory when the tiers are the same, and starts afresh otherwise."""
+    def _remember(self, rt: Runtime, snap: PolicySnapshot, now: float) -> None:
+        """The engine and governance state from status, read through the engine's repair (memory.py)."""
+        compiled = rt.compiled
+        if compiled is None:
+            return
+        status = rt.status
+        memory = load_memory(compiled.policy, status, now, lambda: self.observe(compiled, snap.namespace))
+        rt.state, rt.governance = memory.state, memory.governance
+        rt.repaired = () if memory.repaired is None else (memory.repaired,)
+        sound = status.get("engine") is not None and memory.repaired is None
+        rt.persisted_essential = essential(memory.state) if sound else None
+
+    def _recompile(self, rt: Runtime, snap: PolicySnapshot, now: float) -> None:
+        """A spec change keeps the engine's memory: `decide` carries it over to a new tier list by tier name,
+        so adding a fallback mid-incident leaves traffic where it is."""
         compiled, invalid = self._compile(snap)
         rt.generation, rt.compiled, rt.invalid = snap.generation, compiled, invalid
         rt.resource_version = snap.resource_version
@@ -189,8 +191,8 @@ class Cycle:
         rt.retry, rt.finalizers = RoutingRetry(), snap.finalizers
         if compiled is None:
             return
-        if rt.state is None or tuple(n for n, _ in rt.state.weights) != compiled.policy.tier_names:
-            rt.state = initial_state(compiled.policy)
+        if rt.state is None:  # the previous spec was invalid: start from status
+            self._remember(rt, snap, now)
         rt.backend = None  # the writer makes one for the new routing target
         rt.routed = None
 
@@ -200,18 +202,6 @@ class Cycle:
             return compile_policy(snap), None
         except (ValidationError, ValueError) as err:
             return None, " ".join(str(err).split())[:1000]
-
-    @staticmethod
-    def _restore_state(policy: Policy, engine_status: Any) -> tuple[State, bool]:
-        """The engine state recorded in status, and whether it was usable (else a fresh state)."""
-        if isinstance(engine_status, Mapping):
-            try:
-                state = state_from_status(engine_status)
-                if tuple(n for n, _ in state.weights) == policy.tier_names:
-                    return state, True
-            except ValueError:
-                log.warning("engine state in status is unreadable; starting afresh")
-        return initial_state(policy), False
 
     # -- one decision ------------------------------------------------------------------------------------
 
@@ -230,29 +220,15 @@ class Cycle:
         assert rt.compiled is not None and rt.state is not None
         report.evaluated += 1
         policy = rt.compiled.policy
-        if rt.compiled.capacities:
-            samples = replace(samples, capacity=capacity_fits(rt.compiled, snap.namespace, load, deployments))
-        decision = decide(policy, samples, rt.state, now)
-        primary = deployments.get((snap.namespace, policy.tiers[0].deployment))
-        shell_records: list[AuditRecord] = []
-        workload: list[Workload] = []
-        scaled: list[dict[str, Any]] | None = None
-        if rt.compiled.capacities:
-            scaled, scales = scale_intents(rt, snap, decision, load, deployments)
-            workload += scales
-        if any(r.reason == "CreepBudgetExceeded" for r in decision.audit):
-            records, rollbacks = creep_intents(rt, snap, decision)
-            shell_records += records
-            workload += rollbacks
-        drill = self._drill(rt, snap, policy, decision, samples, now)
-        shell_records += drill.audit
-        shell_records += [r for r in (announce(rt),) if r is not None]
-        if shell_records:
-            decision = replace(decision, audit=decision.audit + tuple(shell_records))
+        facts, replicas = facts_for(policy, snap.namespace, deployments, load, rt.generation, now - self.started)
+        decision, drill, governed = govern_one(
+            policy, rt.compiled.capacities, samples, rt.state, rt.governance, rt.outcomes, facts, replicas, now,
+            lambda d, s: self._drill(rt, snap, policy, d, s, now))
+        announced = announce(rt)
+        if rt.repaired or announced is not None:
+            decision = replace(decision, audit=(*rt.repaired, *decision.audit, *((announced,) if announced else ())))
 
         moment = datetime.fromtimestamp(now, timezone.utc)
-        revision = primary_revision(rt.hot, primary, moment)
-        lkg = last_known_good(rt.hot, revision, decision, policy.creep_window, now)
         kept = essential(decision.state)
         window_has_fallback = any(b.off_primary_ms for b in decision.state.creep_buckets)
         checkpoint = kept != rt.persisted_essential or (
@@ -262,33 +238,33 @@ class Cycle:
         # Everything the new status depends on besides the previous status: when it matches the last
         # evaluation that needed no write, neither does this one, and building the status is skipped.
         inputs = (rt.generation, decision.active_tier, decision.weights, format_ratio(decision.fallback_ratio),
-                  decision.creep_exceeded, decision.metrics_available, ready, lkg, revision, scaled,
-                  drill.running, drill.outcome)
-        quiet = (not decision.audit and not workload and not checkpoint and not must_route(rt, routed, now)
-                 and not finalizer_out_of_step(rt))
+                  decision.creep_exceeded, decision.metrics_available, ready, governed.state, decision.frozen,
+                  decision.restore_stalled, decision.state.held_tier, drill.running, drill.outcome)
+        quiet = (not decision.audit and not governed.intents and not checkpoint
+                 and not must_route(rt, routed, now) and not finalizer_out_of_step(rt))
         if quiet and rt.unchanged_by == inputs:
-            self._settle_quietly(rt, snap, decision, kept, now)
+            self._settle_quietly(rt, snap, decision, governed.state, kept, now)
             return None
         previous = rt.status
-        status = build_status(previous, decision, rt.generation, moment, ready, lkg,
+        status = build_status(previous, decision, rt.generation, moment, ready, None,
                               engine=state_to_status(decision.state) if checkpoint else None)
-        if revision is not None:
-            status["primaryRevision"] = revision
-        if scaled is not None:
-            status["scaledTiers"] = scaled
+        status.update(governance_status(previous, governed.state))
+        status["conditions"] = with_engine_conditions(status["conditions"], decision, rt.generation,
+                                                      format_time(moment))
         record_drill(previous, status, drill, moment)
         patch = status_patch(previous, status)
-        effects = Effects(key, rt, snap, decision, routed, patch, moment, kept, checkpoint, now, tuple(workload))
+        effects = Effects(key, rt, snap, decision, routed, patch, moment, kept, checkpoint, now, governed.state,
+                          governed.intents)
         if not quiet or patch is not None:
             return effects
         rt.unchanged_by = inputs
-        self._settle_quietly(rt, snap, decision, kept, now)
+        self._settle_quietly(rt, snap, decision, governed.state, kept, now)
         return None
 
-    def _settle_quietly(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, kept: tuple[Any, ...],
-                        now: float) -> None:
+    def _settle_quietly(self, rt: Runtime, snap: PolicySnapshot, decision: Decision, governance: GovernanceState,
+                        kept: tuple[Any, ...], now: float) -> None:
         """The steady state: nothing to write, only the decision to adopt."""
-        settle(rt, decision, kept, False, now)
+        settle(rt, decision, governance, kept, False, now)
         assert rt.compiled is not None
         self.metrics.observe_policy(snap.namespace, snap.name, rt.compiled.policy.tier_names,
                                     decision.active_tier, decision.fallback_ratio)

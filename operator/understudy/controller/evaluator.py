@@ -15,6 +15,7 @@ from understudy.controller.cycle import Cycle
 from understudy.controller.drift import RoutingStore
 from understudy.controller.runtime import CycleReport, Runtime
 from understudy.controller.store import DeploymentSnapshot, PolicySnapshot
+from understudy.controller.workloads import observed_weights
 from understudy.controller.writer import Writer
 from understudy.signals.reader import SignalReader
 
@@ -37,7 +38,9 @@ class Evaluator:
 
     def __post_init__(self) -> None:
         boundary = Boundary()  # one episode per policy, whether its read, decision or writes failed
-        self._cycle = Cycle(self.reader, self.metrics, self.runtimes, self.checkpoint_seconds, boundary=boundary)
+        self._cycle = Cycle(self.reader, self.metrics, self.runtimes, self.checkpoint_seconds, boundary=boundary,
+                            observe=lambda compiled, namespace: observed_weights(self.api, compiled, namespace),
+                            started=time.time())
         self._writer = Writer(self.api, self.recorder, self.metrics, self.runtimes, self.write_workers,
                               boundary=boundary, may_write=self.may_write)
 

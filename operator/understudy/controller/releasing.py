@@ -10,7 +10,7 @@ and the routing carries the decision.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Hashable, Mapping
 
@@ -163,6 +163,7 @@ class Releases:
         body = written if isinstance(written, dict) else dict(written.to_dict())
         rt.set_status(body.get("status") or {})
         rt.resource_version = body["metadata"]["resourceVersion"]
+        rt.governance = replace(rt.governance, scaled=(), scaling=())  # given back: nothing left to scale back
         return True
 
     def _post(self, job: Letting, record: AuditRecord, now: float) -> None:

@@ -12,14 +12,16 @@ from understudy.controller.routes import RouteState
 from understudy.controller.release import finalizer_due
 from understudy.controller.retry import RoutingRetry
 from understudy.controller.store import PolicySnapshot, pack, unpack
-from understudy.engine import Decision, Mode, State, TierState
+from understudy.engine import AuditRecord, Decision, Mode, State, TierState
+from understudy.engine.governance_state import GovernanceState
+from understudy.engine.intents import Intent, IntentOutcome
 from understudy.routing.targets import RoutingBackend, Weights
 from understudy.signals.reader import SignalError
 
 ACCOUNTING_FIELDS = ("last_evaluation_ms", "creep_buckets")
 """Parts of the engine state that move on every evaluation. They are checkpointed (see
 `Evaluator.checkpoint_seconds`), not written each cycle, so a steady state causes no API writes."""
-HOT_STATUS_FIELDS = ("primaryRevision", "lastKnownGoodRevision", "drill", "lastDrills", "scaledTiers", "weights")
+HOT_STATUS_FIELDS = ("drill", "lastDrills", "scaledTiers", "weights")
 """Status fields read on every evaluation; the rest of a policy's status stays JSON text until needed, which
 at thousands of policies with full histories and creep windows is most of the operator's memory."""
 _ESSENTIAL_FIELDS = tuple(f.name for f in fields(State) if f.name not in (*ACCOUNTING_FIELDS, "tiers"))
@@ -73,6 +75,12 @@ class Runtime:
     """The inputs of the last evaluation that found status already right (reset whenever status changes)."""
     route: RouteState = field(default_factory=RouteState)
     """Route ownership and drift (controller.routes)."""
+    governance: GovernanceState = field(default_factory=GovernanceState)
+    """The engine's governance memory (known-good revision, scales, rollback episode), mirrored in status."""
+    outcomes: list[IntentOutcome] = field(default_factory=list)
+    """How the intents carried out since the last evaluation fared: the next `govern` call's input."""
+    repaired: tuple[AuditRecord, ...] = ()
+    """A StateRepaired record from reading status back, posted with the next decision."""
 
     @property
     def status(self) -> dict[str, Any]:
@@ -103,31 +111,6 @@ class CycleReport:
         self.events += other.events
 
 
-@dataclass(frozen=True)
-class Scale:
-    """Set a fallback Deployment's replicas (reason ScaledUp or ScaledDown), after status is written."""
-
-    reason: str
-    namespace: str
-    tier: str
-    deployment: str
-    replicas: int
-    why: str
-
-
-@dataclass(frozen=True)
-class Rollback:
-    """Roll the primary Deployment back to its last known-good revision, after status is written."""
-
-    namespace: str
-    deployment: str
-    revision: str
-    ratio: str
-
-
-Workload = Scale | Rollback
-
-
 @dataclass
 class Effects:
     """One decision's writes, carried out once every due policy has been decided (see `writer.Writer`)."""
@@ -144,8 +127,10 @@ class Effects:
     essential: Essential
     checkpoint: bool
     now: float
-    workload: tuple[Workload, ...] = ()
-    """Deployment writes (scale, rollback): made only once the status write succeeded."""
+    governance: GovernanceState = GovernanceState()
+    """The governance state this decision leads to (adopted with it once status is written)."""
+    intents: tuple[Intent, ...] = ()
+    """Deployment writes (scale, rollback) the engine asked for: made only once the status write succeeded."""
 
 
 @dataclass
@@ -180,11 +165,12 @@ class Plan:
     """Policies whose read or decision failed (controller.boundary): the writer reports them."""
 
 
-def settle(rt: Runtime, decision: Decision, kept: Essential, checkpoint: bool, now: float) -> None:
-    """Adopt a decision whose status is on the server (or needed no write)."""
+def settle(rt: Runtime, decision: Decision, governance: GovernanceState, kept: Essential, checkpoint: bool,
+           now: float) -> None:
+    """Adopt a decision whose status is on the server (or needed no write); `govern` consumed the outcomes."""
     if checkpoint:
         rt.persisted_essential, rt.last_checkpoint = kept, now
-    rt.state = decision.state
+    rt.state, rt.governance, rt.outcomes, rt.repaired = decision.state, governance, [], ()
 
 
 def readiness(rt: Runtime) -> tuple[bool, str, str]:

@@ -1,5 +1,5 @@
 """Carries out a cycle's plan, per policy in this order: status (the fence) -> routing -> workload writes
-(scale, rollback) -> Events.
+(the engine's scale and rollback intents) -> Events.
 
 1. status (with the engine's state) is written first, guarded by the policy's resourceVersion. It is the
    fencing token: a replica acting on stale state gets a 409, drops its decision and reloads.
@@ -9,13 +9,15 @@
    move wait for it. The release finalizer (controller.releasing) is added before the routing write and
    removed after it. A cycle's releases (deleted policies, a switch to Observe or to another routing
    object) are made before its decisions.
-3. Deployment writes (scale a fallback, roll the primary back) follow; what they did, and a routing
-   failure or recovery, is added to status.history in one more status write.
+3. Deployment writes (scale a fallback, roll the primary back: the intents `govern` returned) follow, in
+   workloads.carry_out; their outcomes go to the next `govern`, which audits them. A routing failure or
+   recovery is added to status.history in one more status write.
 4. Events are posted last: they are the human-readable trail, status.history is the durable one.
 """
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -35,18 +37,15 @@ from understudy.controller.runtime import (
     Effects,
     InvalidStatus,
     Plan,
-    Rollback,
     Runtime,
-    Scale,
-    Workload,
     must_route,
     readiness,
     ready_changed,
     settle,
 )
 from understudy.controller.store import GROUP, PLURAL, VERSION, PolicySnapshot
-from understudy.engine import PRIMARY, AuditRecord, Decision
-from understudy.rollback.deployment import rollback_to_revision
+from understudy.controller.workloads import carry_out
+from understudy.engine import AuditRecord, Decision
 from understudy.routing import backend_for
 from understudy.routing.base import WRITE_ERRORS, write_failure
 
@@ -151,11 +150,12 @@ class Writer:
         rt, snap, decision = e.rt, e.snap, e.decision
         if not self._write_patch(e.key, rt, snap, e.patch, report):
             return  # someone else moved the policy on: forget this decision, reload next cycle
-        settle(rt, decision, e.essential, e.checkpoint, e.now)
+        settle(rt, decision, e.governance, e.essential, e.checkpoint, e.now)
         if not self._finalizer(e, settled=False):  # held before traffic leaves the primary
             return
-        routing, held = self._route(rt, snap, e.routed, report, e.now)
-        later = [*routing, *(self._workload(w) for w in e.workload)]
+        later, held = self._route(rt, snap, e.routed, report, e.now)
+        rt.outcomes = carry_out(self._apps, snap.namespace, e.intents, time.time,
+                                on_write=lambda: self.metrics.api_write("Deployment"))
         if later or ready_changed(rt):
             retry = build_status(rt.status, replace(decision, audit=tuple(later)), rt.generation,
                                  e.moment, readiness(rt), None)
@@ -250,27 +250,3 @@ class Writer:
         rt.resource_version = body["metadata"]["resourceVersion"]
         rt.finalizers = tuple(body["metadata"].get("finalizers") or ())
         return True
-
-    def _workload(self, intent: Workload) -> AuditRecord:
-        return self._set_replicas(intent) if isinstance(intent, Scale) else self._rollback(intent)
-
-    def _set_replicas(self, s: Scale) -> AuditRecord:
-        try:
-            self._apps.patch_namespaced_deployment(s.deployment, s.namespace, {"spec": {"replicas": s.replicas}})
-        except ApiException as err:
-            return AuditRecord(reason="ScaleFailed", tier=s.tier,
-                               message=f"could not scale {s.deployment} to {s.replicas} replicas: {err.reason}")
-        self.metrics.api_write("Deployment")
-        return AuditRecord(reason=s.reason, tier=s.tier,
-                           message=f"scaled {s.deployment} to {s.replicas} replicas, {s.why}")
-
-    def _rollback(self, r: Rollback) -> AuditRecord:
-        result = rollback_to_revision(self._apps, r.namespace, r.deployment, r.revision)
-        if result.rolled_back:
-            self.metrics.api_write("Deployment")
-            return AuditRecord(reason="RolledBack", tier=PRIMARY,
-                               message=f"Fallback ratio {r.ratio} is over budget: rolled {r.deployment} back "
-                                       f"to revision {r.revision}, the last one that served without creep.")
-        return AuditRecord(reason="RollbackFailed", tier=PRIMARY,
-                           message=f"Fallback ratio {r.ratio} is over budget; rollback of {r.deployment} to "
-                                   f"revision {r.revision} was not done: {result.message}")
