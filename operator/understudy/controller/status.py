@@ -5,7 +5,17 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from understudy.audit.status import format_time
-from understudy.engine.drills import DrillOutcome, DrillStep
+from understudy.controller.runtime import epoch
+from understudy.engine.drills import DrillOutcome, DrillRun, DrillStep
+
+
+def drill_in_progress(drill: Mapping[str, Any] | None) -> DrillRun | None:
+    """status.drill read back, with the evidence gathered so far: a drill passes only on evidence, and
+    readings seen in earlier evaluations count."""
+    if not drill:
+        return None
+    return DrillRun(drill["tier"], int(drill["share"]), epoch(drill["startedAt"]), epoch(drill["endsAt"]),
+                    tuple(drill.get("evidence") or ()))
 
 
 def record_drill(previous: Mapping[str, Any], status: dict[str, Any], step: DrillStep, moment: datetime) -> None:
@@ -14,6 +24,8 @@ def record_drill(previous: Mapping[str, Any], status: dict[str, Any], step: Dril
         status["drill"] = {"tier": step.running.tier, "share": step.running.share,
                            "startedAt": format_time(datetime.fromtimestamp(step.running.started, timezone.utc)),
                            "endsAt": format_time(datetime.fromtimestamp(step.running.ends, timezone.utc))}
+        if step.running.evidence:
+            status["drill"]["evidence"] = list(step.running.evidence)
     elif previous.get("drill"):
         status["drill"] = None  # a merge patch null removes it
     outcome: DrillOutcome | None = step.outcome
