@@ -38,10 +38,10 @@ from understudy.controller.runtime import (
     schedule_next,
     settle,
 )
-from understudy.controller.status import record_drill
+from understudy.controller.status import drill_run, record_drill
 from understudy.controller.store import DeploymentSnapshot, PolicySnapshot
 from understudy.engine import Decision, Policy, Samples, state_to_status
-from understudy.engine.drills import DrillRun, DrillStep, step_drills
+from understudy.engine.drills import DrillStep, step_drills
 from understudy.engine.governance_state import GovernanceState
 from understudy.signals.reader import SignalReader
 
@@ -276,8 +276,7 @@ class Cycle:
         if not rt.compiled.drills and not rt.hot.get("drill"):
             return DrillStep(None, None, None, ())
         running = rt.hot.get("drill")
-        run = None if not running else DrillRun(running["tier"], int(running["share"]),
-                                                epoch(running["startedAt"]), epoch(running["endsAt"]))
+        run = None if not running else drill_run(running)
         last = {o["tier"]: epoch(o["time"]) for o in rt.hot.get("lastDrills") or []}
         return step_drills(rt.compiled.drills, policy, decision, samples, run, last, snap.created, now)
 

@@ -5,7 +5,18 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from understudy.audit.status import format_time
-from understudy.engine.drills import DrillOutcome, DrillStep
+from understudy.engine.drills import DrillOutcome, DrillRun, DrillStep
+
+
+def drill_run(drill: Mapping[str, Any]) -> DrillRun:
+    """status.drill as the engine's DrillRun, with the evidence gathered so far (it accumulates over the
+    drill's evaluations and survives a restart)."""
+    return DrillRun(drill["tier"], int(drill["share"]), _epoch(drill["startedAt"]), _epoch(drill["endsAt"]),
+                    tuple(sorted(str(t) for t in drill.get("evidence") or ())))
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def record_drill(previous: Mapping[str, Any], status: dict[str, Any], step: DrillStep, moment: datetime) -> None:
@@ -13,7 +24,8 @@ def record_drill(previous: Mapping[str, Any], status: dict[str, Any], step: Dril
     if step.running is not None:
         status["drill"] = {"tier": step.running.tier, "share": step.running.share,
                            "startedAt": format_time(datetime.fromtimestamp(step.running.started, timezone.utc)),
-                           "endsAt": format_time(datetime.fromtimestamp(step.running.ends, timezone.utc))}
+                           "endsAt": format_time(datetime.fromtimestamp(step.running.ends, timezone.utc)),
+                           "evidence": list(step.running.evidence)}
     elif previous.get("drill"):
         status["drill"] = None  # a merge patch null removes it
     outcome: DrillOutcome | None = step.outcome
