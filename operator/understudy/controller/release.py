@@ -95,21 +95,6 @@ def cause(old: Holder, new: Holder) -> str | None:
     return None
 
 
-def routed_weights(status: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
-    return tuple((str(w.get("tier")), int(w.get("weight") or 0)) for w in status.get("weights") or [])
-
-
-def cause(old: Holder, new: Holder) -> str | None:
-    """Why a new generation lets go of what the old one routed, if it does."""
-    if old.policy.mode is not Mode.ENFORCE:
-        return None
-    if new.policy.mode is Mode.OBSERVE:
-        return OBSERVE
-    if new.routing != old.routing:
-        return REROUTED
-    return None
-
-
 def finalizer_due(finalizers: Sequence[str], status: Mapping[str, Any], enforce: bool, settled: bool,
                   pending: bool) -> bool:
     """Whether the finalizer is out of step with what the policy holds: to be added while it holds something
