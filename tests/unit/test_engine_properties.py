@@ -34,6 +34,7 @@ from understudy.engine import (
     state_from_status,
     state_to_status,
 )
+from understudy.engine.plan import PROBE_BACKOFF_CAP, plan_for
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 START = 1_700_000_000.0
@@ -288,25 +289,43 @@ def test_transitions_on_a_signal_oscillating_around_its_threshold_are_bounded_by
     stream = data.draw(streams(policy, missing=False, capacity=False, max_size=80, backwards=False))
     evals = run(policy, stream)
     changes = sum(e.decision.changed for e in evals)
-    events: dict[str, list[tuple[int, str, bool]]] = {n: [] for n in policy.tier_names}
+    events: dict[str, list[tuple[int, str, bool, int]]] = {n: [] for n in policy.tier_names}
     for k, e in enumerate(evals):
+        failed = {t.name: t.failed_probes for t in e.decision.state.tiers}
         for a in e.decision.audit:
             if a.reason in ("TierTripped", "TierRecovered") and a.tier is not None:
-                events[a.tier].append((k, a.reason, e.before.restore_tier == a.tier))
+                events[a.tier].append((k, a.reason, e.before.restore_tier == a.tier, failed[a.tier]))
+    plan = plan_for(policy)
     for tier, log in events.items():
-        kinds = [r for _, r, _ in log]
+        kinds = [r for _, r, _, _ in log]
         assert kinds == ["TierTripped", "TierRecovered"] * (len(kinds) // 2) + ["TierTripped"] * (len(kinds) % 2)
         if log:
             assert log[0][0] >= policy.trip_after - 1
-        for (k0, r0, _), (k1, _, probation) in zip(log, log[1:]):
+        for (k0, r0, _, _), (k1, _, probation, failed) in zip(log, log[1:]):
             if r0 == "TierTripped":
-                assert k1 - k0 >= policy.recover_after
+                # The probe backoff: recoverAfter x 2^n clear evaluations after n failed probes in a row.
+                assert k1 - k0 >= plan.clear_needed(failed) >= policy.recover_after
             else:
                 assert k1 - k0 >= (1 if probation else policy.trip_after)
     steps = len(policy.restore_steps) + (policy.restore_steps[-1] != 100)
     assert changes <= steps * sum(len(log) for log in events.values())
     if policy.min_dwell > 0 and changes:
         assert changes <= (stream[-1][0] - stream[0][0]) / policy.min_dwell + 1
+
+
+@SETTINGS
+@given(st.data())
+def test_counters_stay_within_their_caps_so_a_steady_state_rewrites_nothing(data: st.DataObject) -> None:
+    """Streaks and the failed-probe count never grow past what the rules can use: breaches up to tripAfter,
+    failed probes up to the cap, clear evaluations up to what the tier needs now (recoverAfter x 2^n)."""
+    policy = data.draw(policies(overrides=True))
+    plan = plan_for(policy)
+    for e in run(policy, data.draw(streams(policy))):
+        for t in e.decision.state.tiers:
+            assert 0 <= t.failed_probes <= PROBE_BACKOFF_CAP
+            assert 0 <= t.breach_streak <= policy.trip_after
+            assert 0 <= t.clear_streak <= plan.clear_needed(t.failed_probes)
+            assert not (t.probing and t.tripped)
 
 
 @SETTINGS
@@ -438,7 +457,8 @@ def test_a_state_with_values_out_of_range_never_raises(data: st.DataObject) -> N
         base,
         weights=tuple(data.draw(st.lists(st.tuples(names, st.integers(-50, 150)), max_size=5))),
         active_tier=data.draw(names),
-        tiers=tuple(TierState(data.draw(names), data.draw(ints), data.draw(ints), data.draw(st.booleans()))
+        tiers=tuple(TierState(data.draw(names), data.draw(ints), data.draw(ints), data.draw(st.booleans()),
+                              failed_probes=data.draw(ints), probing=data.draw(st.booleans()))
                     for _ in range(data.draw(st.integers(0, 5)))),
         restore_tier=data.draw(st.none() | names),
         restore_step=data.draw(st.integers(-20, 20)),

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_engine_probe_backoff import SERVICE, closed_loop
 from tests.unit.test_engine_scenarios import POLICY, TIERS, moves, obs, run, w
 from understudy.engine import (
     Samples,
@@ -17,6 +18,7 @@ from understudy.engine import (
     decide,
     initial_state,
     restore_state,
+    state_from_status,
     state_to_status,
 )
 
@@ -201,3 +203,74 @@ def test_restoring_twice_is_stable() -> None:
     restored = restore_state(POLICY, status_of(on_distilled(), paused="no", lastTransitionMs=10**15), NOW)
     again = restore_state(POLICY, state_to_status(restored.state), NOW)
     assert again.state == restored.state and again.repaired == ()
+
+
+def probed_twice() -> State:
+    """A real state: the primary failed two probes in a row (Service routing, minDwell 0) and is tripped."""
+    state = closed_loop(SERVICE, NOW - 300, NOW - 200, lambda t, share: t >= NOW - 290)[-1].decision.state
+    assert state.tiers[0].failed_probes == 2 and state.tiers[0].tripped
+    return state
+
+
+def test_failed_probes_survive_the_status_round_trip() -> None:
+    state = probed_twice()
+    status = status_of(state)
+    assert status["tiers"][0]["failedProbes"] == 2
+    assert "failedProbes" not in status["tiers"][1]  # omitted at 0, like the other optional fields
+    assert state_from_status(status) == state
+    restored = restore_state(SERVICE, status, NOW - 200)
+    assert (restored.state, restored.repaired) == (state, ())
+
+
+def test_a_probe_under_way_survives_the_status_round_trip() -> None:
+    steps = closed_loop(SERVICE, NOW - 300, NOW, lambda t, share: t >= NOW - 290)
+    probing = next(s.decision.state for s in steps if s.decision.state.tiers[0].probing)
+    status = status_of(probing)
+    assert status["tiers"][0]["probing"] is True
+    assert state_from_status(status) == probing
+    assert restore_state(SERVICE, status, NOW).state == probing
+
+
+def test_a_status_from_before_the_probe_backoff_reads_no_failed_probes() -> None:
+    status = status_of(probed_twice())
+    for tier in status["tiers"]:
+        tier.pop("failedProbes", None)
+        tier.pop("probing", None)
+    restored = restore_state(SERVICE, status, NOW - 200)
+    assert restored.repaired == ()
+    assert [(t.failed_probes, t.probing) for t in restored.state.tiers] == [(0, False)] * 3
+    assert state_from_status(status).tiers[0].failed_probes == 0
+
+
+@pytest.mark.parametrize(("value", "kept", "note"), [
+    (-1, 0, "tiers[primary].failedProbes -1 is outside 0..4: clamped"),
+    (10**12, 4, "tiers[primary].failedProbes 1000000000000 is outside 0..4: clamped"),
+    ("2", 0, "tiers[primary].failedProbes is '2': dropped"),
+    (True, 0, "tiers[primary].failedProbes is True: dropped"),
+    (2.0, 0, "tiers[primary].failedProbes is 2.0: dropped"),
+])
+def test_a_hand_edited_failed_probe_count_is_repaired_with_a_note(value: Any, kept: int, note: str) -> None:
+    status = status_of(probed_twice())
+    status["tiers"][0]["failedProbes"] = value
+    restored = restore_state(SERVICE, status, NOW - 200)
+    assert restored.state.tiers[0].failed_probes == kept
+    assert restored.repaired == (note,)
+    assert dict(restored.state.weights) == ON_DISTILLED and restored.routing_known
+
+
+def test_a_clear_streak_is_clamped_to_what_the_tier_needs_now() -> None:
+    status = status_of(probed_twice())
+    status["tiers"][0]["clearStreak"] = 12  # recoverAfter 3 x 2^2: within bounds
+    assert restore_state(SERVICE, status, NOW - 200).repaired == ()
+    status["tiers"][0]["clearStreak"] = 13
+    restored = restore_state(SERVICE, status, NOW - 200)
+    assert restored.state.tiers[0].clear_streak == 12
+    assert restored.repaired == ("tiers[primary].clearStreak 13 is outside 0..12: clamped",)
+
+
+def test_a_hand_edited_probing_flag_is_dropped_with_a_note() -> None:
+    status = status_of(probed_twice())
+    status["tiers"][0]["probing"] = "yes"
+    restored = restore_state(SERVICE, status, NOW - 200)
+    assert not restored.state.tiers[0].probing
+    assert restored.repaired == ("tiers[primary].probing is 'yes': dropped",)
