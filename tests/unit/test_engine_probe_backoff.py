@@ -28,8 +28,8 @@ SPLIT = dataclasses.replace(POLICY, min_dwell=0.0)
 
 def closed_loop(policy: Policy, start: float, end: float, broken: Callable[[float, int], bool],
                 state: State | None = None, every: float = 5.0,
-                policy_at: Callable[[float], Policy] | None = None, ready: Callable[[float], dict[str, int]] | None = None
-                ) -> list[Step]:
+                policy_at: Callable[[float], Policy] | None = None,
+                ready: Callable[[float], dict[str, int]] | None = None) -> list[Step]:
     """Evaluate every `every` seconds; the primary's readings follow its share of the previous decision:
     none (too few requests) without traffic, breaching when `broken(t, share)`, healthy otherwise."""
     state = state or initial_state(policy)

@@ -110,9 +110,12 @@ def decide(policy: Policy, samples: Samples, state: State, now: float) -> Decisi
     elif not missing and state.metrics_missing:
         audit.append(AuditRecord(reasons.METRICS_RESTORED, "every signal of the serving tiers has data again"))
 
+    # Traffic anchored on a tier that reads clear ends its probe backoff (see `update_tier`).
+    anchor = plan.index.get(state.active_tier)
     tiers = [
-        update_tier(policy, state.tiers[i], effective(policy, evals[i], prev[i] > 0), evals[i],
-                     on_probation=names[i] == state.restore_tier, audit=audit)
+        update_tier(policy, plan, state.tiers[i], effective(policy, evals[i], prev[i] > 0), evals[i],
+                    on_probation=names[i] == state.restore_tier, serving=prev[i] > 0,
+                    anchored=i == anchor and prev[i] > 0, audit=audit)
         for i in range(len(names))
     ]
     fit = fitness(plan, tiers, capacity, unready, evidence)

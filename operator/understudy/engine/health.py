@@ -8,6 +8,7 @@ from typing import Mapping
 
 from understudy.engine import reasons
 from understudy.engine.model import AuditRecord, Comparison, MissingData, Policy, Reading, ReadingStatus, Trigger
+from understudy.engine.plan import PROBE_BACKOFF_CAP, Plan
 from understudy.engine.state import TierState
 
 
@@ -97,46 +98,84 @@ def effective(policy: Policy, ev: Eval, has_traffic: bool) -> Verdict:
     return ev.verdict
 
 
-def update_tier(policy: Policy, ts: TierState, verdict: Verdict, ev: Eval, *,
-                on_probation: bool, audit: list[AuditRecord]) -> TierState:
-    """Hysteresis: trip after tripAfter consecutive breaches, recover after recoverAfter consecutive clears.
+def update_tier(policy: Policy, plan: Plan, ts: TierState, verdict: Verdict, ev: Eval, *,
+                on_probation: bool, serving: bool = False, anchored: bool = False,
+                audit: list[AuditRecord]) -> TierState:
+    """Hysteresis: trip after tripAfter consecutive breaches, recover after enough consecutive clears.
 
     Missing and inconclusive evaluations freeze both streaks: they are evidence neither of health nor of
     a breach. A tier being restored to is on probation: one breach trips it again, as a failure in a
     circuit breaker's half-open state reopens it.
+
+    The probe backoff: a restore to a tier is a probe of it, from its first step until the tier reads clear
+    with traffic anchored on it (`anchored`: it is the tier the routing is anchored on, and has traffic).
+    A trip before then is a failed probe, and a tier needs recoverAfter x 2^n clear evaluations to recover
+    after n failed probes in a row (`Plan.clear_needed`). A clear evaluation with traffic anchored on the
+    tier ends the backoff, however the traffic came there (a restore, a pin, a fallback down the chain): the
+    tier has served and served well. A probe whose tier stops receiving traffic (`serving`) without tripping
+    ends without a verdict: a pin elsewhere, or a restore aborted because the tier lost its pods or capacity.
     """
     breach, clear = ts.breach_streak, ts.clear_streak
+    failed, probing = ts.failed_probes, ts.probing
+    if probing and not serving:
+        probing = False
+    if verdict is Verdict.CLEAR and anchored and (failed or probing):
+        failed, probing = 0, False
+    needed = plan.clear_needed(failed)
     if verdict is Verdict.BREACH:
         breach, clear = min(breach + 1, policy.trip_after), 0
     elif verdict is Verdict.CLEAR:
-        breach, clear = 0, min(clear + 1, policy.recover_after)
+        breach, clear = 0, min(clear + 1, needed)
     tripped, trip_trigger = ts.tripped, ts.trip_trigger
     if not tripped and verdict is Verdict.BREACH and (breach >= policy.trip_after or on_probation):
         tripped = True
+        backoff = ""
+        if probing:
+            failed, probing = min(max(failed, 0) + 1, PROBE_BACKOFF_CAP), False
+            backoff = (f"; probe failed ({_in_a_row(failed)} in a row): next probe after "
+                       f"{plan.clear_needed(failed)} clear evaluations")
         if ev.worst is not None:
             trigger = ev.worst.trigger
             trip_trigger = trigger.name
             audit.append(AuditRecord(
                 reasons.TIER_TRIPPED,
                 f"{ts.name}: {describe(trigger, ev.worst.value)}"
-                + (" during restore" if on_probation else f" for {breach} evaluations"),
+                + (" during restore" if on_probation else f" for {breach} evaluations") + backoff,
                 tier=ts.name, trigger=trigger.name, observed=ev.worst.value, threshold=trigger.threshold,
             ))
         else:
             trip_trigger = ev.missing[0]
             audit.append(AuditRecord(
                 reasons.TIER_TRIPPED,
-                f"{ts.name}: no data for {', '.join(ev.missing)} (onMissingData=Fallback)",
+                f"{ts.name}: no data for {', '.join(ev.missing)} (onMissingData=Fallback)" + backoff,
                 tier=ts.name, trigger=trip_trigger,
             ))
-    elif tripped and clear >= policy.recover_after:
+    elif tripped and clear >= needed:
         tripped, trip_trigger = False, None
         audit.append(AuditRecord(
-            reasons.TIER_RECOVERED, f"{ts.name}: clear for {clear} evaluations", tier=ts.name,
+            reasons.TIER_RECOVERED, f"{ts.name}: clear for {clear} evaluations" + _backoff_note(plan, failed),
+            tier=ts.name,
         ))
-    if (breach, clear, tripped, trip_trigger) == (ts.breach_streak, ts.clear_streak, ts.tripped, ts.trip_trigger):
+    if (breach, clear, tripped, trip_trigger, failed, probing) == (
+            ts.breach_streak, ts.clear_streak, ts.tripped, ts.trip_trigger, ts.failed_probes, ts.probing):
         return ts
-    return TierState(ts.name, breach, clear, tripped, trip_trigger, ts.capacity_short, ts.unready)
+    return TierState(ts.name, breach, clear, tripped, trip_trigger, ts.capacity_short, ts.unready, failed, probing)
+
+
+def _in_a_row(failed: int) -> str:
+    """The failed probes in a row as the capped counter knows them."""
+    return f"{failed}" if failed < PROBE_BACKOFF_CAP else f"{PROBE_BACKOFF_CAP} or more"
+
+
+def _backoff_note(plan: Plan, failed: int) -> str:
+    """Why a recovery took more than recoverAfter clear evaluations, if it did."""
+    if failed <= 0:
+        return ""
+    plural = "s" if failed > 1 else ""
+    ceiling = ", at most a day of evaluations" if plan.clear_needed(failed) < plan.recover_after << min(
+        failed, PROBE_BACKOFF_CAP) else ""
+    return (f" (recoverAfter {plan.recover_after} doubled for each of {_in_a_row(failed)} failed probe{plural} "
+            f"in a row{ceiling})")
 
 
 def describe(trigger: Trigger, value: float) -> str:

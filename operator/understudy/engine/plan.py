@@ -11,6 +11,18 @@ from understudy.engine.model import Policy, RestoreApproval, Trigger
 CREEP_BUCKETS = 48
 """Slices of the creep window kept in state: bounds the status size whatever the window's length."""
 
+PROBE_BACKOFF_CAP = 4
+"""The most consecutive failed probes that lengthen the wait for the next probe: at most 2^4 = 16 x
+recoverAfter clear evaluations. Each failed probe of a tier sends it real traffic (with Service routing, all
+of it) while it is still broken, so each one doubles the wait for the next, as Envoy's outlier detection
+lengthens each consecutive ejection; past four doublings the probes come seldom enough that waiting longer
+mostly delays the return of a model that has been fixed. The count is kept capped, so an incident that goes
+on does not grow the status."""
+
+PROBE_WAIT_CEILING_S = 86_400
+"""However many probes failed, a tier needs at most a day of clear evaluations to recover (or recoverAfter,
+if that is more): the bound the API puts on recoverAfter x interval, for the same reason."""
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -34,6 +46,17 @@ class Plan:
     approved_ms: int | None = None
     """spec.override.restoreApprovedAt in epoch milliseconds, floored to the second."""
     override_by: str | None = None
+    recover_after: int = 1
+    clear_ceiling: int = 1
+    """The most clear evaluations a tier may need to recover: a day of evaluations, or recoverAfter if more."""
+
+    def clear_needed(self, failed_probes: int) -> int:
+        """Consecutive clear evaluations a tripped tier needs to recover: recoverAfter x 2^n, n its consecutive
+        failed probes (at most PROBE_BACKOFF_CAP), and never more than `clear_ceiling`. The clear streak is
+        capped here too, so a steady state does not rewrite status with a growing counter."""
+        if failed_probes <= 0:
+            return self.recover_after
+        return min(self.recover_after << min(failed_probes, PROBE_BACKOFF_CAP), self.clear_ceiling)
 
 
 _plans: dict[int, tuple[weakref.ref[Policy], Plan]] = {}
@@ -95,4 +118,6 @@ def _make_plan(policy: Policy) -> Plan:
         manual_restore=policy.restore_approval is RestoreApproval.MANUAL,
         approved_ms=None if policy.restore_approved_at is None else math.floor(policy.restore_approved_at) * 1000,
         override_by=policy.override_by,
+        recover_after=policy.recover_after,
+        clear_ceiling=max(policy.recover_after, math.floor(PROBE_WAIT_CEILING_S / policy.interval)),
     )

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from understudy.engine import reasons
 from understudy.engine.model import AuditRecord, Policy
-from understudy.engine.plan import CREEP_BUCKETS, Plan, plan_for
+from understudy.engine.plan import CREEP_BUCKETS, PROBE_BACKOFF_CAP, Plan, plan_for
 from understudy.engine.state import CreepBucket, State, TierState, initial_state
 
 T = TypeVar("T")
@@ -257,18 +257,22 @@ class _Fields:
         where = f"tiers[{name}]."
         triggers = {t.name for t in policy.triggers}
         trigger = self._get(d, "tripTrigger", where, lambda v: isinstance(v, str), None, required=False)
+        # Absent in statuses written before the probe backoff: no failed probes, no probe under way.
+        failed = self._streak(d, "failedProbes", where, PROBE_BACKOFF_CAP, required=False)
         return TierState(
             name=name,
             breach_streak=self._streak(d, "breachStreak", where, policy.trip_after),
-            clear_streak=self._streak(d, "clearStreak", where, policy.recover_after),
+            clear_streak=self._streak(d, "clearStreak", where, self.plan.clear_needed(failed)),
             tripped=self._get(d, "tripped", where, lambda v: isinstance(v, bool), False),
             trip_trigger=trigger if trigger in triggers else None,
             capacity_short=self._get(d, "capacityShort", where, lambda v: isinstance(v, bool), False),
             unready=self._get(d, "unready", where, lambda v: isinstance(v, bool), False, required=False),
+            failed_probes=failed,
+            probing=self._get(d, "probing", where, lambda v: isinstance(v, bool), False, required=False),
         )
 
-    def _streak(self, d: Mapping[str, Any], key: str, where: str, cap: int) -> int:
-        value = self._get(d, key, where, _is_int, 0)
+    def _streak(self, d: Mapping[str, Any], key: str, where: str, cap: int, required: bool = True) -> int:
+        value = self._get(d, key, where, _is_int, 0, required)
         if not 0 <= value <= cap:
             self.note(f"{where}{key} {value} is outside 0..{cap}: clamped")
         return min(max(value, 0), cap)

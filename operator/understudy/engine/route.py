@@ -185,7 +185,8 @@ def transition(plan: Plan, routing: Routing, tiers: list[TierState], evals: tupl
     - a restore under way: abort it if the better tier became unfit, else take the next step when the
       better tier was clear in this very evaluation, or too thin to judge but has served enough requests
       since the step began (`restore_evidence`); missing data waits;
-    - the preferred fit tier is better: start restoring to it (the first step is the probe), with Manual
+    - the preferred fit tier is better: start restoring to it (the first step is the probe, and the tier is
+      `probing` until it reads clear with traffic anchored on it: see `health.update_tier`), with Manual
       restore approval only once approved (`approval`). A restore in progress is finished before an even
       better tier is considered, so steps never jump between targets.
 
@@ -210,6 +211,7 @@ def transition(plan: Plan, routing: Routing, tiers: list[TierState], evals: tupl
     elif first < c:
         if restore_may_start(plan, routing, first, now_ms):
             _restore_step(plan, routing, first, 0, now_ms)
+            tiers[first] = replace(tiers[first], probing=True)  # the probe: see `health.update_tier`
     else:
         _end_hold(plan, routing, tiers, evals, fit)
 
@@ -278,8 +280,13 @@ def _move_all(plan: Plan, routing: Routing, to: int, tiers: list[TierState], eva
     names, c, t = plan.names, routing.active, routing.restore
     if t is not None and to != t:
         trigger, observed, threshold, text = why(plan, tiers, evals, fit, t)
+        # A relapse (the tier tripped) is a failed probe, which the backoff spaces out; a tier that lost its
+        # pods or its capacity is back as soon as it has them.
+        after = (f"; next probe after {plan.clear_needed(tiers[t].failed_probes)} clear evaluations"
+                 if tiers[t].tripped else "")
         routing.audit.append(AuditRecord(
-            reasons.RESTORE_ABORTED, f"{names[t]} failed during restore ({text}); all traffic to {names[to]}",
+            reasons.RESTORE_ABORTED,
+            f"{names[t]} failed during restore ({text}); all traffic to {names[to]}{after}",
             tier=names[t], trigger=trigger, observed=observed, threshold=threshold,
             from_tier=names[t], to_tier=names[to],
         ))

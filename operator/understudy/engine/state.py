@@ -3,8 +3,8 @@
 State lives in the FallbackPolicy's status, so an operator restart (or a new leader) resumes it. It
 holds only ints, strings, bools and tuples, times as integer epoch milliseconds: that makes the status
 form float-free (API conventions) and the round trip exact, so `decide` after a restart behaves exactly
-as it would have without one. Streaks are capped at the policy's thresholds so a steady situation does
-not rewrite status with ever-growing counters.
+as it would have without one. Streaks are capped at the policy's thresholds (the clear streak at what the tier
+needs now, see `Plan.clear_needed`) so a steady situation does not rewrite status with ever-growing counters.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ class TierState:
     breach_streak: int = 0
     """Consecutive breached evaluations (capped at tripAfter)."""
     clear_streak: int = 0
-    """Consecutive clear evaluations (capped at recoverAfter)."""
+    """Consecutive clear evaluations (capped at what the tier needs to recover: recoverAfter, more after
+    failed probes)."""
     tripped: bool = False
     trip_trigger: str | None = None
     """The trigger that tripped the tier, kept to explain later moves away from it."""
@@ -28,6 +29,13 @@ class TierState:
     """A CapacityInsufficient episode is open for this tier."""
     unready: bool = False
     """A NoReadyReplicas episode is open for this tier."""
+    failed_probes: int = 0
+    """Consecutive failed probes (capped at PROBE_BACKOFF_CAP): restores to this tier during which it tripped
+    again. Each one doubles the clear evaluations it needs to recover (see `Plan.clear_needed`); a clear
+    evaluation with traffic anchored on the tier sets it back to 0."""
+    probing: bool = False
+    """A restore to this tier has begun and the tier has not yet read clear with traffic anchored on it:
+    a trip now is a failed probe. Ends without a verdict when the tier no longer receives traffic."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +172,10 @@ def _tier_to_status(t: TierState) -> dict[str, Any]:
     }
     if t.unready:
         d["unready"] = True
+    if t.failed_probes:
+        d["failedProbes"] = t.failed_probes
+    if t.probing:
+        d["probing"] = True
     if t.trip_trigger is not None:
         d["tripTrigger"] = t.trip_trigger
     return d
@@ -178,6 +190,8 @@ def _tier_from_status(d: Any) -> TierState:
         trip_trigger=_opt_str(d, "tripTrigger"),
         capacity_short=_bool(d, "capacityShort"),
         unready=_opt_bool(d, "unready"),
+        failed_probes=_opt_int(d, "failedProbes") or 0,
+        probing=_opt_bool(d, "probing"),
     )
 
 
