@@ -89,3 +89,13 @@ def test_a_healthy_primary_and_a_policy_not_evaluated_yet() -> None:
 def test_a_value_the_audit_trail_no_longer_holds_is_not_invented() -> None:
     said = " ".join(explain(build(policy(history=[]), []), NOW).split())
     assert "primary tripped on p99-latency (above 1s); the value is no longer in the audit trail." in said
+
+
+def test_a_tier_that_failed_probes_must_read_clear_for_longer() -> None:
+    # Two failed probes in a row: recoverAfter 3 doubled twice, 12 clear evaluations (12s at 1s).
+    obj = policy(tiers=[tier("primary", 0, 5, True, "p99-latency", failedProbes=2), tier("distilled"),
+                        tier("popular-items")])
+    said = " ".join(explain(build(obj), NOW).split())
+    assert ("primary must read clear for 12 evaluations in a row (recoverAfter 3 doubled for each of 2 failed "
+            "probes in a row: 12 x interval 1s = 12s); it has 5 so far.") in said
+    assert "in about 10s" in said  # 7 more clear evaluations, then one more step 3s later

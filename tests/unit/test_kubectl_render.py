@@ -150,3 +150,13 @@ def test_ages_and_readings() -> None:
     latency = build().tiers[0].triggers[0]
     assert [render.reading(latency, v) for v in ("2412.5", "12", "123456.7", None, "NaN!")] == [
         "2412ms", "12ms", "123457ms", "-", "NaN!"]
+
+
+def test_a_tier_backed_off_after_failed_probes_shows_what_it_needs() -> None:
+    obj = policy(tiers=[tier("primary", 0, 5, True, "p99-latency", failedProbes=2), tier("distilled"),
+                        tier("popular-items")])
+    view = build(obj)
+    assert "+- primary           0%  2/2 ready  tripped  breach 0/2  clear 5/12" in render.get(view, NOW)
+    doc = render.to_json(view)
+    assert (doc["tiers"][0]["failedProbes"], doc["tiers"][0]["clearNeeded"]) == (2, 12)
+    assert (doc["tiers"][1]["failedProbes"], doc["tiers"][1]["clearNeeded"]) == (0, 3)

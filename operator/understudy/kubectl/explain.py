@@ -10,6 +10,7 @@ import textwrap
 
 from understudy.backtest.render import span, when
 from understudy.engine import PRIMARY
+from understudy.engine.plan import PROBE_BACKOFF_CAP
 from understudy.kubectl.render import ago, at, reading, unfit
 from understudy.kubectl.view import PolicyView, TierView, primary_serves_all
 
@@ -115,12 +116,19 @@ def _return(view: PolicyView, now: float) -> list[str]:
     out: list[str] = []
     wait = 0.0
     if target.tripped:
-        remaining = max(view.recover_after - target.clear_streak, 0)
+        count, failed = target.clear_needed, target.failed_probes
+        remaining = max(count - target.clear_streak, 0)
         wait = remaining * view.interval
-        needed = span(view.recover_after * view.interval)
-        out.append(f"{target.name} must read clear for {view.recover_after} evaluations in a row (recoverAfter "
-                   f"{view.recover_after} x interval {span(view.interval)} = {needed}); "
-                   f"it has {target.clear_streak} so far.")
+        needed = span(count * view.interval)
+        if failed <= 0:
+            rule = f"recoverAfter {view.recover_after}"
+        else:
+            row = f"{failed}" if failed < PROBE_BACKOFF_CAP else f"{PROBE_BACKOFF_CAP} or more"
+            capped = ", at most a day" if count < view.recover_after << min(failed, PROBE_BACKOFF_CAP) else ""
+            rule = (f"recoverAfter {view.recover_after} doubled for each of {row} failed probe"
+                    f"{'s' if failed > 1 else ''} in a row{capped}: {count}")
+        out.append(f"{target.name} must read clear for {count} evaluations in a row ({rule} x interval "
+                   f"{span(view.interval)} = {needed}); it has {target.clear_streak} so far.")
     elif unfit(target):
         out.append(f"{target.name} {unfit(target)}, which must change first.")
     if view.last_move is not None:

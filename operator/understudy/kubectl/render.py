@@ -198,7 +198,7 @@ def tier_cells(view: PolicyView, tier: TierView, style: Style) -> list[Cell]:
         role = style.mark("◷", "held for approval")
     return [(f"{tier.weight}%", "serving" if tier.weight else "dim"), (ready, "bad" if tier.ready == 0 else None),
             state, (f"breach {tier.breach_streak}/{view.trip_after}", None),
-            (f"clear {tier.clear_streak}/{view.recover_after}", None), (role, "serving")]
+            (f"clear {tier.clear_streak}/{tier.clear_needed}", None), (role, "serving")]
 
 
 HEALTH = {"healthy": ("✔", "good"), "breaching": ("!", "warn")}
@@ -314,7 +314,8 @@ def to_json(view: PolicyView) -> dict[str, Any]:
             "name": t.name, "deployment": t.deployment, "weight": t.weight, "readyReplicas": t.ready,
             "replicas": t.desired, "tripped": t.tripped, "tripTrigger": t.trip_trigger,
             "breachStreak": t.breach_streak, "tripAfter": view.trip_after, "clearStreak": t.clear_streak,
-            "recoverAfter": view.recover_after,
+            "recoverAfter": view.recover_after, "failedProbes": t.failed_probes,
+            "clearNeeded": t.clear_needed,
             "triggers": [{"name": g.name, "limit": g.limit, "unit": g.unit, "state": g.state, "observed": g.observed,
                           "observedAt": when(g.observed_at) if g.observed_at is not None else None,
                           "source": g.source} for g in t.triggers],

@@ -61,6 +61,10 @@ class TierView:
     unready: bool
     capacity_short: bool
     triggers: tuple[TriggerView, ...]
+    failed_probes: int
+    """Consecutive failed probes of the tier (the probe backoff), as the capped counter knows them."""
+    clear_needed: int
+    """Consecutive clear evaluations the tier needs to recover now: recoverAfter, doubled per failed probe."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,7 @@ def build(obj: Mapping[str, Any], deployments: Mapping[str, Mapping[str, Any]],
             desired=None if found is None else int((found.get("spec") or {}).get("replicas", 1)),
             tripped=ts.tripped, trip_trigger=ts.trip_trigger, breach_streak=ts.breach_streak,
             clear_streak=ts.clear_streak, unready=ts.unready, capacity_short=ts.capacity_short,
+            failed_probes=ts.failed_probes, clear_needed=plan.clear_needed(ts.failed_probes),
             triggers=tuple(_trigger(t.name, limits[t.name], ts.tripped, ts.trip_trigger, ts.breach_streak,
                                     (tier.name, t.name) in missing, trips.get(t.name)) for t in applicable),
         ))
