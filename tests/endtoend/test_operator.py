@@ -326,9 +326,10 @@ def test_drills_exercise_a_fallback_fail_fast_and_wait_out_a_real_fallback(
     # The next drill falls due up to one period (30 s, the floor) after the fallback: as much slack as before.
     # Read from status.lastDrills, the durable trail: by now this busy policy may have spent its Event budget
     # (30 per 10 minutes), and a suppressed DrillSkipped Event is counted, not posted. With restoreSteps [100]
-    # the idle, tripped primary is probed with all traffic every minDwell (the half-open state); a drill that
-    # falls due during such a probe starts and is aborted as soon as the fallback serves again. Either way the
-    # drill gives way to the real fallback, and the message says so.
+    # the idle, tripped primary is probed with all traffic (the half-open state), at growing gaps as the
+    # probes fail (the probe backoff: 3, 6, 12, ... clear evaluations); a drill that falls due during such a
+    # probe starts and is aborted as soon as the fallback serves again. Either way the drill gives way to the
+    # real fallback, and the message says so.
     wait_until(lambda: any(d["result"] in ("Skipped", "Aborted") and "a fallback is serving traffic" in d["message"]
                            for d in sc.status().get("lastDrills") or []), 70,
                "a drill that gave way to a real fallback")
