@@ -47,6 +47,7 @@ class Plan:
     """spec.override.restoreApprovedAt in epoch milliseconds, floored to the second."""
     override_by: str | None = None
     recover_after: int = 1
+    """evaluation.recoverAfter: the clear evaluations a tripped tier needs before any failed probe."""
     clear_ceiling: int = 1
     """The most clear evaluations a tier may need to recover: a day of evaluations, or recoverAfter if more."""
 

@@ -3,8 +3,9 @@
 State lives in the FallbackPolicy's status, so an operator restart (or a new leader) resumes it. It
 holds only ints, strings, bools and tuples, times as integer epoch milliseconds: that makes the status
 form float-free (API conventions) and the round trip exact, so `decide` after a restart behaves exactly
-as it would have without one. Streaks are capped at the policy's thresholds (the clear streak at what the tier
-needs now, see `Plan.clear_needed`) so a steady situation does not rewrite status with ever-growing counters.
+as it would have without one. Streaks are capped at the policy's thresholds (the clear streak at what
+the tier needs now, see `Plan.clear_needed`), and so is the failed-probe count, so a steady situation does
+not rewrite status with ever-growing counters.
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ class TierState:
     unready: bool = False
     """A NoReadyReplicas episode is open for this tier."""
     failed_probes: int = 0
-    """Consecutive failed probes (capped at PROBE_BACKOFF_CAP): restores to this tier during which it tripped
-    again. Each one doubles the clear evaluations it needs to recover (see `Plan.clear_needed`); a clear
-    evaluation with traffic anchored on the tier sets it back to 0."""
+    """Consecutive failed probes (capped at PROBE_BACKOFF_CAP): trips of this tier while `probing`. Each one
+    doubles the clear evaluations it needs to recover (see `Plan.clear_needed`); a clear evaluation with
+    traffic anchored on the tier sets it back to 0."""
     probing: bool = False
     """A restore to this tier has begun and the tier has not yet read clear with traffic anchored on it:
     a trip now is a failed probe. Ends without a verdict when the tier no longer receives traffic."""
