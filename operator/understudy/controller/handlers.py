@@ -26,6 +26,7 @@ from understudy.controller import watches  # noqa: F401  (registers the routing 
 from understudy.controller.evaluator import Evaluator
 from understudy.controller.health import DEFAULT_STALL_SECONDS, LoopHealth
 from understudy.controller.leader import LeaderElector, LeaseConfig
+from understudy.controller.listing import StartGate, listed_policies
 from understudy.controller.store import GROUP, PLURAL, VERSION, DeploymentSnapshot, PolicySnapshot, Store
 from understudy.kube.clients import DEFAULT_API_TIMEOUT, api_client
 from understudy.signals.confine import Confinement
@@ -122,7 +123,15 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo.stopped = asyncio.Event()
     memo.reader, memo.elector, memo.evaluator = reader, elector, evaluator
     memo.store = Store()
-    memo.tasks = [asyncio.create_task(evaluation_loop(evaluator, elector, memo.store, memo.stopped, memo.health))]
+    # Startup handlers run before kopf starts watching: this LIST sees at most what the watch will deliver.
+    try:
+        listed_at = time.time()
+        gate = StartGate(await asyncio.to_thread(listed_policies, api, memo.namespaces), listed_at)
+    except Exception:
+        log.exception("listing FallbackPolicies at start failed; evaluating as the watch delivers them")
+        gate = StartGate.opened()
+    memo.tasks = [asyncio.create_task(evaluation_loop(evaluator, elector, memo.store, memo.stopped, memo.health,
+                                                      gate))]
     if elector is not None:
         memo.tasks.append(asyncio.create_task(elector.run(memo.stopped)))
 
@@ -150,8 +159,12 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, store: Store,
-                          stopped: asyncio.Event, health: LoopHealth) -> None:
-    """Run a cycle whenever a policy is due; sleep at most a second so every interval is honoured."""
+                          stopped: asyncio.Event, health: LoopHealth, gate: StartGate) -> None:
+    """Run a cycle whenever a policy is due; sleep at most a second so every interval is honoured.
+
+    No cycle runs before `gate` opens: until the watch has delivered the policies that existed at start,
+    ownership of a shared route would be judged on a partial list.
+    """
     was_leader = False
     seen, policies, deployments = -1, {}, {}
     gc.set_threshold(*GC_THRESHOLDS)
@@ -161,9 +174,12 @@ async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, s
         if leader and not was_leader:
             evaluator.reset()  # state comes from status: the previous leader may have moved on
         was_leader = leader
+        listing = False
         if leader:
             if store.changes != seen:  # copied here, on the event loop's thread, where the handlers write
                 seen, policies, deployments = store.changes, dict(store.policies), dict(store.deployments)
+            listing = not gate.open(policies, time.time())
+        if leader and not listing:
             try:
                 report = await asyncio.to_thread(evaluator.cycle, policies, deployments, time.time(),
                                                  store.routing)
@@ -176,7 +192,7 @@ async def evaluation_loop(evaluator: Evaluator, elector: LeaderElector | None, s
             await asyncio.to_thread(gc.collect)
             collected = time.monotonic()
         due = evaluator.next_due() if leader else None
-        delay = 1.0 if due is None else min(1.0, max(0.05, due - time.time()))
+        delay = 0.1 if listing else 1.0 if due is None else min(1.0, max(0.05, due - time.time()))
         try:
             await asyncio.wait_for(stopped.wait(), timeout=delay)
         except asyncio.TimeoutError:
@@ -192,5 +208,5 @@ def run(cfg: OperatorConfig, namespaces: list[str] | None, liveness_port: int | 
         clusterwide=not namespaces,
         namespaces=namespaces or (),
         liveness_endpoint=liveness,
-        memo=kopf.Memo(config=cfg),
+        memo=kopf.Memo(config=cfg, namespaces=tuple(namespaces or ())),
     )
