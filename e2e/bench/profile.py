@@ -60,6 +60,21 @@ def _snapshots(api: Any, namespace: str) -> dict[Any, Any]:
         spec=o.get("spec") or {}, status=o.get("status") or {}) for o in items}
 
 
+def _deployments(api: Any, namespace: str) -> dict[Any, Any]:
+    """The namespace's Deployments as the operator's watch keeps them: without them every tier reads as absent
+    once the start-up readiness grace is over, and the profile would time a fleet-wide failover."""
+    from kubernetes import client
+
+    from understudy.controller.handlers import REVISION_ANNOTATION
+    from understudy.controller.store import DeploymentSnapshot
+
+    return {(namespace, d.metadata.name): DeploymentSnapshot(
+        ready=int(d.status.ready_replicas or 0),
+        desired=int(d.spec.replicas if d.spec.replicas is not None else 1),
+        revision=(d.metadata.annotations or {}).get(REVISION_ANNOTATION))
+        for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items}
+
+
 def _identity(frame: Any) -> str:
     return f"{frame.function} ({frame.file_path_short}:{frame.line_no})"
 
@@ -120,7 +135,7 @@ def run(st: Stack, namespace: str, warm_cycles: int = 2, limit: int = 12) -> Pro
     api = st.pooled_client(8)
     reader = SignalReader(st.prometheus.url, timeout=5.0)
     try:
-        snapshots = _snapshots(api, namespace)
+        snapshots, deployments = _snapshots(api, namespace), _deployments(api, namespace)
         metrics = OperatorMetrics()
         evaluator = Evaluator(api, reader, EventRecorder(client.EventsV1Api(api), instance="bench-profile",
                                                          metrics=metrics), metrics)
@@ -135,7 +150,7 @@ def run(st: Stack, namespace: str, warm_cycles: int = 2, limit: int = 12) -> Pro
                 prof = pyinstrument.Profiler(interval=0.001)
                 prof.start()
                 t0 = time.perf_counter()
-                report = evaluator.cycle(snapshots, {}, at)
+                report = evaluator.cycle(snapshots, deployments, at)
                 wall = time.perf_counter() - t0
                 session = prof.stop()
                 top, inclusive = _pyinstrument_top(session, wall, limit)
@@ -144,7 +159,7 @@ def run(st: Stack, namespace: str, warm_cycles: int = 2, limit: int = 12) -> Pro
                 cp = cProfile.Profile()
                 t0 = time.perf_counter()
                 cp.enable()
-                report = evaluator.cycle(snapshots, {}, at)
+                report = evaluator.cycle(snapshots, deployments, at)
                 cp.disable()
                 wall = time.perf_counter() - t0
                 top, inclusive, tree = _cprofile_top(cp, wall, limit), [], ""
