@@ -225,3 +225,23 @@ def test_the_default_policy_on_service_routing_restores_fully(make_scenario: Cal
     sc.wait_for_weights(ALL_PRIMARY, timeout=240)
     wait_until(lambda: "Restored" in sc.reasons(), 15, "a Restored Event")
     assert "RestoreStalled" not in sc.reasons()
+
+
+def test_a_primary_that_fails_every_probe_is_probed_at_growing_gaps(make_scenario: Callable[..., Scenario],
+                                                                    prometheus: PrometheusServer) -> None:
+    """Service routing: every probe is all the traffic, so a primary that stays broken is probed less and
+    less often (recoverAfter 3, then 6, then 12 clear evaluations), the count kept in status between them."""
+    sc = _started(make_scenario, prometheus, "service")
+    sc.inject("primary", **FAILING)
+
+    def failed_probes() -> int:
+        tiers = (sc.status().get("engine") or {}).get("tiers") or []
+        return int(next((t.get("failedProbes") or 0 for t in tiers if t.get("name") == "primary"), 0))
+
+    wait_until(lambda: failed_probes() >= 2, 150, "two failed probes of the broken primary")
+    notes = [str(e.get("note")) for e in sc.events() if e.get("reason") == "TierTripped"
+             and "probe failed" in str(e.get("note"))]
+    assert any("(1 in a row): next probe after 6 clear evaluations" in n for n in notes), notes
+    assert any("(2 in a row): next probe after 12 clear evaluations" in n for n in notes), notes
+    restored = [e for e in sc.events() if e.get("reason") == "Restored"]
+    assert len(restored) == 2, [e.get("note") for e in restored]  # one probe per failed probe, no more
