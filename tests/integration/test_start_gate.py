@@ -84,6 +84,9 @@ def test_the_first_cycle_waits_until_every_listed_policy_is_in_the_store(
 
     gate = StartGate(listed_policies(kube_api, [namespace]), time.time()) if waits else StartGate.opened()
     assert not waits or gate.expected == {(namespace, "owner"), (namespace, "aaa-newer")}
+    both = {(namespace, "owner"), (namespace, "aaa-newer")}
+    assert listed_policies(kube_api, [namespace], page_size=1) == both  # page by page
+    assert both <= listed_policies(kube_api, [], page_size=1)  # cluster-wide, as the chart runs it
     store = Store()
     for key, snapshot in deployments.items():
         store.put(store.deployments, key, snapshot, False)

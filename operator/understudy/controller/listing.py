@@ -4,7 +4,7 @@ The watch fills the store one object at a time, and at thousands of policies tha
 policy evaluated before the others are in the store decides on a partial world: a newer policy sharing a
 route with an older one that is not listed yet believes it owns the route and writes its own weights over
 the older one's fallback, which the older one then repairs back, traffic flipping twice in an incident.
-One LIST at start says which policies to wait for; the gate opens when the store holds all of them, or
+One LIST at start (paged) says which policies to wait for; the gate opens when the store holds all of them, or
 after LISTING_GRACE_SECONDS whatever the store holds (a policy deleted in between never arrives).
 """
 from __future__ import annotations
@@ -27,14 +27,27 @@ thousands of policies, short enough that a policy deleted between the LIST and t
 for long."""
 
 
-def listed_policies(api: client.ApiClient, namespaces: Iterable[str]) -> frozenset[PolicyKey]:
-    """(namespace, name) of every FallbackPolicy the operator watches, from one LIST per scope."""
+PAGE = 500
+"""Policies per LIST page: only their names are kept, and a page of whole objects (status included, several
+KB each) is parsed at a time, so thousands of policies never sit in memory at once."""
+
+
+def listed_policies(api: client.ApiClient, namespaces: Iterable[str], page_size: int = PAGE) -> frozenset[PolicyKey]:
+    """(namespace, name) of every FallbackPolicy the operator watches, from one paged LIST per scope."""
     custom = client.CustomObjectsApi(api)
-    scopes = list(namespaces)
-    pages = ([custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) for ns in scopes] if scopes
-             else [custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)])
-    return frozenset((item["metadata"]["namespace"], item["metadata"]["name"])
-                     for page in pages for item in page.get("items") or ())
+    keys: set[PolicyKey] = set()
+    for namespace in list(namespaces) or [None]:
+        token = None
+        while True:
+            paging = {"limit": page_size, **({"_continue": token} if token else {})}
+            page = (custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **paging)
+                    if namespace else custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **paging))
+            for item in page.get("items") or ():
+                keys.add((item["metadata"]["namespace"], item["metadata"]["name"]))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                break
+    return frozenset(keys)
 
 
 @dataclass
