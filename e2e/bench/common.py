@@ -233,7 +233,7 @@ def stack() -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="understudy-bench-") as tmp, contextlib.ExitStack() as stack_:
         started = time.monotonic()
         try:
-            cp = stack_.enter_context(ControlPlane(nodes=1))
+            cp = stack_.enter_context(ControlPlane(nodes=2))  # 110 pods each: scale and isolation keep 90 apiece
         except (ControlPlaneError, FileNotFoundError, OSError) as err:
             raise BenchUnavailable(f"control plane: {err}") from err
         cp_seconds = time.monotonic() - started
